@@ -1,0 +1,107 @@
+"""Forward process, v-prediction parameterisation and training loss (seed 001, §2.7.5–2.7.6)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from xdiffusion.core.schedule import CosineSchedule, _expand, alpha_sigma
+
+#: The network contract: ``v_hat = net(z, lam)`` with z (B, C, F, H, W) and lam (B,).
+VNet = Callable[[Tensor, Tensor], Tensor]
+#: The sampler contract (k-diffusion style): ``x_hat = denoise(z, lam)``.
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+
+
+def diffuse(x: Tensor, lam: Tensor, eps: Tensor) -> Tensor:
+    """Draw z_t ~ q(z_t | x): z = α x + σ ε (eq. 2.30 with α² + σ² = 1)."""
+    alpha, sigma = alpha_sigma(_expand(lam, x))
+    return alpha * x + sigma * eps
+
+
+def v_target(x: Tensor, eps: Tensor, lam: Tensor) -> Tensor:
+    """v = α ε − σ x (eq. 2.67)."""
+    alpha, sigma = alpha_sigma(_expand(lam, x))
+    return alpha * eps - sigma * x
+
+
+def x_from_v(z: Tensor, v: Tensor, lam: Tensor) -> Tensor:
+    """x̂ = α z − σ v̂ (eq. 2.69)."""
+    alpha, sigma = alpha_sigma(_expand(lam, z))
+    return alpha * z - sigma * v
+
+
+def eps_from_v(z: Tensor, v: Tensor, lam: Tensor) -> Tensor:
+    """ε̂ = σ z + α v̂, equivalent to eq. 2.66 ε̂ = (z − α x̂)/σ without dividing by σ."""
+    alpha, sigma = alpha_sigma(_expand(lam, z))
+    return sigma * z + alpha * v
+
+
+def v_loss(
+    net: VNet,
+    x: Tensor,
+    schedule: CosineSchedule,
+    *,
+    generator: torch.Generator | None = None,
+    mask: Tensor | None = None,
+    t: Tensor | None = None,
+    net_kwargs: dict | None = None,
+) -> Tensor:
+    """Per-sample v-prediction loss ‖v − v̂(z_t, λ_t)‖² with t ~ U(0, 1) (eq. 2.65, 2.68).
+
+    Parameters
+    ----------
+    net
+        Callable ``net(z, lam, **net_kwargs) -> v_hat``.
+    x
+        Clean data in diffusion space, shape (B, C, F, H, W).
+    schedule
+        The noise schedule; drawing t uniformly is drawing λ ~ p_Λ (eq. 2.65).
+    generator
+        Source of t and ε (on the device of ``x``); None uses the global generator.
+    mask
+        Optional boolean tensor broadcastable to ``x``: elements that count. Missing values
+        and permanently masked cells are excluded; the loss is the masked **mean** per
+        sample so that masking does not change the loss scale.
+    t
+        Optional diffusion times (B,); drawn if not given.
+
+    Returns
+    -------
+    Tensor
+        Loss per sample, shape (B,).
+    """
+    b = x.shape[0]
+    if t is None:
+        t = torch.rand(b, generator=generator, device=x.device, dtype=x.dtype)
+    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    lam = schedule.lam(t)
+    if mask is not None:
+        # Masked elements carry no information: give the network zeros there, never NaNs.
+        x = torch.where(mask, x, torch.zeros_like(x))
+    z = diffuse(x, lam, eps)
+    v_hat = net(z, lam, **(net_kwargs or {}))
+    err = (v_hat.float() - v_target(x, eps, lam).float()) ** 2
+    if mask is None:
+        return err.flatten(1).mean(1)
+    m = mask.expand_as(err).float()
+    return (err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
+
+
+def make_denoiser(
+    net: VNet, *, clip: float | None = 1.0, net_kwargs: dict | None = None
+) -> Denoiser:
+    """Wrap a v-network as ``denoise(z, lam) -> x_hat`` (eq. 2.69), clipping x̂ to ±clip.
+
+    Clipping to the data range [−1, 1] is the "static thresholding" of the seed's sampler.
+    """
+    kwargs = net_kwargs or {}
+
+    def denoise(z: Tensor, lam: Tensor) -> Tensor:
+        lam_b = torch.as_tensor(lam, dtype=z.dtype, device=z.device).expand(z.shape[0])
+        x_hat = x_from_v(z, net(z, lam_b, **kwargs).to(z.dtype), lam_b)
+        return x_hat.clamp(-clip, clip) if clip is not None else x_hat
+
+    return denoise
