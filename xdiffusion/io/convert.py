@@ -1,0 +1,165 @@
+"""Validate xarray inputs and turn them into (channel, time, y, x) arrays, lazily.
+
+Nothing here computes a dask array whole: inputs are transposed and stacked as views, and
+the only reduction (:func:`channel_stats`) is a single streaming ``dask.compute``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import dask
+import dask.array as dsa
+import numpy as np
+import xarray as xr
+
+from xdiffusion.io.axes import find_axes
+
+
+@dataclass
+class Prepared:
+    """An input reduced to what the model needs, plus what is needed to wrap outputs."""
+
+    data: object  # numpy or dask array, (C, T, Y, X) or (C, 1, Y, X) without a time axis
+    axes: dict[str, str]
+    variables: list[str]
+    arrays: list[xr.DataArray]  # per variable, transposed to (T, Y, X)
+    is_dataset: bool
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape)
+
+    @property
+    def time(self) -> xr.DataArray | None:
+        t = self.axes.get("T")
+        return self.arrays[0][t] if t is not None and t in self.arrays[0].coords else None
+
+
+def _check_numeric(da: xr.DataArray, name: str) -> None:
+    if not (np.issubdtype(da.dtype, np.floating) or np.issubdtype(da.dtype, np.integer)):
+        raise TypeError(
+            f"variable {name!r} has non-numeric dtype {da.dtype}; convert it to float, "
+            "e.g. da.astype('float32')"
+        )
+
+
+def prepare(
+    obj: xr.DataArray | xr.Dataset,
+    *,
+    dims: Mapping[str, str] | None = None,
+    variables: Sequence[str] | None = None,
+    require_time: bool = True,
+    argument: str = "data",
+) -> Prepared:
+    """Check an input and view it as a (C, T, Y, X) array.
+
+    Parameters
+    ----------
+    obj
+        DataArray (one channel) or Dataset (one channel per variable).
+    dims
+        Axis overrides passed to :func:`~xdiffusion.io.axes.find_axes`.
+    variables
+        Dataset variables to use; default: every data variable with the T, Y, X axes.
+    require_time
+        Whether a time axis is mandatory.
+    argument
+        Name of the argument, used in error messages.
+    """
+    if isinstance(obj, xr.DataArray):
+        is_dataset = False
+        name = obj.name if obj.name is not None else "variable"
+        arrays = {str(name): obj}
+    elif isinstance(obj, xr.Dataset):
+        is_dataset = True
+        if variables is None:
+            axes0 = find_axes(obj, dims, require_time=require_time)
+            variables = [
+                str(v) for v, da in obj.data_vars.items() if set(axes0.values()) <= set(da.dims)
+            ]
+            if not variables:
+                raise ValueError(
+                    f"{argument} has no data variable with dimensions {list(axes0.values())}; "
+                    "pass variables=[...]"
+                )
+        elif isinstance(variables, str):
+            variables = [variables]
+        missing = [v for v in variables if v not in obj.data_vars]
+        if missing:
+            raise ValueError(
+                f"variables={missing} not in {argument}; available: {list(obj.data_vars)}"
+            )
+        arrays = {str(v): obj[v] for v in variables}
+    else:
+        raise TypeError(
+            f"{argument} must be an xarray DataArray or Dataset, got {type(obj).__name__}"
+        )
+    axes = find_axes(obj, dims, require_time=require_time)
+    order = [axes[a] for a in ("T", "Y", "X") if a in axes]
+    out: list[xr.DataArray] = []
+    for name, da in arrays.items():
+        _check_numeric(da, name)
+        extra = [d for d in da.dims if d not in order]
+        if extra:
+            sizes = {d: da.sizes[d] for d in extra}
+            raise ValueError(
+                f"{argument} variable {name!r} has extra dimensions {sizes}; select one "
+                f"value (e.g. .isel({extra[0]}=0)) or stack them into time before calling"
+            )
+        missing_axes = [d for d in order if d not in da.dims]
+        if missing_axes:
+            raise ValueError(
+                f"{argument} variable {name!r} lacks dimensions {missing_axes}; "
+                "all variables must share the time and grid axes"
+            )
+        out.append(da.transpose(*order))
+    pieces = [d.data.astype(np.float32) for d in out]
+    stack = dsa.stack if any(dask.is_dask_collection(p) for p in pieces) else np.stack
+    data = stack(pieces)
+    if "T" not in axes:
+        data = data[:, None]
+    return Prepared(data=data, axes=axes, variables=list(arrays), arrays=out, is_dataset=is_dataset)
+
+
+def channel_stats(data, *, argument: str = "data") -> dict[str, np.ndarray]:
+    """Per-channel min, max, mean and NaN-free flags of a (C, T, Y, X) array, in one pass.
+
+    Raises ValueError for all-NaN channels and for infinities (with the remedy).
+    """
+    lib = dsa if dask.is_dask_collection(data) else np
+    axes = (1, 2, 3)
+    finite = lib.isfinite(data)
+    infs = lib.isinf(data).any(axis=axes)
+    # Cells that are NaN at every time step form a static mask (land/sea, radar domain).
+    static_valid = finite.any(axis=1)
+    with np.errstate(invalid="ignore", all="ignore"):
+        parts = (
+            lib.nanmin(lib.where(finite, data, np.nan), axis=axes),
+            lib.nanmax(lib.where(finite, data, np.nan), axis=axes),
+            lib.nanmean(lib.where(finite, data, np.nan), axis=axes),
+            infs,
+            static_valid,
+            finite.all(),
+        )
+        if lib is dsa:
+            parts = dask.compute(*parts)
+    mn, mx, mean, inf, static_valid, all_finite = (np.asarray(p) for p in parts)
+    if inf.any():
+        raise ValueError(
+            f"{argument} contains infinite values (channels {np.flatnonzero(inf).tolist()}); "
+            "replace them with NaN (e.g. da.where(np.isfinite(da))) to mark them missing"
+        )
+    if np.isnan(mn).any():
+        raise ValueError(
+            f"{argument} is all NaN (channels {np.flatnonzero(np.isnan(mn)).tolist()}); "
+            "check the variable and time selection"
+        )
+    return {
+        "min": mn.astype(float),
+        "max": mx.astype(float),
+        "mean": mean.astype(float),
+        "static_valid": static_valid.astype(bool),
+        "all_finite": bool(all_finite),
+    }

@@ -1,0 +1,220 @@
+"""Training loop: AdamW with warm-up, gradient clipping, EMA weights, validation, progress.
+
+The loop knows nothing about data formats or transforms: it gets a module holding every
+trainable part (network and, optionally, learned transforms), a ``loss_fn(module, batch,
+generator)``, and a ``batch_fn(step)``. Batches and the generator used for t and ε are
+both functions of the step index alone, so a run is reproducible on CPU and can be resumed
+from any step by replaying nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+Batch = Any
+LossFn = Callable[[nn.Module, Batch, torch.Generator], torch.Tensor]
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (defaults suit small models on a CPU).
+
+    Parameters
+    ----------
+    steps
+        Number of optimiser steps.
+    batch_size
+        Windows per step.
+    lr
+        Peak AdamW learning rate, reached linearly after ``warmup`` steps.
+    weight_decay
+        AdamW weight decay.
+    warmup
+        Linear warm-up steps.
+    grad_clip
+        Maximum global gradient norm (``None`` or 0 disables clipping).
+    ema_decay
+        Exponential-moving-average decay of the weights used for sampling; the effective
+        decay is ``min(ema_decay, (1 + k) / (10 + k))`` so short runs are not dominated by
+        the random initialisation.
+    val_every
+        Validation-loss period in steps (0 disables).
+    seed
+        Seed of initialisation, batch order, t and ε.
+    """
+
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup: int = 100
+    grad_clip: float | None = 1.0
+    ema_decay: float = 0.995
+    val_every: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if self.warmup < 0 or self.val_every < 0:
+            raise ValueError("warmup and val_every must be non-negative integers")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What a training run leaves behind."""
+
+    ema: nn.Module
+    history: dict[str, list[float]] = field(default_factory=dict)
+    seconds: float = 0.0
+    steps: int = 0
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """The generator for t and ε at one step: a function of (seed, step) only."""
+    g = torch.Generator(device=device)
+    g.manual_seed((int(seed) * 1_000_003 + int(step)) % (2**63 - 1))
+    return g
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema ← decay · ema + (1 − decay) · model, parameters and float buffers."""
+    e = [p for p in ema.parameters()]
+    m = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(e, m, 1.0 - decay)
+    for be, bm in zip(ema.buffers(), model.buffers()):
+        be.copy_(bm)
+
+
+def autocast_context(device: torch.device):
+    """bf16 autocast on CUDA only; CPU runs in float32 for reproducibility."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def train(
+    module: nn.Module,
+    loss_fn: LossFn,
+    batch_fn: Callable[[int], Batch],
+    config: TrainConfig,
+    *,
+    device: torch.device,
+    val_batches: Sequence[Batch] = (),
+    progress: bool = True,
+    callback: Callable[[int, nn.Module, nn.Module, torch.optim.Optimizer], None] | None = None,
+    start_step: int = 0,
+    optimizer_state: dict | None = None,
+    ema: nn.Module | None = None,
+) -> TrainResult:
+    """Optimise ``module`` on ``loss_fn`` and keep EMA weights.
+
+    Parameters
+    ----------
+    module
+        All trainable parts, already on ``device``.
+    loss_fn
+        ``loss_fn(module, batch, generator) -> scalar`` loss.
+    batch_fn
+        ``batch_fn(step) -> batch``, deterministic in ``step``.
+    config
+        Optimisation settings.
+    device
+        Training device.
+    val_batches
+        Fixed held-out batches; their loss (with fixed t and ε) is recorded every
+        ``config.val_every`` steps and at the end.
+    progress
+        Show a tqdm bar with the running loss.
+    callback
+        Called as ``callback(step, module, ema, optimizer)`` after each step (checkpoints).
+    start_step, optimizer_state, ema
+        Resume state: continue at ``start_step`` with this optimiser state and EMA module.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
+    if ema is None:
+        ema = copy.deepcopy(module).requires_grad_(False)
+    history: dict[str, list[float]] = {"step": [], "loss": [], "val_step": [], "val_loss": []}
+    t_start = time.perf_counter()
+    bar = tqdm(
+        range(start_step, config.steps),
+        disable=not progress,
+        desc="fit",
+        initial=start_step,
+        total=config.steps,
+    )
+    running = None
+    for step in bar:
+        lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        module.train()
+        batch = batch_fn(step)
+        with autocast_context(device):
+            loss = loss_fn(module, batch, step_generator(config.seed, step, device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss.item()} at step {step}; lower lr= or check "
+                "the data for extreme values"
+            )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        opt.step()
+        ema_update(ema, module, min(config.ema_decay, (1 + step) / (10 + step)))
+        value = float(loss.detach())
+        history["step"].append(step)
+        history["loss"].append(value)
+        running = value if running is None else 0.98 * running + 0.02 * value
+        if progress and step % 10 == 0:
+            bar.set_postfix(loss=f"{running:.4f}")
+        last = step == config.steps - 1
+        if val_batches and config.val_every and ((step + 1) % config.val_every == 0 or last):
+            history["val_step"].append(step)
+            history["val_loss"].append(validation_loss(ema, loss_fn, val_batches, config, device))
+        if callback is not None:
+            callback(step, module, ema, opt)
+    bar.close()
+    return TrainResult(
+        ema=ema, history=history, seconds=time.perf_counter() - t_start, steps=config.steps
+    )
+
+
+@torch.no_grad()
+def validation_loss(
+    module: nn.Module,
+    loss_fn: LossFn,
+    batches: Sequence[Batch],
+    config: TrainConfig,
+    device: torch.device,
+) -> float:
+    """Mean loss over fixed batches with fixed t and ε (comparable across steps)."""
+    module.eval()
+    total = 0.0
+    for i, batch in enumerate(batches):
+        with autocast_context(device):
+            total += float(loss_fn(module, batch, step_generator(config.seed + 7919, i, device)))
+    return total / max(1, len(batches))
