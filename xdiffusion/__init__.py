@@ -1,5 +1,12 @@
-"""xdiffusion: xarray-native spatio-temporal diffusion models for gridded climate data."""
+"""xdiffusion: xarray-native spatio-temporal diffusion models for gridded climate data.
 
+Importing registers the ``.diffusion`` accessor on DataArray and Dataset.
+"""
+
+from xdiffusion import accessor as _accessor  # noqa: F401  (registers .diffusion)
 from xdiffusion._version import __version__
+from xdiffusion.fitting import fit
+from xdiffusion.model import DiffusionModel
+from xdiffusion.persistence import load
 
-__all__ = ["__version__"]
+__all__ = ["DiffusionModel", "__version__", "fit", "load"]

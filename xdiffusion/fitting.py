@@ -1,0 +1,244 @@
+"""``fit``: from a DataArray/Dataset to a trained :class:`~xdiffusion.model.DiffusionModel`.
+
+Set-up reads the data once, as a single streaming reduction (per-variable min/max/mean and
+the static NaN mask); training then reads random windows lazily, batch by batch.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+
+from xdiffusion._version import __version__
+from xdiffusion.core.diffusion import v_loss
+from xdiffusion.core.schedule import CosineSchedule
+from xdiffusion.io.convert import channel_stats, prepare
+from xdiffusion.io.windows import WindowReader, window_starts
+from xdiffusion.model import SCHEMA_VERSION, DiffusionModel, Denoiser, resolve_device
+from xdiffusion.nets import UNet3D, unet_config
+from xdiffusion.training import TrainConfig, train
+from xdiffusion.transforms import Identity, LearnedMonotone, Pipeline, Transform, get_transform
+
+
+def _transform_for(spec: Any, name: str) -> tuple[Transform, bool]:
+    """(fixed transform, learned?) for one variable; ``"learned"`` means identity + h_ω."""
+    if isinstance(spec, Mapping) and not {"name"} <= set(spec):
+        if name not in spec:
+            raise ValueError(f"transform= has no entry for variable {name!r}")
+        spec = spec[name]
+    if isinstance(spec, str) and spec == "learned":
+        return Identity(), True
+    try:
+        return get_transform(spec), False
+    except ValueError as err:
+        raise ValueError(f"transform={spec!r}: {err}; or use 'learned'") from None
+
+
+def fit(
+    data: xr.DataArray | xr.Dataset,
+    *,
+    frames: int = 8,
+    transform: Any = "sqrt",
+    steps: int = 2000,
+    batch_size: int = 16,
+    lr: float = 3e-4,
+    warmup: int = 100,
+    ema_decay: float = 0.995,
+    grad_clip: float | None = 1.0,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    dims: Mapping[str, str] | None = None,
+    variables: Sequence[str] | None = None,
+    preset: str = "small",
+    net: Mapping[str, Any] | None = None,
+    val_fraction: float = 0.1,
+    val_every: int = 100,
+    lambda_min: float = -30.0,
+    lambda_max: float = 30.0,
+    min_grad: float = 0.1,
+    dry_threshold: float = 0.01,
+    sampler: str = "dpmpp_2m",
+    sampling_steps: int | None = None,
+) -> DiffusionModel:
+    """Train an unconditional spatio-temporal diffusion model on ``data``.
+
+    Parameters
+    ----------
+    data
+        (time, y, x) DataArray, or Dataset whose ``variables`` are learned jointly as
+        channels. May be dask-backed: it is never loaded whole.
+    frames
+        Window length in time steps (the seed used 10).
+    transform
+        ``"none"``, ``"sqrt"``, ``"log1p"``, ``"learned"`` (eq. 4.13–4.15), a
+        :class:`~xdiffusion.transforms.Transform`, or a mapping variable → one of these.
+    steps, batch_size, lr, warmup, ema_decay, grad_clip
+        Optimisation (see :class:`~xdiffusion.training.TrainConfig`).
+    seed
+        Seeds initialisation, window order, t and ε: same seed, same CPU → same model.
+    device
+        ``"auto"`` (CUDA if available; bf16 autocast there), ``"cpu"``, ``"cuda"``…
+    progress
+        tqdm progress bar.
+    dims
+        Axis overrides, e.g. ``{"T": "time", "Y": "rlat", "X": "rlon"}``.
+    variables
+        Dataset variables to use (default: all with the time and grid axes).
+    preset, net
+        Network preset (``"small"`` or ``"reference"``) and overrides of its settings.
+    val_fraction
+        Share of windows, taken from the end of the series, held out for validation loss.
+    lambda_min, lambda_max
+        Log-SNR range of the schedule (eq. 2.59).
+    min_grad, dry_threshold
+        Learned transform: minimum-gradient coefficient and the data value (in data units)
+        above which log-derivatives enter the loss (the mask set M of eq. 4.14).
+    sampler, sampling_steps
+        Default sampler of the fitted model and its step count (None: sampler default).
+    """
+    t0 = time.perf_counter()
+    if isinstance(frames, bool) or not isinstance(frames, int | np.integer) or frames < 1:
+        raise ValueError(f"frames must be a positive integer, got {frames!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
+                      ema_decay=ema_decay, grad_clip=grad_clip, val_every=val_every, seed=seed)
+    dev = resolve_device(device)
+    p = prepare(data, dims=dims, variables=variables)
+    time_coord = p.time
+    starts = window_starts(time_coord if time_coord is not None else np.arange(p.shape[1]),
+                           int(frames))
+    if starts.size == 0:
+        raise ValueError(
+            f"no window of frames={frames} consecutive regular time steps exists; the time "
+            "axis has gaps everywhere: use fewer frames"
+        )
+    stats = channel_stats(p.data)
+    transforms, pipelines, learned, var_cfg = [], [], [], []
+    for c, name in enumerate(p.variables):
+        tr, is_learned = _transform_for(transform, name)
+        lo = tr.lower
+        if lo is not None and stats["min"][c] < lo:
+            raise ValueError(
+                f"variable {name!r} has values down to {stats['min'][c]:g}, below the lower "
+                f"bound {lo} of transform {tr.name!r}; clip the data first (da.clip(min={lo})) "
+                "or use transform='none'"
+            )
+        if not stats["max"][c] > stats["min"][c]:
+            raise ValueError(
+                f"variable {name!r} is constant ({stats['min'][c]:g}): zero-variance data "
+                "cannot be scaled; check the variable or the time selection"
+            )
+        pipe = Pipeline.fit(float(stats["min"][c]), float(stats["max"][c]), tr, learned=False)
+        transforms.append(tr)
+        pipelines.append(pipe)
+        learned.append(LearnedMonotone(min_grad=min_grad) if is_learned else None)
+        attrs = {k: _jsonable(v) for k, v in p.arrays[c].attrs.items()}
+        var_cfg.append({
+            "name": name,
+            "attrs": attrs,
+            "transform": tr.to_config(),
+            "learned": bool(is_learned),
+            "pipeline": pipe.to_config(),
+            "min": float(stats["min"][c]),
+            "max": float(stats["max"][c]),
+            "mean": float(stats["mean"][c]),
+            "dry_threshold": float(dry_threshold),
+            "min_grad": float(min_grad),
+        })
+
+    torch.manual_seed(seed)
+    net_cfg = unet_config(preset=preset, channels=len(p.variables), **dict(net or {}))
+    module = Denoiser(UNet3D(net_cfg), learned).to(dev)
+    schedule = CosineSchedule(lambda_min, lambda_max)
+    valid = torch.from_numpy(stats["static_valid"]).to(dev)
+
+    n_val = int(len(starts) * val_fraction) if len(starts) >= 20 else 0
+    # Held-out windows come from the end and must not overlap training windows.
+    train_starts = starts[: len(starts) - n_val - (frames - 1 if n_val else 0)]
+    val_starts = starts[len(starts) - n_val :]
+    if train_starts.size == 0:
+        train_starts, val_starts = starts, starts[:0]
+    reader = WindowReader(p.data, int(frames))
+    thresholds = [
+        pipe.to_scaled(torch.tensor(float(dry_threshold))).item() for pipe in pipelines
+    ]
+
+    def load(idx: np.ndarray):
+        x = torch.from_numpy(reader.read(idx))
+        finite = torch.isfinite(x)
+        mask = finite & valid.cpu()[None, :, None]
+        x = torch.where(finite, x, torch.zeros_like(x))
+        scaled = torch.cat([pl.to_scaled(x[:, c : c + 1]) for c, pl in enumerate(pipelines)], 1)
+        return scaled.to(dev), mask.to(dev)
+
+    def batch_fn(step: int):
+        rng = np.random.default_rng([seed, step])
+        return load(rng.choice(train_starts, size=batch_size, replace=True))
+
+    val_batches = []
+    if val_starts.size:
+        rng = np.random.default_rng([seed, 10**9])
+        for _ in range(2):
+            val_batches.append(load(rng.choice(val_starts, size=batch_size)))
+
+    def loss_fn(mod: Denoiser, batch, gen: torch.Generator) -> torch.Tensor:
+        scaled, mask = batch
+        parts, penalty = [], torch.zeros((), device=scaled.device)
+        for c in range(scaled.shape[1]):
+            s = scaled[:, c : c + 1]
+            if mod.has_learned(c):
+                h = mod.learned[c]
+                parts.append(h(s))
+                m = mask[:, c : c + 1] & (s > thresholds[c])
+                # eq. 4.15 divided by the number of elements, like the mean v-loss
+                penalty = penalty + h.penalty(s, m).sum() / s.numel()
+            else:
+                parts.append(s)
+        y = torch.cat(parts, 1)
+        return v_loss(mod.net, y, schedule, generator=gen, mask=mask).mean() + penalty
+
+    result = train(module, loss_fn, batch_fn, cfg, device=dev, val_batches=val_batches,
+                   progress=progress)
+    config = {
+        "schema_version": SCHEMA_VERSION,
+        "xdiffusion_version": __version__,
+        "frames": int(frames),
+        "grid": [int(p.shape[2]), int(p.shape[3])],
+        "variables": var_cfg,
+        "net": net_cfg.to_dict(),
+        "schedule": schedule.to_dict(),
+        "sampling": {"sampler": sampler, "steps": sampling_steps},
+        "training": {
+            **cfg.to_dict(),
+            "device": str(dev),
+            "seconds": round(time.perf_counter() - t0, 2),
+            "n_windows": int(len(train_starts)),
+            "n_val_windows": int(len(val_starts)),
+            "data_shape": [int(s) for s in p.shape],
+            "data_name": str(getattr(data, "name", None) or ""),
+            "torch_version": torch.__version__,
+            "python": platform.python_version(),
+            "history": result.history,
+        },
+    }
+    model = DiffusionModel(config, result.ema, pipelines, valid=valid, raw_module=module)
+    model.to(dev)
+    return model
+
+
+def _jsonable(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, str | int | float | bool | list) or v is None:
+        return v
+    return str(v)

@@ -1,0 +1,236 @@
+"""Building blocks of the spatio-temporal U-Net (pure torch, no xarray).
+
+Every block works on a *frame batch*: a video batch ``(B, C, F, H, W)`` is held as
+``(B*F, C, H, W)`` so that the (1, 3, 3) convolutions, the group norms and the spatial
+attention are ordinary 2-D operations over frames (measured faster than ``Conv3d`` with a
+``(1, 3, 3)`` kernel on CPU) and cannot mix frames. Only :class:`TemporalAttention` sees
+the frame axis; it is told ``frames`` to undo the flattening.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SPATIAL_ATTENTION_KINDS = ("none", "linear", "full")
+
+
+class LambdaEmbedding(nn.Module):
+    """Embed the log-SNR λ by fixed Fourier features followed by an MLP.
+
+    The network is conditioned on λ_t rather than t (seed eqs. 2.60–2.67: the v-predictor
+    is v̂_θ(z_t, λ_t)). λ spans roughly [λmin, λmax] = [−30, 30], so it is divided by
+    ``lam_scale`` first and then sampled by sines and cosines whose periods range
+    geometrically from the whole interval (period 4 in the scaled unit, i.e. smooth and
+    monotone-ish across [−1, 1]) down to one unit of λ, which resolves every noise level
+    the samplers use.
+
+    Parameters
+    ----------
+    fourier_dim : int
+        Number of Fourier features (even: half sines, half cosines).
+    emb_dim : int
+        Width of the output embedding.
+    lam_scale : float
+        Divisor applied to λ before the Fourier features.
+    """
+
+    def __init__(self, fourier_dim: int, emb_dim: int, lam_scale: float) -> None:
+        super().__init__()
+        n = fourier_dim // 2
+        lo, hi = math.pi / 2, 2 * math.pi * lam_scale
+        freqs = torch.exp(torch.linspace(math.log(lo), math.log(hi), n, dtype=torch.float64))
+        self.register_buffer("freqs", freqs.float(), persistent=False)
+        self.lam_scale = float(lam_scale)
+        self.mlp = nn.Sequential(nn.Linear(2 * n, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+
+    def forward(self, lam: torch.Tensor) -> torch.Tensor:
+        """Map ``lam`` of shape ``(B,)`` to an embedding of shape ``(B, emb_dim)``."""
+        # Features in float32 whatever autocast says: λ up to 30 times frequencies up to
+        # ~190 would lose the phase in bfloat16.
+        u = lam.float()[:, None] / self.lam_scale * self.freqs[None, :]
+        return self.mlp(torch.cat([u.sin(), u.cos()], dim=-1))
+
+
+class ResBlock(nn.Module):
+    """(1, 3, 3) convolutional ResNet block with GroupNorm and FiLM conditioning.
+
+    ``x -> conv(silu(norm(x))) -> norm(.)·(1 + scale) + shift -> silu -> dropout -> conv``
+    plus a (1×1 if the width changes) skip. ``scale`` and ``shift`` come from the per-frame
+    embedding, so one λ per sample (or per frame, when extra conditioning is given)
+    modulates every channel.
+
+    Parameters
+    ----------
+    c_in, c_out : int
+        Input and output channels.
+    emb_dim : int
+        Width of the conditioning embedding.
+    groups : int
+        GroupNorm groups (must divide ``c_in`` and ``c_out``).
+    dropout : float
+        Dropout probability before the second convolution.
+    """
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.film = nn.Linear(emb_dim, 2 * c_out)
+        self.groups = groups
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(N, c_in, H, W)``; ``emb``: SiLU-activated ``(N, emb_dim)``."""
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
+        # The norm has no affine of its own: FiLM's (1 + scale, shift) plays that role.
+        h = torch.addcmul(shift, F.group_norm(h, self.groups), 1 + scale)
+        h = self.conv2(self.drop(F.silu(h)))
+        return h + self.skip(x)
+
+
+def rotary_tables(
+    n: int, dim: int, base: float, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine and sine tables ``(n, dim // 2)`` of rotary position embeddings (RoPE).
+
+    Position ``p`` rotates feature pair ``i`` by angle ``p · base^(−2i/dim)``, so the dot
+    product of a rotated query at ``p`` and key at ``q`` depends on ``p − q`` only: a
+    relative position encoding that works for any number of frames.
+    """
+    inv = base ** (-torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim)
+    ang = torch.arange(n, device=device, dtype=torch.float32)[:, None] * inv[None, :]
+    return ang.cos(), ang.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive feature pairs of ``x`` (``(..., n, dim)``) by the RoPE tables."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+class TemporalAttention(nn.Module):
+    """Pre-norm residual self-attention along frames at every pixel, with RoPE.
+
+    Parameters
+    ----------
+    channels : int
+        Feature channels.
+    heads, head_dim : int
+        Attention heads and their width (``head_dim`` even, for the rotary pairs).
+    groups : int
+        GroupNorm groups of the pre-norm.
+    rotary_base : float
+        RoPE base.
+    """
+
+    def __init__(
+        self, channels: int, heads: int, head_dim: int, groups: int, rotary_base: float
+    ) -> None:
+        super().__init__()
+        self.heads, self.head_dim, self.rotary_base = heads, head_dim, rotary_base
+        inner = heads * head_dim
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * inner, 1, bias=False)
+        self.out = nn.Conv2d(inner, channels, 1)
+
+    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """``x``: ``(B*frames, C, H, W)`` frame batch; returns the same shape."""
+        n, _, h, w = x.shape
+        b, hd, d = n // frames, self.heads, self.head_dim
+        qkv = self.qkv(self.norm(x))
+        if frames == 1:
+            # Softmax over a single key is 1: attention returns the value.
+            out = qkv[:, 2 * hd * d :]
+        else:
+            # (B, F, 3, heads, d, HW) -> 3 × (B, HW, heads, F, d): tokens are frames.
+            qkv = qkv.reshape(b, frames, 3, hd, d, h * w).permute(2, 0, 5, 3, 1, 4)
+            cos, sin = rotary_tables(frames, d, self.rotary_base, x.device)
+            q, k = apply_rotary(qkv[0], cos, sin), apply_rotary(qkv[1], cos, sin)
+            o = F.scaled_dot_product_attention(q, k, qkv[2].contiguous())
+            out = o.permute(0, 3, 2, 4, 1).reshape(n, hd * d, h, w)
+        return x + self.out(out)
+
+
+class SpatialAttention(nn.Module):
+    """Pre-norm residual self-attention over the pixels of each frame.
+
+    ``kind="full"`` is softmax attention (``F.scaled_dot_product_attention``), quadratic in
+    the number of pixels, meant for coarse levels; ``kind="linear"`` is the linear
+    "efficient attention" of Shen et al. (softmax over features for queries and over
+    pixels for keys), linear in the number of pixels, as in the reference network.
+
+    Parameters
+    ----------
+    channels : int
+        Feature channels.
+    heads, head_dim : int
+        Attention heads and their width.
+    groups : int
+        GroupNorm groups of the pre-norm.
+    kind : {"full", "linear"}
+        Attention type.
+    """
+
+    def __init__(self, channels: int, heads: int, head_dim: int, groups: int, kind: str) -> None:
+        super().__init__()
+        if kind not in ("full", "linear"):
+            raise ValueError(f"kind must be 'full' or 'linear', got {kind!r}")
+        self.kind, self.heads, self.head_dim = kind, heads, head_dim
+        inner = heads * head_dim
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, 3 * inner, 1, bias=False)
+        self.out = nn.Conv2d(inner, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``(N, C, H, W)`` frame batch; returns the same shape."""
+        n, _, h, w = x.shape
+        hd, d = self.heads, self.head_dim
+        qkv = self.qkv(self.norm(x)).reshape(n, 3, hd, d, h * w)
+        q, k, v = qkv.unbind(1)  # (N, heads, d, HW) each
+        if self.kind == "full":
+            o = F.scaled_dot_product_attention(
+                q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2)
+            )
+            o = o.transpose(-1, -2)
+        else:
+            q = q.softmax(dim=-2) * d**-0.5
+            k = k.softmax(dim=-1)
+            context = k @ v.transpose(-1, -2)  # (N, heads, d_k, d_v)
+            o = context.transpose(-1, -2) @ q  # (N, heads, d_v, HW)
+        return x + self.out(o.reshape(n, hd * d, h, w))
+
+
+class Downsample(nn.Module):
+    """Halve height and width (never frames) with a learned 2×2 stride-2 convolution."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 2, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, c_in, H, W) -> (N, c_out, H/2, W/2)``."""
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Double height and width (never frames): 1×1 convolution to 4× channels, pixel shuffle.
+
+    Equivalent to a 2×2 stride-2 transposed convolution (the original U-Net's "up-conv")
+    but runs as a plain 1×1 convolution.
+    """
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, 4 * c_out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, c_in, H, W) -> (N, c_out, 2H, 2W)``."""
+        return F.pixel_shuffle(self.conv(x), 2)

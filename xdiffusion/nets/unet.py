@@ -1,0 +1,483 @@
+"""Spatio-temporal U-Net v̂_θ(z_t, λ_t) for video diffusion (pure torch, no xarray).
+
+The network predicts v = α ε − σ x (seed eq. 2.67) from a noisy video z_t and its log-SNR
+λ_t. Layout follows the reference video U-Net (Herbert 2023, after Ho et al.'s video
+diffusion models): (1, 3, 3) convolutional ResNet blocks with GroupNorm and FiLM
+conditioning on a Fourier embedding of λ, spatial-only down/up-sampling with skip
+connections, temporal attention with rotary relative positions and spatial attention at
+configurable levels. Frames are never downsampled; any grid size and any frame count work
+(the grid is padded to a multiple of 2**(levels − 1) inside ``forward`` and cropped back).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xdiffusion.nets.layers import (
+    SPATIAL_ATTENTION_KINDS,
+    Downsample,
+    LambdaEmbedding,
+    ResBlock,
+    SpatialAttention,
+    TemporalAttention,
+    Upsample,
+)
+
+PAD_MODES = ("replicate", "reflect", "zeros")
+
+
+@dataclass
+class UNetConfig:
+    """Hyper-parameters of :class:`UNet3D` (JSON-serialisable via :meth:`to_dict`).
+
+    Parameters
+    ----------
+    channels : int
+        Input channels (variables).
+    out_channels : int or None
+        Output channels; ``None`` means ``channels``.
+    width : int
+        Channels of the first level.
+    mults : tuple of int
+        Channel multiplier per level; level ``i`` has ``width * mults[i]`` channels and
+        ``2**i`` times coarser grid.
+    blocks : int
+        ResNet blocks per level (same in the down and up paths).
+    spatial_attention : tuple of str
+        Per level: ``"none"``, ``"linear"`` or ``"full"`` spatial attention.
+    temporal_attention : tuple of bool
+        Per level: whether temporal attention follows the ResNet blocks.
+    mid_spatial_attention : str
+        Spatial attention kind in the middle block (coarsest grid).
+    mid_temporal_attention : bool
+        Whether the middle block has temporal attention.
+    heads : int
+        Attention heads.
+    head_dim : int or None
+        Width of each head; ``None`` means ``level_channels // heads``. Must be even (rotary
+        position pairs).
+    groups : int
+        GroupNorm groups; must divide every level's channels.
+    emb_dim : int or None
+        Width of the λ embedding; ``None`` means ``4 * width``.
+    fourier_dim : int
+        Number of Fourier features of λ (even).
+    lam_scale : float
+        λ is divided by this before the Fourier features (λ spans about [−30, 30]).
+    cond_features : int
+        Extra per-frame conditioning features ``K`` accepted as ``cond (B, F, K)``.
+    dropout : float
+        Dropout inside the ResNet blocks.
+    pad_mode : str
+        How the grid is padded to a multiple of ``2**(levels − 1)``: ``"replicate"``,
+        ``"reflect"`` (falls back to replicate where the grid is too small) or ``"zeros"``.
+    rotary_base : float
+        Base of the rotary position embedding of temporal attention.
+    """
+
+    channels: int = 1
+    out_channels: int | None = None
+    width: int = 32
+    mults: tuple[int, ...] = (1, 2, 2)
+    blocks: int = 1
+    spatial_attention: tuple[str, ...] = ("none", "none", "full")
+    temporal_attention: tuple[bool, ...] = (True, True, True)
+    mid_spatial_attention: str = "full"
+    mid_temporal_attention: bool = True
+    heads: int = 4
+    head_dim: int | None = None
+    groups: int = 8
+    emb_dim: int | None = None
+    fourier_dim: int = 32
+    lam_scale: float = 30.0
+    cond_features: int = 0
+    dropout: float = 0.0
+    pad_mode: str = "replicate"
+    rotary_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        self.mults = tuple(self.mults) if isinstance(self.mults, list | tuple) else self.mults
+        for name in ("spatial_attention", "temporal_attention"):
+            value = getattr(self, name)
+            if isinstance(value, list | tuple):
+                setattr(self, name, tuple(value))
+        self._validate()
+
+    def _validate(self) -> None:
+        def pos_int(name: str, allow_zero: bool = False) -> None:
+            v = getattr(self, name)
+            ok = (
+                isinstance(v, int) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0)
+            )
+            if not ok:
+                kind = "a non-negative" if allow_zero else "a positive"
+                raise ValueError(f"UNetConfig.{name} must be {kind} integer, got {v!r}")
+
+        for name in ("channels", "width", "blocks", "heads", "groups", "fourier_dim"):
+            pos_int(name)
+        pos_int("cond_features", allow_zero=True)
+        for name in ("out_channels", "head_dim", "emb_dim"):
+            if getattr(self, name) is not None:
+                pos_int(name)
+        if not (
+            isinstance(self.mults, tuple)
+            and self.mults
+            and all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in self.mults)
+        ):
+            raise ValueError(
+                f"UNetConfig.mults must be a non-empty sequence of positive integers, "
+                f"got {self.mults!r}"
+            )
+        levels = len(self.mults)
+        sa, ta = self.spatial_attention, self.temporal_attention
+        if not (
+            isinstance(sa, tuple)
+            and len(sa) == levels
+            and all(s in SPATIAL_ATTENTION_KINDS for s in sa)
+        ):
+            raise ValueError(
+                f"UNetConfig.spatial_attention must list one of {SPATIAL_ATTENTION_KINDS} per "
+                f"level ({levels} levels), got {sa!r}"
+            )
+        if not (
+            isinstance(ta, tuple) and len(ta) == levels and all(isinstance(t, bool) for t in ta)
+        ):
+            raise ValueError(
+                f"UNetConfig.temporal_attention must list one bool per level ({levels} levels), "
+                f"got {ta!r}"
+            )
+        if self.mid_spatial_attention not in SPATIAL_ATTENTION_KINDS:
+            raise ValueError(
+                f"UNetConfig.mid_spatial_attention must be one of {SPATIAL_ATTENTION_KINDS}, "
+                f"got {self.mid_spatial_attention!r}"
+            )
+        if not isinstance(self.mid_temporal_attention, bool):
+            raise ValueError(
+                f"UNetConfig.mid_temporal_attention must be a bool, "
+                f"got {self.mid_temporal_attention!r}"
+            )
+        if self.fourier_dim % 2:
+            raise ValueError(f"UNetConfig.fourier_dim must be even, got {self.fourier_dim}")
+        for c in self.level_channels:
+            if c % self.groups:
+                raise ValueError(
+                    f"UNetConfig.groups={self.groups} must divide every level's channels "
+                    f"{self.level_channels}; change groups, width or mults"
+                )
+            hd = self.head_dim if self.head_dim is not None else c // self.heads
+            if self.head_dim is None and c % self.heads:
+                raise ValueError(
+                    f"UNetConfig.heads={self.heads} must divide every level's channels "
+                    f"{self.level_channels} when head_dim is None; set head_dim or change heads"
+                )
+            if hd % 2 or hd == 0:
+                raise ValueError(
+                    f"attention head width must be even and positive for rotary positions, got "
+                    f"{hd} at {c} channels; adjust UNetConfig.heads or head_dim"
+                )
+        for name in ("lam_scale", "rotary_base"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
+                raise ValueError(f"UNetConfig.{name} must be a positive number, got {v!r}")
+        if (
+            isinstance(self.dropout, bool)
+            or not isinstance(self.dropout, int | float)
+            or not (0 <= self.dropout < 1)
+        ):
+            raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.pad_mode not in PAD_MODES:
+            raise ValueError(
+                f"UNetConfig.pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}"
+            )
+
+    @property
+    def level_channels(self) -> tuple[int, ...]:
+        """Channels of each level, ``width * mults[i]``."""
+        return tuple(self.width * m for m in self.mults)
+
+    def head_width(self, channels: int) -> int:
+        """Attention head width used at a level with ``channels`` channels."""
+        return self.head_dim if self.head_dim is not None else channels // self.heads
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict (tuples become lists)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        json.dumps(out)  # fail here, not when the model is saved
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> UNetConfig:
+        """Build and validate a config from :meth:`to_dict` output.
+
+        Raises
+        ------
+        ValueError
+            If ``d`` is not a mapping, has keys that are not config fields, or has
+            malformed values.
+        """
+        if not isinstance(d, Mapping):
+            raise ValueError(f"UNetConfig.from_dict expects a mapping, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown UNetConfig keys {unknown}; valid keys are {sorted(known)}")
+        try:
+            return cls(**dict(d))
+        except TypeError as err:  # e.g. a list where a number belongs
+            raise ValueError(f"malformed UNetConfig: {err}") from err
+
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    # Trains in minutes on two CPU cores at 32×32×8.
+    "small": dict(
+        width=32,
+        mults=(1, 2, 2),
+        blocks=1,
+        spatial_attention=("none", "none", "full"),
+        temporal_attention=(True, True, True),
+        mid_spatial_attention="full",
+        heads=4,
+    ),
+    # Herbert (2023)'s network: lucidrains' Unet3D with dim=64, dim_mults=(1, 2, 4, 8),
+    # two ResNet blocks per level, linear spatial attention and temporal attention at every
+    # level, full spatial attention in the middle.
+    "reference": dict(
+        width=64,
+        mults=(1, 2, 4, 8),
+        blocks=2,
+        spatial_attention=("linear", "linear", "linear", "linear"),
+        temporal_attention=(True, True, True, True),
+        mid_spatial_attention="full",
+        heads=8,
+    ),
+}
+
+
+def unet_config(preset: str = "small", channels: int = 1, **overrides: Any) -> UNetConfig:
+    """Config of a named preset with optional field overrides.
+
+    Parameters
+    ----------
+    preset : {"small", "reference"}
+        ``"small"`` trains quickly on CPU; ``"reference"`` matches Herbert (2023)'s network.
+    channels : int
+        Input (and, unless overridden, output) channels.
+    **overrides
+        Any :class:`UNetConfig` field.
+
+    Returns
+    -------
+    UNetConfig
+    """
+    if preset not in _PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(_PRESETS)}")
+    d = dict(_PRESETS[preset], channels=channels)
+    levels = len(overrides.get("mults", d["mults"]))
+    if "mults" in overrides and levels != len(d["mults"]):
+        # Changing the depth without restating the per-level lists: extend the preset's
+        # pattern (its last entry describes the coarsest level).
+        for name in ("spatial_attention", "temporal_attention"):
+            if name not in overrides:
+                base = list(d[name])
+                d[name] = tuple((base[:-1] * levels)[: levels - 1] + base[-1:])
+    d.update(overrides)
+    return UNetConfig.from_dict(d)
+
+
+class UNet3D(nn.Module):
+    """Spatio-temporal U-Net predicting v̂_θ(z_t, λ_t) (seed eqs. 2.67–2.69).
+
+    Parameters
+    ----------
+    config : UNetConfig
+        Architecture; see :func:`unet_config` for presets.
+
+    Notes
+    -----
+    ``forward(z, lam, cond=None)`` takes ``z`` of shape ``(B, C, F, H, W)`` (any ``F >= 1``,
+    any ``H, W``), ``lam`` of shape ``(B,)`` (log-SNR λ_t) and optional ``cond`` of shape
+    ``(B, F, cond_features)`` added to the λ embedding per frame; it returns a tensor of
+    ``z``'s shape. The final convolution is zero-initialised, so an untrained network
+    outputs zeros.
+    """
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        if not isinstance(config, UNetConfig):
+            raise TypeError(
+                f"config must be a UNetConfig (use unet_config(...)), got {type(config).__name__}"
+            )
+        self.config = cfg = dataclasses.replace(config)
+        chans = cfg.level_channels
+        emb = cfg.emb_dim or 4 * cfg.width
+        g = cfg.groups
+
+        self.embed = LambdaEmbedding(cfg.fourier_dim, emb, cfg.lam_scale)
+        self.cond_proj = nn.Linear(cfg.cond_features, emb) if cfg.cond_features else None
+        self.stem = nn.Conv2d(cfg.channels, cfg.width, 3, padding=1)
+
+        def attn(c: int, spatial: str, temporal: bool) -> nn.ModuleList:
+            mods = nn.ModuleList()
+            if spatial != "none":
+                mods.append(SpatialAttention(c, cfg.heads, cfg.head_width(c), g, spatial))
+            if temporal:
+                mods.append(TemporalAttention(c, cfg.heads, cfg.head_width(c), g, cfg.rotary_base))
+            return mods
+
+        self.down_blocks, self.down_attn, self.downs = (
+            nn.ModuleList(),
+            nn.ModuleList(),
+            nn.ModuleList(),
+        )
+        c_prev = cfg.width
+        for i, c in enumerate(chans):
+            blocks = nn.ModuleList()
+            for j in range(cfg.blocks):
+                blocks.append(ResBlock(c_prev if j == 0 else c, c, emb, g, cfg.dropout))
+            c_prev = c
+            self.down_blocks.append(blocks)
+            self.down_attn.append(attn(c, cfg.spatial_attention[i], cfg.temporal_attention[i]))
+            if i < len(chans) - 1:
+                self.downs.append(Downsample(c, chans[i + 1]))
+                c_prev = chans[i + 1]
+
+        c = chans[-1]
+        self.mid1 = ResBlock(c, c, emb, g, cfg.dropout)
+        self.mid_attn = attn(c, cfg.mid_spatial_attention, cfg.mid_temporal_attention)
+        self.mid2 = ResBlock(c, c, emb, g, cfg.dropout)
+
+        self.up_blocks, self.up_attn, self.ups = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+        for i in reversed(range(len(chans))):
+            c = chans[i]
+            blocks = nn.ModuleList()
+            for j in range(cfg.blocks):
+                blocks.append(ResBlock(2 * c if j == 0 else c, c, emb, g, cfg.dropout))
+            self.up_blocks.append(blocks)
+            self.up_attn.append(attn(c, cfg.spatial_attention[i], cfg.temporal_attention[i]))
+            if i > 0:
+                self.ups.append(Upsample(c, chans[i - 1]))
+
+        self.out_norm = nn.GroupNorm(g, cfg.width)
+        self.out_conv = nn.Conv2d(cfg.width, cfg.out_channels or cfg.channels, 3, padding=1)
+        # Zero output layer: the untrained network predicts v̂ = 0.
+        nn.init.zeros_(self.out_conv.weight)
+        nn.init.zeros_(self.out_conv.bias)
+
+    @staticmethod
+    def _run_attn(mods: nn.ModuleList, x: torch.Tensor, frames: int) -> torch.Tensor:
+        for m in mods:
+            x = m(x, frames) if isinstance(m, TemporalAttention) else m(x)
+        return x
+
+    def _check_inputs(
+        self, z: torch.Tensor, lam: torch.Tensor | float, cond: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cfg = self.config
+        if not isinstance(z, torch.Tensor) or z.ndim != 5:
+            shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"z must be a (B, C, F, H, W) tensor, got {shape}")
+        b = z.shape[0]
+        if z.shape[1] != cfg.channels:
+            raise ValueError(
+                f"z has {z.shape[1]} channels but the network was built for "
+                f"UNetConfig.channels={cfg.channels}"
+            )
+        lam = torch.as_tensor(lam, device=z.device)
+        if lam.ndim == 0 or lam.shape == (1,):
+            lam = lam.reshape(1).expand(b)
+        if lam.shape != (b,):
+            raise ValueError(f"lam must have shape (B,) = ({b},), got {tuple(lam.shape)}")
+        if cond is None:
+            if cfg.cond_features:
+                raise ValueError(
+                    f"cond of shape (B, F, {cfg.cond_features}) is required: the network was "
+                    f"built with cond_features={cfg.cond_features}"
+                )
+        else:
+            want = (b, z.shape[2], cfg.cond_features)
+            if not cfg.cond_features:
+                raise ValueError("cond given but UNetConfig.cond_features is 0; pass cond=None")
+            if tuple(cond.shape) != want:
+                raise ValueError(
+                    f"cond must have shape (B, F, K) = {want}, got {tuple(cond.shape)}"
+                )
+        return lam, cond
+
+    def forward(
+        self, z: torch.Tensor, lam: torch.Tensor | float, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Predict v̂_θ(z, λ) (seed eq. 2.67).
+
+        Parameters
+        ----------
+        z : torch.Tensor
+            Noisy video, shape ``(B, C, F, H, W)``.
+        lam : torch.Tensor or float
+            Log-SNR λ per sample, shape ``(B,)`` (a scalar is broadcast).
+        cond : torch.Tensor, optional
+            Extra per-frame features ``(B, F, cond_features)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Shape of ``z``.
+        """
+        lam, cond = self._check_inputs(z, lam, cond)
+        b, c, f, h, w = z.shape
+        cfg = self.config
+
+        emb = self.embed(lam)  # (B, E)
+        if cond is not None:
+            emb = emb[:, None, :] + self.cond_proj(cond.to(emb.dtype))
+            emb = emb.reshape(b * f, -1)
+        else:
+            emb = emb.repeat_interleave(f, dim=0)
+        emb = F.silu(emb)  # every FiLM layer starts with SiLU; do it once
+
+        # Frame batch (B*F, C, H, W), padded to a multiple of the total downsampling.
+        x = z.transpose(1, 2).reshape(b * f, c, h, w)
+        m = 2 ** (len(cfg.mults) - 1)
+        ph, pw = -h % m, -w % m
+        pads = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
+        if ph or pw:
+            mode = cfg.pad_mode
+            if mode == "reflect" and (ph >= h or pw >= w):
+                mode = "replicate"
+            x = F.pad(x, pads, mode="constant" if mode == "zeros" else mode)
+
+        x = self.stem(x)
+        skips = []
+        for i, (blocks, attn) in enumerate(zip(self.down_blocks, self.down_attn)):
+            for blk in blocks:
+                x = blk(x, emb)
+            x = self._run_attn(attn, x, f)
+            skips.append(x)
+            if i < len(self.downs):
+                x = self.downs[i](x)
+
+        x = self.mid1(x, emb)
+        x = self._run_attn(self.mid_attn, x, f)
+        x = self.mid2(x, emb)
+
+        for i, (blocks, attn) in enumerate(zip(self.up_blocks, self.up_attn)):
+            x = torch.cat([x, skips.pop()], dim=1)
+            for blk in blocks:
+                x = blk(x, emb)
+            x = self._run_attn(attn, x, f)
+            if i < len(self.ups):
+                x = self.ups[i](x)
+
+        x = self.out_conv(F.silu(self.out_norm(x)))
+        x = x[:, :, pads[2] : pads[2] + h, pads[0] : pads[0] + w]
+        return x.reshape(b, f, -1, h, w).transpose(1, 2)
