@@ -268,7 +268,11 @@ def _precipitation_values(
     regime = rng_regime.standard_normal()
     wind_dev = wind_std * rng_wind.standard_normal(2)
 
-    z0 = ndtri(dry_fraction) - math.log1p(_DRY_THRESHOLD_MM_H / _INTENSITY_MM_H) / _TAIL_SHAPE
+    noise_scale = math.sqrt(1 - phi_wind**2) * wind_std
+    propagator = None
+    z0 = (
+        float(ndtri(dry_fraction)) - math.log1p(_DRY_THRESHOLD_MM_H / _INTENSITY_MM_H) / _TAIL_SHAPE
+    )
     oy, ox = (NY - ny) // 2, (NX - nx) // 2
     out = np.empty((nt, ny, nx), dtype=np.float32)
     for t0 in range(0, nt, _CHUNK_FRAMES):
@@ -279,11 +283,10 @@ def _precipitation_values(
         wind_noise = rng_wind.standard_normal((T, 2))
         regimes = np.empty(T)
         for t in range(T):
-            wind_dev = phi_wind * wind_dev + math.sqrt(1 - phi_wind**2) * wind_std * wind_noise[t]
-            u, v = wind_mean + wind_dev
-            shift_y = np.exp(-2j * np.pi * ky * v * dt).astype(np.complex64)
-            shift_x = np.exp(-2j * np.pi * kx * u * dt).astype(np.complex64)
-            state = (phi * shift_y[:, None] * shift_x[None, :]) * state + modes[t]
+            if wind_std > 0 or propagator is None:
+                wind_dev = phi_wind * wind_dev + noise_scale * wind_noise[t]
+                propagator = _propagator(phi, ky, kx, wind_mean + wind_dev, dt)
+            state = propagator * state + modes[t]
             modes[t] = state
             regime = phi_regime * regime + math.sqrt(1 - phi_regime**2) * regime_noise[t]
             regimes[t] = regime
@@ -292,6 +295,15 @@ def _precipitation_values(
         z += (math.sqrt(_REGIME_WEIGHT) * regimes).astype(np.float32)[:, None, None]
         out[t0 : t0 + T] = _INTENSITY_MM_H * np.expm1(np.maximum(_TAIL_SHAPE * (z - z0), 0))
     return out
+
+
+def _propagator(
+    phi: np.ndarray, ky: np.ndarray, kx: np.ndarray, wind: np.ndarray, dt: float
+) -> np.ndarray:
+    """AR(1) factor φ(k)·exp(-2πi k·u Δt): decay plus a shift by the wind over one step."""
+    shift_y = np.exp(-2j * np.pi * ky * wind[1] * dt).astype(np.complex64)
+    shift_x = np.exp(-2j * np.pi * kx * wind[0] * dt).astype(np.complex64)
+    return phi * shift_y[:, None] * shift_x[None, :]
 
 
 # --- toy blobs -------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ import numpy as np
 import torch
 import xarray as xr
 
-from xdiffusion.core.conditioning import block_mean
 from xdiffusion.io.cf import wrap
 from xdiffusion.io.convert import Prepared, prepare
 from xdiffusion.io.windows import regular_step
@@ -357,6 +356,12 @@ def _decode_differentiable(model: DiffusionModel, y: torch.Tensor) -> torch.Tens
             s = inv + (s - s.detach()) / slope  # d h⁻¹(y)/dy = 1 / h'(h⁻¹(y))
         out.append(pipe.from_scaled(s))
     return torch.cat(out, 1)
+
+
+def block_mean(x: torch.Tensor, factor: int) -> torch.Tensor:
+    from xdiffusion.core.conditioning import block_mean as _bm
+
+    return _bm(x, factor)
 
 
 def project_block_means(x, y, factor: int, lower) -> torch.Tensor:

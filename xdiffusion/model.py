@@ -16,7 +16,6 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from xdiffusion.core.conditioning import block_mean, finalize, guidance, imputation
 from xdiffusion.core.diffusion import make_denoiser
 from xdiffusion.core.noise import MemberNoise
 from xdiffusion.core.samplers import get_sampler, run_sampler
@@ -194,6 +193,8 @@ class DiffusionModel:
         progress: bool = False,
     ):
         """A :data:`~xdiffusion.core.sequences.WindowFn` for one batch of members."""
+        from xdiffusion.core.conditioning import finalize, guidance, imputation
+
         net = self.module.net
         kwargs = {"cond": cond} if cond is not None else None
         base = make_denoiser(net, net_kwargs=kwargs)

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from xdiffusion.model import SCHEMA_VERSION, Denoiser, DiffusionModel
@@ -118,7 +118,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Diff
     def build(name: str) -> tuple[Denoiser, torch.Tensor | None]:
         try:
             tensors = load_file(path / name)
-        except (SafetensorsError, OSError) as err:
+        except (SafetensorError, OSError) as err:
             raise _bad(path, f"{name} is not a safetensors file ({err})") from None
         valid = tensors.pop("valid", None)
         module = Denoiser(UNet3D(net_cfg), learned)
