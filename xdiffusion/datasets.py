@@ -102,7 +102,10 @@ def _time_coord(nt: int, freq: str, start: str, calendar: str) -> tuple[xr.DataA
             f"got {start!r} ({err})"
         ) from err
     attrs = {"standard_name": "time", "long_name": "time", "axis": "T"}
-    return xr.DataArray(times, dims="time", attrs=attrs), float(dt_hours)
+    coord = xr.DataArray(times, dims="time", attrs=attrs)
+    # CF-1.8 checkers reject int64 times and fill values on coordinates.
+    coord.encoding.update(dtype="float64", _FillValue=None)
+    return coord, float(dt_hours)
 
 
 def _grid_coords(ny: int, nx: int, dx_km: float) -> dict[str, xr.DataArray]:
@@ -114,7 +117,9 @@ def _grid_coords(ny: int, nx: int, dx_km: float) -> dict[str, xr.DataArray]:
             "units": "km",
             "axis": letter,
         }
-        return xr.DataArray((np.arange(n) + 0.5) * dx_km, dims=letter.lower(), attrs=attrs)
+        coord = xr.DataArray((np.arange(n) + 0.5) * dx_km, dims=letter.lower(), attrs=attrs)
+        coord.encoding["_FillValue"] = None
+        return coord
 
     return {"y": axis(ny, "Y"), "x": axis(nx, "X")}
 
@@ -433,8 +438,8 @@ def open_sample(
     Parameters
     ----------
     name
-        One of :func:`list_samples`, e.g. ``"daymet_v4_precip_sept_2013.nc"`` (Daymet v4
-        daily precipitation, September 2013).
+        One of :func:`list_samples`: ``"CESM2_sst_data.nc"`` (CESM2 monthly sea-surface
+        temperature on a lat-lon grid) or ``"NARR_19930313_0000.nc"`` (one NARR analysis).
     cache_dir
         Cache directory; wins over ``$XDIFFUSION_DATA_DIR`` and the user cache.
     **open_kwargs

@@ -14,9 +14,9 @@ Conventions
   (F its DFT, N its number of cells), so by Parseval Σ_modes P = Σ (x − x̄)² = N · var(x);
   units are the input's squared. The spatial PSD averages P over rings round(|k| / Δk) = r,
   r = 1 … ceil(L/2) − 1 (L the longer side, Δk = 1 / its length); the temporal one over
-  ±f, up to and including the Nyquist frequency. The coordinate ``n_modes`` counts the
-  modes of each ring, so Σ_r P(r) · n_modes(r) gives back N · var(x) (up to the spatial
-  corners beyond the last ring).
+  ±f, up to and including the Nyquist frequency. The coordinates ``wavenumber_modes`` and
+  ``frequency_modes`` count the modes of each ring, so Σ_r P(r) · modes(r) gives back
+  N · var(x) (up to the spatial corners beyond the last ring).
 - Quantiles (Fig. 4.4): the seed's set Q = {1 − 10^−n1 + n2 · 10^−(n1+1)}, n1 = 1 … 7,
   n2 = 1 … 9 (0.91 … 0.9999999, as in the reference notebooks), linear interpolation.
 """
@@ -296,8 +296,8 @@ def spatial_psd(
     -------
     xr.DataArray
         ``spatial_psd`` on dimension ``wavenumber`` (cycles per km, units ``km-1``, or
-        cycles per cell, units ``1``) with coordinate ``n_modes``; units the square of
-        ``da``'s. Lazy for dask input.
+        cycles per cell, units ``1``) with coordinate ``wavenumber_modes``; units the
+        square of ``da``'s. Lazy for dask input.
     """
     da = _check_da(da, "da")
     axes = find_axes(da, dims, require_time=False)
@@ -334,7 +334,7 @@ def spatial_psd(
         k_attrs = {"long_name": "radial wavenumber (cycles per grid cell)", "units": "1"}
     psd = psd.assign_coords(
         wavenumber=("wavenumber", k, k_attrs),
-        n_modes=(
+        wavenumber_modes=(
             "wavenumber",
             n_modes[1 : r_max + 1],
             {"long_name": "number of Fourier modes in the ring", "units": "1"},
@@ -395,9 +395,10 @@ def temporal_psd(
     """Power spectral density over time per cell, averaged over cells (Fig. 4.3, right).
 
     P(f) = |F(f)|² / n of each cell's mean-removed series of n steps (mean over ±f), for
-    f = r / (n Δt), r = 1 … floor(n/2) (Nyquist included), so Σ_r P(r) · n_modes(r) =
-    n · var(series) (Parseval). P is averaged over cells, ``realization`` and any other
-    dimension, and over windows; series containing NaN are left out of the average.
+    f = r / (n Δt), r = 1 … floor(n/2) (Nyquist included), so
+    Σ_r P(r) · frequency_modes(r) = n · var(series) (Parseval). P is averaged over cells,
+    ``realization``, any other dimension and windows; series containing NaN are left out
+    of the average.
 
     Parameters
     ----------
@@ -416,7 +417,8 @@ def temporal_psd(
     -------
     xr.DataArray
         ``temporal_psd`` on dimension ``frequency`` (units ``h-1``, or ``1`` per step)
-        with coordinate ``n_modes``; units the square of ``da``'s. Lazy for dask input.
+        with coordinate ``frequency_modes``; units the square of ``da``'s. Lazy for dask
+        input.
     """
     da = _check_da(da, "da")
     axes = find_axes(da, dims, require_time=False)
@@ -456,7 +458,11 @@ def temporal_psd(
         f_attrs = {"long_name": "frequency (cycles per time step)", "units": "1"}
     psd = psd.assign_coords(
         frequency=("frequency", f, f_attrs),
-        n_modes=("frequency", n_modes, {"long_name": "number of Fourier modes", "units": "1"}),
+        frequency_modes=(
+            "frequency",
+            n_modes,
+            {"long_name": "number of Fourier modes (+f and -f)", "units": "1"},
+        ),
     )
     psd.name = "temporal_psd"
     psd.attrs = _with_units(

@@ -424,8 +424,9 @@ class LearnedMonotone(nn.Module):
            shrinking the bracket with the sign of the residual; a step that would leave the
            bracket is replaced by bisection, so convergence is guaranteed (h' ≥
            min_grad / (1 + min_grad) also bounds the conditioning). One step usually
-           suffices (linear interpolation is already accurate to O(grid⁻²)); iterations stop
-           once the largest update in a chunk is below ``tol`` or after ``max_iter``.
+           suffices (linear interpolation is already accurate to O(grid⁻²)). An element
+           stops when its update is at most ``tol`` or its residual is at rounding level;
+           only unfinished elements take part in later iterations (at most ``max_iter``).
 
         The loop runs over iterations and memory chunks of ``chunk`` elements only, never
         over elements, on the device of ``y`` and in its floating dtype (float32 in →
@@ -438,9 +439,9 @@ class LearnedMonotone(nn.Module):
         y
             Values in [−1, 1], any shape.
         tol
-            Stop when the largest Newton update in a chunk is at most ``tol``.
+            An element is finished once its Newton update is at most ``tol``.
         max_iter
-            Maximum number of Newton/bisection iterations per chunk.
+            Maximum number of Newton/bisection iterations.
         grid
             Number of bracketing nodes (≥ 3).
         chunk
@@ -463,12 +464,15 @@ class LearnedMonotone(nn.Module):
         ug = torch.cummax(self._u(xg, weights, grad=False)[0], 0).values
         # Solve u(x) = target rather than h(x) = y: saves the rescale in every iteration.
         target = u0 + 0.5 * (t + 1.0) * span
+        noise = 4.0 * torch.finfo(work).eps
         out = torch.empty_like(t)
         for start in range(0, t.numel(), int(chunk)):
             tc = target[start : start + int(chunk)]
             k = torch.searchsorted(ug, tc).clamp(1, int(grid) - 1)
             a, b, ua, ub = xg[k - 1], xg[k], ug[k - 1], ug[k]
             x = (a + (tc - ua) / (ub - ua) * (b - a)).clamp(a, b)
+            res = x.clone()
+            pos = torch.arange(x.numel(), device=x.device)
             for _ in range(int(max_iter)):
                 u, du = self._u(x, weights, grad=True)
                 r = u - tc
@@ -476,11 +480,15 @@ class LearnedMonotone(nn.Module):
                 b = torch.where(r > 0, x, b)
                 step = x - r / du
                 x_new = torch.where((step >= a) & (step <= b), step, 0.5 * (a + b))
-                delta = float((x_new - x).abs().max()) if x.numel() else 0.0
-                x = x_new
-                if delta <= tol:
+                res[pos] = x_new
+                # An element is done when its update is below tol or its residual is at
+                # rounding level (float32 cannot resolve better); later iterations only
+                # touch the few elements that are not.
+                keep = ((x_new - x).abs() > tol) & (r.abs() > noise * (1.0 + tc.abs()))
+                if not bool(keep.any()):
                     break
-            out[start : start + int(chunk)] = x
+                pos, x, a, b, tc = pos[keep], x_new[keep], a[keep], b[keep], tc[keep]
+            out[start : start + int(chunk)] = res
         return out.clamp(-1.0, 1.0).reshape(y.shape).to(y.dtype)
 
     @torch.no_grad()
