@@ -116,6 +116,13 @@ def test_same_seed_same_output_and_prefix_property():
     assert not np.array_equal(a.values, d.values)
 
 
+@pytest.mark.parametrize("shape", [(30, 1, 1), (30, 1, 9), (30, 3, 2)])
+def test_tiny_grids_are_finite(shape):
+    v = synthetic_precipitation(*shape, seed=1).values
+    assert v.shape == shape
+    assert np.isfinite(v).all() and v.min() >= 0
+
+
 def test_cf_metadata():
     da = synthetic_precipitation(5, 4, 6, dx_km=2.5)
     assert da.name == "pr"
@@ -283,7 +290,7 @@ def local_server(tmp_path):
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), partial(handler, directory=str(served))
     )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/", served, hits
@@ -330,6 +337,10 @@ def test_open_sample_uses_the_cache_directory_from_the_environment(
     open_sample(name).close()
     assert (env_cache / name).exists()
     assert len(hits) == 1
+    explicit = tmp_path / "explicit"  # an explicit cache_dir wins over the environment
+    open_sample(name, cache_dir=explicit).close()
+    assert (explicit / name).exists()
+    assert len(hits) == 2
 
 
 def test_open_sample_rejects_a_corrupted_download(local_server, tmp_path, monkeypatch):

@@ -245,7 +245,8 @@ def _precipitation_values(
     rng_field, rng_regime, rng_wind = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
     )
-    NY, NX = sfft.next_fast_len(2 * ny, real=True), sfft.next_fast_len(2 * nx, real=True)
+    # Padding to twice the size hides the periodic FFT domain (and keeps tiny grids sane).
+    NY, NX = (sfft.next_fast_len(max(2 * n, 8), real=True) for n in (ny, nx))
     ky_full = sfft.fftfreq(NY, d=dx)[:, None]
     kx_full = sfft.fftfreq(NX, d=dx)[None, :]
     k = np.hypot(ky_full, kx_full)

@@ -1,0 +1,51 @@
+import dask
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+torch.set_num_threads(2)
+
+TINY_NET = {"width": 8, "mults": [1, 2]}
+
+
+class CountingScheduler:
+    """A dask scheduler that counts computes and can forbid more than ``max_computes``."""
+
+    def __init__(self, max_computes: int = 0):
+        self.total = 0
+        self.max_computes = max_computes
+
+    def __call__(self, dsk, keys, **kwargs):
+        self.total += 1
+        if self.total > self.max_computes:
+            raise RuntimeError(f"too many dask computes: {self.total} > {self.max_computes}")
+        return dask.get(dsk, keys, **kwargs)
+
+
+def make_series(nt=120, ny=16, nx=16, seed=0, calendar="standard"):
+    from xdiffusion.datasets import synthetic_precipitation
+
+    return synthetic_precipitation(nt=nt, ny=ny, nx=nx, seed=seed, calendar=calendar)
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A tiny model fitted once for the API tests (seconds on a CPU)."""
+    da = make_series()
+    return da.diffusion.fit(frames=4, steps=6, batch_size=2, progress=False, device="cpu",
+                            net=TINY_NET, sampling_steps=3)
+
+
+@pytest.fixture(scope="session")
+def series():
+    return make_series()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def as_dataset(da: xr.DataArray) -> xr.Dataset:
+    return da.to_dataset()

@@ -1,0 +1,192 @@
+"""The accessor and DiffusionModel on DataArrays and Datasets: shapes, CF, round trips."""
+
+import dask
+import dask.array as dsa
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from conftest import TINY_NET, CountingScheduler, make_series
+
+import xdiffusion as xd
+from xdiffusion.io.convert import channel_stats, prepare
+
+FIT = dict(frames=4, steps=3, batch_size=2, progress=False, device="cpu", net=TINY_NET)
+GEN = dict(steps=3, progress=False)
+
+
+def test_sample_shape_coords_and_cf(tiny_model, series):
+    tmpl = series.isel(time=slice(0, 6))
+    ens = tmpl.diffusion.sample(tiny_model, n=3, seed=1, **GEN)
+    assert ens.dims == ("realization", "time", "y", "x")
+    assert ens.shape == (3, 6, 16, 16)
+    assert ens.realization.attrs["standard_name"] == "realization"
+    assert ens.realization.attrs["units"] == "1"
+    assert ens.realization.dtype.kind == "i"
+    np.testing.assert_array_equal(ens.time, tmpl.time)
+    assert ens.y.attrs == tmpl.y.attrs
+    for k in ("units", "standard_name", "long_name", "cell_methods"):
+        assert ens.attrs[k] == series.attrs[k]
+    assert "xdiffusion" in ens.attrs["history"] and "sample(" in ens.attrs["history"]
+    assert float(ens.min()) >= 0.0 and np.isfinite(ens.values).all()
+    assert ens.name == series.name
+
+
+def test_sample_is_reproducible_and_member_independent(tiny_model, series):
+    tmpl = series.isel(time=slice(0, 4))
+    a = tmpl.diffusion.sample(tiny_model, n=4, seed=5, **GEN)
+    b = tmpl.diffusion.sample(tiny_model, n=4, seed=5, batch_size=3, **GEN)
+    c = tmpl.diffusion.sample(tiny_model, n=2, seed=5, **GEN)
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.values[:2], c.values)
+    d = tmpl.diffusion.sample(tiny_model, n=2, seed=6, **GEN)
+    assert not np.array_equal(c.values, d.values)
+
+
+def test_long_template_extends_autoregressively(tiny_model, series):
+    ens = series.isel(time=slice(0, 11)).diffusion.sample(tiny_model, n=2, **GEN)
+    assert ens.sizes["time"] == 11 and np.isfinite(ens.values).all()
+
+
+def test_dataset_output_global_attrs(tiny_model, series):
+    ds = series.isel(time=slice(0, 4)).to_dataset()
+    ds.attrs["history"] = "made by a test"
+    out = ds.diffusion.sample(tiny_model, n=2, **GEN)
+    assert isinstance(out, xr.Dataset)
+    assert out.attrs["Conventions"].startswith("CF-")
+    assert out.attrs["source"].startswith("xdiffusion")
+    assert out.attrs["history"].startswith("made by a test\n")
+    assert out.attrs["title"]
+
+
+def test_bad_inputs(tiny_model, series):
+    with pytest.raises(ValueError, match="grid"):
+        series.isel(x=slice(0, 10)).diffusion.sample(tiny_model, n=1)
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        series.diffusion.sample(tiny_model, n=0)
+    with pytest.raises(TypeError, match="model must be an xdiffusion.DiffusionModel"):
+        series.diffusion.sample("model.nc", n=1)
+    with pytest.raises(ValueError, match="frames=500 is longer"):
+        series.diffusion.fit(**{**FIT, "frames": 500})
+    with pytest.raises(ValueError, match="all NaN"):
+        (series * np.nan).diffusion.fit(**FIT)
+    with pytest.raises(TypeError, match="non-numeric"):
+        series.astype(str).diffusion.fit(**FIT)
+    with pytest.raises(ValueError, match="no time axis"):
+        series.isel(time=0).diffusion.fit(**FIT)
+    with pytest.raises(ValueError, match="below the lower bound"):
+        (series - 1).diffusion.fit(**FIT)
+    with pytest.raises(ValueError, match="sampler"):
+        series.isel(time=slice(0, 4)).diffusion.sample(tiny_model, n=1, sampler="euler-x")
+
+
+def test_fit_dask_not_computed_whole():
+    da = make_series(nt=120)
+    reads = []
+
+    class Recording:
+        shape, dtype, ndim = da.shape, da.dtype, da.ndim
+
+        def __getitem__(self, key):
+            out = da.values[key]
+            reads.append(out.size)
+            return out
+
+    lazy = da.copy(data=dsa.from_array(Recording(), chunks=(20, 16, 16), asarray=True))
+    sched = CountingScheduler(max_computes=1)
+    with dask.config.set(scheduler=sched):
+        p = prepare(lazy)
+        stats = channel_stats(p.data)
+    assert sched.total == 1  # one streaming reduction in set-up
+    assert max(reads) <= 20 * 16 * 16  # read chunk by chunk, never the whole array
+    np.testing.assert_allclose(stats["max"], [float(da.max())], rtol=1e-6)
+    reads.clear()
+    model = lazy.diffusion.fit(**FIT)
+    assert max(reads) <= 20 * 16 * 16
+    assert dask.is_dask_collection(lazy.data)
+    assert model.grid == (16, 16)
+
+
+def test_cftime_odd_grid_fit_sample():
+    da = make_series(nt=60, ny=13, nx=19, calendar="360_day")
+    model = da.diffusion.fit(**FIT)
+    ens = da.isel(time=slice(0, 5)).diffusion.sample(model, n=2, **GEN)
+    assert ens.shape == (2, 5, 13, 19)
+    assert ens.time.values[0] == da.time.values[0]
+
+
+def test_save_load_identical_samples(tiny_model, series, tmp_path):
+    tiny_model.save(tmp_path / "m")
+    loaded = xd.load(tmp_path / "m")
+    tmpl = series.isel(time=slice(0, 4))
+    a = tmpl.diffusion.sample(tiny_model, n=2, seed=3, **GEN)
+    b = tmpl.diffusion.sample(loaded, n=2, seed=3, **GEN)
+    np.testing.assert_array_equal(a.values, b.values)
+    assert loaded.config["training"]["steps"] == tiny_model.config["training"]["steps"]
+    for a_, b_ in zip(tiny_model.module.state_dict().values(), loaded.module.state_dict().values()):
+        assert torch.equal(a_, b_)
+
+
+def test_load_refuses_bad_files(tiny_model, tmp_path):
+    import json
+
+    path = tmp_path / "m"
+    tiny_model.save(path)
+    cfg = json.loads((path / "config.json").read_text())
+    bad = dict(cfg, schema_version=99)
+    (path / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="schema_version 99"):
+        xd.load(path)
+    (path / "config.json").write_text(json.dumps(cfg))
+    blob = bytearray((path / "ema.safetensors").read_bytes())
+    blob[-1] ^= 0xFF
+    (path / "ema.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="SHA-256"):
+        xd.load(path)
+    (path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        xd.load(path)
+    with pytest.raises(ValueError, match="no config.json"):
+        xd.load(tmp_path)
+
+
+def test_interpolate_keeps_observed_exactly(tiny_model, series):
+    data = series.isel(time=slice(10, 22)).copy()
+    data[{"time": [3, 4, 8]}] = np.nan
+    data[0, 0, 0] = np.nan
+    out = data.diffusion.interpolate(tiny_model, n=2, **GEN)
+    obs = np.isfinite(data.values)
+    for k in range(2):
+        np.testing.assert_array_equal(out.values[k][obs], data.values[obs])
+    assert np.isfinite(out.values).all()
+    status = out[out.attrs["ancillary_variables"]]
+    assert status.attrs["flag_meanings"] == "observed generated"
+    np.testing.assert_array_equal(status.values == 1, obs)
+    with pytest.raises(ValueError, match="no missing values"):
+        series.isel(time=slice(0, 8)).diffusion.interpolate(tiny_model, n=1)
+
+
+@pytest.mark.parametrize("calendar", ["standard", "360_day"])
+def test_forecast_time_axis_continues(calendar):
+    da = make_series(nt=40, calendar=calendar)
+    model = da.diffusion.fit(**FIT)
+    fc = da.diffusion.forecast(model, lead=5, n=2, **GEN)
+    assert fc.sizes["time"] == 5 and fc.sizes["realization"] == 2
+    step = da.time.values[1] - da.time.values[0]
+    assert fc.time.values[0] == da.time.values[-1] + step
+    assert fc.time.values[-1] == da.time.values[-1] + 5 * step
+    assert np.isfinite(fc.values).all() and float(fc.min()) >= 0
+
+
+def test_downscale_block_means(tiny_model, series):
+    fine = series.isel(time=slice(0, 4))
+    coarse = fine.coarsen(y=4, x=4).mean()
+    out = coarse.diffusion.downscale(tiny_model, n=2, factor=4, **GEN)
+    assert out.shape == (2, 4, 16, 16)
+    np.testing.assert_allclose(out.y.values, fine.y.values, rtol=1e-9)
+    back = out.coarsen(y=4, x=4).mean()
+    np.testing.assert_allclose(back.values, np.broadcast_to(coarse.values, back.shape),
+                               rtol=1e-3, atol=1e-6)
+    assert float(out.min()) >= 0
+    like = coarse.diffusion.downscale(tiny_model, n=1, like=fine, **GEN)
+    np.testing.assert_array_equal(like.x.values, fine.x.values)
