@@ -83,16 +83,15 @@ def test_bad_inputs(tiny_model, series):
 def test_fit_dask_not_computed_whole():
     da = make_series(nt=120)
     reads = []
+    values = da.values
 
-    class Recording:
-        shape, dtype, ndim = da.shape, da.dtype, da.ndim
+    def loader(block_info=None):
+        sl = tuple(slice(a, b) for a, b in block_info[None]["array-location"])
+        reads.append(values[sl].size)
+        return values[sl]
 
-        def __getitem__(self, key):
-            out = da.values[key]
-            reads.append(out.size)
-            return out
-
-    lazy = da.copy(data=dsa.from_array(Recording(), chunks=(20, 16, 16), asarray=True))
+    chunks = ((20,) * 6, (16,), (16,))
+    lazy = da.copy(data=dsa.map_blocks(loader, chunks=chunks, dtype=np.float32))
     sched = CountingScheduler(max_computes=1)
     with dask.config.set(scheduler=sched):
         p = prepare(lazy)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import dask.array as dsa
 import numpy as np
 import pandas as pd
@@ -13,6 +15,10 @@ from xdiffusion import diagnostics as dg
 UNITS = "mm h-1"
 
 
+def proj_attrs(axis: str, unit: str) -> dict:
+    return {"units": unit, "axis": axis.upper(), "standard_name": f"projection_{axis}_coordinate"}
+
+
 def field(values, *, spacing=8800.0, unit="m", member=False, time=None):
     """(realization,) time, y, x DataArray on a projection grid."""
     values = np.asarray(values, dtype=float)
@@ -20,8 +26,8 @@ def field(values, *, spacing=8800.0, unit="m", member=False, time=None):
     nt, ny, nx = values.shape[-3:]
     coords = {
         "time": pd.date_range("2000-01-01", periods=nt, freq="h") if time is None else time,
-        "y": ("y", np.arange(ny) * spacing, {"units": unit, "axis": "Y"}),
-        "x": ("x", np.arange(nx) * spacing, {"units": unit, "axis": "X"}),
+        "y": ("y", np.arange(ny) * spacing, proj_attrs("y", unit)),
+        "x": ("x", np.arange(nx) * spacing, proj_attrs("x", unit)),
     }
     if member:
         coords["realization"] = np.arange(values.shape[0])
@@ -428,6 +434,25 @@ def test_evaluate_report_contents_attrs_and_netcdf(tmp_path):
     ds.to_netcdf(path)
     with xr.open_dataset(path) as back:
         xr.testing.assert_allclose(back.load(), ds)
+    assert cf_problems(path, tmp_path) == []
+    assert "_FillValue" not in samples["x"].encoding  # the input is left alone
+
+
+def cf_problems(path, tmp_path):
+    """High- and medium-priority messages of the IOOS compliance checker (cf:1.8)."""
+    runner = pytest.importorskip("compliance_checker.runner")
+    out = tmp_path / "cf.json"
+    runner.CheckSuite.load_all_available_checkers()
+    runner.ComplianceChecker.run_checker(
+        str(path), ["cf:1.8"], 0, "normal", output_filename=str(out), output_format="json"
+    )
+    result = json.loads(out.read_text())["cf:1.8"]
+    return [
+        msg
+        for level in ("high_priorities", "medium_priorities")
+        for check in result.get(level, [])
+        for msg in check.get("msgs", [])
+    ]
 
 
 def test_evaluate_identical_inputs_score_zero_and_lazy():
@@ -453,3 +478,18 @@ def test_evaluate_rejects_different_time_steps():
     other = ref.assign_coords(time=pd.date_range("2000", periods=8, freq="3h"))
     with pytest.raises(ValueError, match="time steps"):
         dg.evaluate(ref, other)
+
+
+def test_custom_dimension_names_through_dims_and_member_dim():
+    rng = np.random.default_rng(16)
+    samples = xr.DataArray(rng.random((3, 6, 8, 8)), dims=("ens", "step", "row", "col"))
+    ref = xr.DataArray(rng.random((6, 8, 8)), dims=("step", "row", "col"))
+    dims = {"T": "step", "Y": "row", "X": "col"}
+    with pytest.raises(ValueError, match="dims="):
+        dg.spatial_psd(samples)
+    ds = dg.evaluate(samples, ref, observations=ref, dims=dims, member_dim="ens")
+    assert ds["mean_normalised_bias"].dims == ("row", "col")
+    assert ds["wavenumber"].attrs["units"] == "1" and ds["frequency"].attrs["units"] == "1"
+    assert ds.sizes["rank"] == 4
+    with pytest.raises(ValueError, match="not a dimension"):
+        dg.histogram(ref, dims={"T": "time", "Y": "row", "X": "col"})

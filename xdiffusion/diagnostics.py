@@ -87,6 +87,13 @@ def _validate_dims(da: xr.DataArray, dims: Mapping[str, str] | None) -> None:
         find_axes(da, dims, require_time="T" in dims)
 
 
+def _no_fill(obj: xr.DataArray | xr.Dataset) -> xr.DataArray | xr.Dataset:
+    """Drop the default NaN _FillValue of coordinates when written (CF §2.5.1 forbids it)."""
+    for name in obj.coords:
+        obj.coords[name].variable.encoding["_FillValue"] = None
+    return obj
+
+
 def _pool_mean(da: xr.DataArray, keep: Sequence[str]) -> xr.DataArray:
     other = [d for d in da.dims if d not in keep]
     return da.mean(other, skipna=True) if other else da
@@ -196,7 +203,7 @@ def histogram(
         "bin_upper": ("bin", edges[1:], _with_units({"long_name": "upper bin edge"}, units)),
     }
     name = "log10_frequency_density" if log else "frequency_density"
-    return xr.DataArray(density, dims=("bin",), coords=coords, name=name, attrs=attrs)
+    return _no_fill(xr.DataArray(density, dims=("bin",), coords=coords, name=name, attrs=attrs))
 
 
 # -------------------------------------------------------------------------- spectra
@@ -336,7 +343,7 @@ def spatial_psd(
         wavenumber=("wavenumber", k, k_attrs),
         wavenumber_modes=(
             "wavenumber",
-            n_modes[1 : r_max + 1],
+            n_modes[1 : r_max + 1].astype(np.int32),
             {"long_name": "number of Fourier modes in the ring", "units": "1"},
         ),
     )
@@ -349,7 +356,7 @@ def spatial_psd(
         },
         _units_power(da.attrs.get("units"), 2),
     )
-    return psd
+    return _no_fill(psd)
 
 
 def _time_step_hours(da: xr.DataArray, tdim: str) -> float | None:
@@ -449,7 +456,7 @@ def temporal_psd(
         )
         psd = _pool_mean(psd, ["frequency"])
     r = np.arange(1, nf + 1)
-    n_modes = np.where(2 * r == window, 1, 2)
+    n_modes = np.where(2 * r == window, 1, 2).astype(np.int32)
     if step is not None:
         f = r / (window * step)
         f_attrs = {"long_name": "frequency (cycles per hour)", "units": "h-1"}
@@ -473,7 +480,7 @@ def temporal_psd(
         },
         _units_power(da.attrs.get("units"), 2),
     )
-    return psd
+    return _no_fill(psd)
 
 
 # ------------------------------------------------------------------------- quantiles
@@ -556,7 +563,7 @@ def qq(
     s, r = _pooled_quantiles(da, q), _pooled_quantiles(reference, q)
     with xr.set_options(keep_attrs=False):
         rel = ((s - r) / r.where(r != 0)).rename("relative_error")
-    return xr.Dataset(
+    ds = xr.Dataset(
         {
             "sample": s.assign_attrs(
                 _with_units({"long_name": f"quantile of sample {_describe(da)}"}, ua)
@@ -574,6 +581,7 @@ def qq(
         },
         coords={"quantile": ("quantile", q, {"long_name": "probability level", "units": "1"})},
     )
+    return _no_fill(ds)
 
 
 # ------------------------------------------------------------------------------ bias
@@ -832,7 +840,7 @@ def rank_histogram(
     return xr.DataArray(
         hist,
         dims=("rank",),
-        coords={"rank": ("rank", np.arange(m + 1), rank_attrs)},
+        coords={"rank": ("rank", np.arange(m + 1, dtype=np.int32), rank_attrs)},
         name="rank_histogram",
         attrs=attrs,
     )
@@ -1023,7 +1031,8 @@ def evaluate(
         out["rank_histogram"] = rank_histogram(samples, observations, member_dim=member_dim)
         out.update(spread_skill(samples, observations, member_dim=member_dim).data_vars)
 
-    ds = xr.Dataset({k: v.rename(k) for k, v in out.items()})
+    # shallow copy: fresh encodings, so the inputs' coordinates are not touched
+    ds = _no_fill(xr.Dataset({k: v.rename(k) for k, v in out.items()}).copy())
     ds.attrs = {
         "title": "xdiffusion evaluation of generated samples against a reference",
         "Conventions": CONVENTIONS,

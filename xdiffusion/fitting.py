@@ -6,6 +6,8 @@ the static NaN mask); training then reads random windows lazily, batch by batch.
 
 from __future__ import annotations
 
+import copy
+import os
 import platform
 import time
 from collections.abc import Mapping, Sequence
@@ -16,11 +18,12 @@ import torch
 import xarray as xr
 
 from xdiffusion._version import __version__
+from xdiffusion.checkpoint import Checkpointer, list_checkpoints, load_checkpoint
 from xdiffusion.core.diffusion import v_loss
 from xdiffusion.core.schedule import CosineSchedule
 from xdiffusion.io.convert import channel_stats, prepare
 from xdiffusion.io.windows import WindowReader, window_starts
-from xdiffusion.model import SCHEMA_VERSION, DiffusionModel, Denoiser, resolve_device
+from xdiffusion.model import SCHEMA_VERSION, Denoiser, DiffusionModel, resolve_device
 from xdiffusion.nets import UNet3D, unet_config
 from xdiffusion.training import TrainConfig, train
 from xdiffusion.transforms import Identity, LearnedMonotone, Pipeline, Transform, get_transform
@@ -66,6 +69,10 @@ def fit(
     dry_threshold: float = 0.01,
     sampler: str = "dpmpp_2m",
     sampling_steps: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
+    keep_checkpoints: int = 3,
+    resume: bool = False,
 ) -> DiffusionModel:
     """Train an unconditional spatio-temporal diffusion model on ``data``.
 
@@ -102,6 +109,16 @@ def fit(
         above which log-derivatives enter the loss (the mask set M of eq. 4.14).
     sampler, sampling_steps
         Default sampler of the fitted model and its step count (None: sampler default).
+    checkpoint_dir
+        Directory for crash-safe checkpoints (safetensors + JSON, written atomically; see
+        :mod:`xdiffusion.checkpoint`); None writes none.
+    checkpoint_every, keep_checkpoints
+        Checkpoint period in steps (the last step is always saved) and how many to keep.
+    resume
+        Continue from the newest valid checkpoint in ``checkpoint_dir`` (weights, EMA,
+        optimiser, RNG state and data position): on CPU the result equals an uninterrupted
+        run's. Starts afresh if there is none; raises ValueError if it was written with
+        other data or arguments. ``steps`` may be raised to train longer.
     """
     t0 = time.perf_counter()
     if isinstance(frames, bool) or not isinstance(frames, int | np.integer) or frames < 1:
@@ -110,6 +127,28 @@ def fit(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                       ema_decay=ema_decay, grad_clip=grad_clip, val_every=val_every, seed=seed)
+    if checkpoint_dir is None:
+        if resume:
+            raise ValueError("resume=True needs checkpoint_dir= (the directory to resume from)")
+    else:
+        for name, v in (("checkpoint_every", checkpoint_every),
+                        ("keep_checkpoints", keep_checkpoints)):
+            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if not isinstance(checkpoint_dir, str | os.PathLike):
+            raise TypeError(
+                f"checkpoint_dir must be a path (str or os.PathLike), got "
+                f"{type(checkpoint_dir).__name__}"
+            )
+        if os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
+            raise ValueError(
+                f"checkpoint_dir={str(checkpoint_dir)!r} exists and is not a directory"
+            )
+        if not resume and list_checkpoints(checkpoint_dir):
+            raise ValueError(
+                f"checkpoint_dir={str(checkpoint_dir)!r} already holds checkpoints; pass "
+                "resume=True to continue from them, or use an empty directory"
+            )
     dev = resolve_device(device)
     p = prepare(data, dims=dims, variables=variables)
     time_coord = p.time
@@ -205,8 +244,45 @@ def fit(
         y = torch.cat(parts, 1)
         return v_loss(mod.net, y, schedule, generator=gen, mask=mask).mean() + penalty
 
+    history: dict[str, list] = {}
+    resume_state: dict[str, Any] = {}
+    callback = None
+    if checkpoint_dir is not None:
+        fingerprint = {
+            "data_shape": [int(s) for s in p.shape],
+            "variables": list(p.variables),
+            "data_min": [float(v) for v in stats["min"]],
+            "data_max": [float(v) for v in stats["max"]],
+            "frames": int(frames),
+            "transforms": [{"transform": v["transform"], "learned": v["learned"]}
+                           for v in var_cfg],
+            "net": net_cfg.to_dict(),
+            "seed": int(seed),
+            "batch_size": int(batch_size),
+            "lr": float(lr),
+            "warmup": int(warmup),
+            "ema_decay": float(ema_decay),
+            "grad_clip": grad_clip,
+            "weight_decay": float(cfg.weight_decay),
+            "lambda": [float(lambda_min), float(lambda_max)],
+            "min_grad": float(min_grad),
+            "dry_threshold": float(dry_threshold),
+            "val_fraction": float(val_fraction),
+            "n_windows": len(train_starts),
+        }
+        ckpt = load_checkpoint(checkpoint_dir, fingerprint=fingerprint) if resume else None
+        if ckpt is not None:
+            module.load_state_dict(ckpt.module_state)
+            ema = copy.deepcopy(module).requires_grad_(False)
+            ema.load_state_dict(ckpt.ema_state)
+            history = ckpt.history
+            resume_state = {"start_step": ckpt.step, "optimizer_state": ckpt.optimizer_state,
+                            "ema": ema}
+            ckpt.restore_rng()
+        callback = Checkpointer(checkpoint_dir, every=checkpoint_every, keep=keep_checkpoints,
+                                total_steps=cfg.steps, fingerprint=fingerprint, history=history)
     result = train(module, loss_fn, batch_fn, cfg, device=dev, val_batches=val_batches,
-                   progress=progress)
+                   progress=progress, callback=callback, history=history, **resume_state)
     config = {
         "schema_version": SCHEMA_VERSION,
         "xdiffusion_version": __version__,
@@ -220,8 +296,8 @@ def fit(
             **cfg.to_dict(),
             "device": str(dev),
             "seconds": round(time.perf_counter() - t0, 2),
-            "n_windows": int(len(train_starts)),
-            "n_val_windows": int(len(val_starts)),
+            "n_windows": len(train_starts),
+            "n_val_windows": len(val_starts),
             "data_shape": [int(s) for s in p.shape],
             "data_name": str(getattr(data, "name", None) or ""),
             "torch_version": torch.__version__,

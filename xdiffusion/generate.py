@@ -296,7 +296,8 @@ def downscale(
     if like is not None:
         lt = q.arrays[0]
         for a in ("Y", "X"):
-            coords[ax[a]] = lt[q.axes[a]].variable.rename({q.axes[a]: ax[a]})
+            cv = lt[q.axes[a]]
+            coords[ax[a]] = xr.Variable(ax[a], cv.values, cv.attrs)
     else:
         for a in ("Y", "X"):
             cc = tmpl[ax[a]]

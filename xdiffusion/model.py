@@ -193,11 +193,19 @@ class DiffusionModel:
         progress: bool = False,
     ):
         """A :data:`~xdiffusion.core.sequences.WindowFn` for one batch of members."""
-        from xdiffusion.core.conditioning import finalize, guidance, imputation
+        from xdiffusion.core.conditioning import (
+            DEFAULT_GUIDANCE_WEIGHT,
+            finalize,
+            guidance,
+            imputation,
+        )
+
+        weight = DEFAULT_GUIDANCE_WEIGHT if weight is None else weight
 
         net = self.module.net
         kwargs = {"cond": cond} if cond is not None else None
-        base = make_denoiser(net, net_kwargs=kwargs)
+        base = make_denoiser(net, net_kwargs=kwargs,
+                             microbatch=1 if self.device.type == "cpu" else None)
         dev = self.device
 
         def window(x_known: Tensor, mask: Tensor, stream: int) -> Tensor:

@@ -190,10 +190,9 @@ def plot_qq(
     fig, ax = _new_axes(ax, (5, 5))
     if isinstance(obj, xr.Dataset):
         obj = {"samples": obj}
-    if not isinstance(obj, Mapping):
+    if not isinstance(obj, Mapping) or not obj:
         raise TypeError(f"obj= must be a qq()/evaluate() Dataset, got {type(obj).__name__}")
     lo, hi = np.inf, -np.inf
-    ref = None
     for label, ds in obj.items():
         names = ("qq_sample", "qq_reference") if "qq_sample" in ds else ("sample", "reference")
         if not all(n in ds for n in names):
@@ -209,7 +208,6 @@ def plot_qq(
     if log:
         ax.set_xscale("log")
         ax.set_yscale("log")
-    assert ref is not None
     ax.set_xlabel(f"reference {_label(ref, 'quantile')}".replace("quantile of reference ", ""))
     ax.set_ylabel(f"sample {_label(sample, 'quantile')}".replace("quantile of sample ", ""))
     ax.set_title("quantile-quantile")

@@ -125,6 +125,7 @@ def train(
     start_step: int = 0,
     optimizer_state: dict | None = None,
     ema: nn.Module | None = None,
+    history: dict[str, list[float]] | None = None,
 ) -> TrainResult:
     """Optimise ``module`` on ``loss_fn`` and keep EMA weights.
 
@@ -149,6 +150,9 @@ def train(
         Called as ``callback(step, module, ema, optimizer)`` after each step (checkpoints).
     start_step, optimizer_state, ema
         Resume state: continue at ``start_step`` with this optimiser state and EMA module.
+    history
+        Loss history to extend in place (a resumed run continues its checkpointed history,
+        and a checkpoint callback sees the losses so far); a new one if None.
     """
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -156,7 +160,10 @@ def train(
         opt.load_state_dict(optimizer_state)
     if ema is None:
         ema = copy.deepcopy(module).requires_grad_(False)
-    history: dict[str, list[float]] = {"step": [], "loss": [], "val_step": [], "val_loss": []}
+    if history is None:
+        history = {}
+    for key in ("step", "loss", "val_step", "val_loss"):
+        history.setdefault(key, [])
     t_start = time.perf_counter()
     bar = tqdm(
         range(start_step, config.steps),

@@ -91,17 +91,35 @@ def v_loss(
 
 
 def make_denoiser(
-    net: VNet, *, clip: float | None = 1.0, net_kwargs: dict | None = None
+    net: VNet,
+    *,
+    clip: float | None = 1.0,
+    net_kwargs: dict | None = None,
+    microbatch: int | None = None,
 ) -> Denoiser:
     """Wrap a v-network as ``denoise(z, lam) -> x_hat`` (eq. 2.69), clipping x̂ to ±clip.
 
     Clipping to the data range [−1, 1] is the "static thresholding" of the seed's sampler.
+    ``microbatch=1`` evaluates the network one member at a time: CPU convolution kernels
+    round differently for different batch sizes, so this is what makes a member's sample
+    bit-identical whatever the batch it is drawn in.
     """
     kwargs = net_kwargs or {}
 
+    def v(z: Tensor, lam_b: Tensor) -> Tensor:
+        if microbatch is None or z.shape[0] <= microbatch:
+            return net(z, lam_b, **kwargs)
+        parts = []
+        for i in range(0, z.shape[0], microbatch):
+            sl = slice(i, i + microbatch)
+            kw = {k: (a[sl] if torch.is_tensor(a) and a.shape[:1] == z.shape[:1] else a)
+                  for k, a in kwargs.items()}
+            parts.append(net(z[sl], lam_b[sl], **kw))
+        return torch.cat(parts)
+
     def denoise(z: Tensor, lam: Tensor) -> Tensor:
         lam_b = torch.as_tensor(lam, dtype=z.dtype, device=z.device).expand(z.shape[0])
-        x_hat = x_from_v(z, net(z, lam_b, **kwargs).to(z.dtype), lam_b)
+        x_hat = x_from_v(z, v(z, lam_b).to(z.dtype), lam_b)
         return x_hat.clamp(-clip, clip) if clip is not None else x_hat
 
     return denoise

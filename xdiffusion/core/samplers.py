@@ -378,10 +378,10 @@ Sampler = Callable[..., Tensor]
 #: Registered samplers, by name; ``default_steps`` is used when ``steps=None``.
 SAMPLERS: dict[str, dict] = {
     "ancestral": {"fn": sample_ancestral, "spacing": "t", "default_steps": 1000},
-    "ddim": {"fn": sample_ddim, "spacing": "t", "default_steps": 50},
-    "dpmpp_2m": {"fn": sample_dpmpp_2m, "spacing": "t", "default_steps": 25},
-    "dpmpp_2m_sde": {"fn": sample_dpmpp_2m_sde, "spacing": "t", "default_steps": 50},
-    "dpmpp_3m": {"fn": sample_dpmpp_3m, "spacing": "t", "default_steps": 25},
+    "ddim": {"fn": sample_ddim, "spacing": "lambda_trunc", "default_steps": 50},
+    "dpmpp_2m": {"fn": sample_dpmpp_2m, "spacing": "lambda_trunc", "default_steps": 25},
+    "dpmpp_2m_sde": {"fn": sample_dpmpp_2m_sde, "spacing": "lambda_trunc", "default_steps": 50},
+    "dpmpp_3m": {"fn": sample_dpmpp_3m, "spacing": "lambda_trunc", "default_steps": 25},
 }
 
 

@@ -7,6 +7,7 @@ the only reduction (:func:`channel_stats`) is a single streaming ``dask.compute`
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import warnings
 from dataclasses import dataclass
 
 import dask
@@ -134,7 +135,8 @@ def channel_stats(data, *, argument: str = "data") -> dict[str, np.ndarray]:
     infs = lib.isinf(data).any(axis=axes)
     # Cells that are NaN at every time step form a static mask (land/sea, radar domain).
     static_valid = finite.any(axis=1)
-    with np.errstate(invalid="ignore", all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN channels: reported below
         parts = (
             lib.nanmin(lib.where(finite, data, np.nan), axis=axes),
             lib.nanmax(lib.where(finite, data, np.nan), axis=axes),

@@ -1,0 +1,248 @@
+"""Tests of the spatio-temporal U-Net (xdiffusion.nets)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from xdiffusion.nets import UNet3D, UNetConfig, unet_config
+from xdiffusion.nets.layers import LambdaEmbedding, apply_rotary, rotary_tables
+
+
+def tiny(**overrides) -> UNetConfig:
+    """A two-level network small enough to run in milliseconds."""
+    base = dict(
+        width=8,
+        mults=(1, 2),
+        blocks=1,
+        spatial_attention=("none", "linear"),
+        temporal_attention=(True, True),
+        mid_spatial_attention="full",
+        heads=2,
+        groups=4,
+        fourier_dim=8,
+    )
+    base.update(overrides)
+    return unet_config("small", **base)
+
+
+def perturbed(cfg: UNetConfig, seed: int = 0) -> UNet3D:
+    """Network whose zero-initialised output layer is given random weights."""
+    torch.manual_seed(seed)
+    net = UNet3D(cfg).eval()
+    with torch.no_grad():
+        net.out_conv.weight.normal_(0, 0.3)
+        net.out_conv.bias.normal_(0, 0.3)
+    return net
+
+
+@pytest.mark.parametrize(
+    ("shape", "channels"),
+    [((1, 1, 3, 37, 49), 1), ((2, 1, 1, 37, 49), 1), ((1, 2, 3, 37, 49), 2), ((1, 1, 2, 1, 3), 1)],
+)
+def test_output_shape_matches_input_any_grid_and_frames(shape, channels):
+    net = perturbed(
+        tiny(
+            channels=channels,
+            mults=(1, 2, 2),
+            spatial_attention=("none",) * 3,
+            temporal_attention=(True,) * 3,
+        )
+    )
+    z = torch.randn(shape)
+    out = net(z, torch.zeros(shape[0]))
+    assert out.shape == z.shape
+    assert torch.isfinite(out).all()
+
+
+def test_untrained_output_is_exactly_zero():
+    net = UNet3D(tiny()).eval()
+    out = net(torch.randn(2, 1, 3, 8, 8), torch.tensor([-10.0, 10.0]))
+    assert torch.count_nonzero(out) == 0
+
+
+def test_output_depends_on_lambda():
+    net = perturbed(tiny())
+    z = torch.randn(1, 1, 3, 8, 8)
+    a, b = net(z, torch.tensor([-5.0])), net(z, torch.tensor([5.0]))
+    assert (a - b).abs().max() > 1e-3
+    # A scalar λ is broadcast over the batch.
+    z2 = torch.cat([z, z])
+    assert torch.allclose(net(z2, 5.0), torch.cat([b, b]), atol=1e-5)
+
+
+def test_output_depends_on_cond_and_cond_is_checked():
+    net = perturbed(tiny(cond_features=3))
+    z, lam = torch.randn(2, 1, 4, 8, 8), torch.zeros(2)
+    c1 = torch.randn(2, 4, 3)
+    c2 = c1.clone()
+    c2[:, 1] += 1.0  # change the conditioning of frame 1 only
+    o1, o2 = net(z, lam, cond=c1), net(z, lam, cond=c2)
+    assert (o1 - o2).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="cond"):
+        net(z, lam)
+    with pytest.raises(ValueError, match="cond"):
+        net(z, lam, cond=torch.randn(2, 3, 3))
+    with pytest.raises(ValueError, match="cond_features"):
+        perturbed(tiny())(z, lam, cond=c1)
+
+
+def test_temporal_attention_mixes_frames():
+    net = perturbed(tiny())
+    z = torch.randn(1, 1, 4, 8, 8)
+    z2 = z.clone()
+    z2[:, :, 0] += 1.0
+    lam = torch.zeros(1)
+    diff = (net(z, lam) - net(z2, lam)).abs()
+    assert diff[:, :, 2].max() > 1e-4
+
+
+def test_spatial_ops_never_mix_frames_without_temporal_attention():
+    cfg = tiny(
+        temporal_attention=(False, False),
+        mid_temporal_attention=False,
+        spatial_attention=("linear", "full"),
+    )
+    net = perturbed(cfg)
+    z = torch.randn(2, 1, 4, 8, 8)
+    z2 = z.clone()
+    z2[:, :, 0] += torch.randn(8, 8)
+    lam = torch.tensor([-3.0, 3.0])
+    o1, o2 = net(z, lam), net(z2, lam)
+    assert (o1[:, :, 0] - o2[:, :, 0]).abs().max() > 1e-4
+    torch.testing.assert_close(o1[:, :, 1:], o2[:, :, 1:], rtol=0, atol=1e-6)
+    # Without temporal attention, reordering frames reorders the output.
+    perm = torch.tensor([2, 0, 3, 1])
+    torch.testing.assert_close(net(z[:, :, perm], lam), o1[:, :, perm], rtol=1e-5, atol=1e-6)
+
+
+def test_rotary_scores_depend_only_on_relative_position():
+    torch.manual_seed(0)
+    d = 8
+    cos, sin = rotary_tables(12, d, 10000.0, torch.device("cpu"))
+    q, k = torch.randn(d), torch.randn(d)
+    rq = apply_rotary(q.expand(12, d), cos, sin)
+    rk = apply_rotary(k.expand(12, d), cos, sin)
+    scores = rq @ rk.T  # scores[p, s] = <R_p q, R_s k>
+    for offset in (-3, 0, 2, 5):
+        diag = torch.diagonal(scores, offset)
+        torch.testing.assert_close(diag, diag[0].expand_as(diag), rtol=1e-5, atol=1e-5)
+    # Rotations preserve norms, and position 0 is the identity.
+    torch.testing.assert_close(rq.norm(dim=-1), q.norm().expand(12))
+    torch.testing.assert_close(rq[0], q)
+
+
+def test_lambda_embedding_separates_the_lambda_range():
+    emb = LambdaEmbedding(32, 16, 30.0)
+    lam = torch.linspace(-30, 30, 121)
+    u = lam[:, None] / 30.0 * emb.freqs[None, :]
+    feats = torch.cat([u.sin(), u.cos()], dim=-1)
+    # Distinct λ half a unit apart have clearly distinct features.
+    gaps = (feats[1:] - feats[:-1]).norm(dim=-1)
+    assert gaps.min() > 0.1
+    assert emb(lam).shape == (121, 16)
+
+
+def test_gradients_reach_every_parameter():
+    net = perturbed(tiny(cond_features=2)).train()
+    z = torch.randn(2, 1, 3, 7, 9)
+    net(z, torch.tensor([1.0, -1.0]), cond=torch.randn(2, 3, 2)).square().mean().backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not missing
+
+
+def test_runs_under_bfloat16_autocast():
+    net = perturbed(tiny(cond_features=1))
+    z = torch.randn(1, 1, 3, 9, 11)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(z, torch.tensor([2.0]), cond=torch.randn(1, 3, 1))
+    assert out.shape == z.shape
+    assert torch.isfinite(out.float()).all()
+    ref = net(z, torch.tensor([2.0]), cond=torch.zeros(1, 3, 1))
+    assert ref.dtype == torch.float32
+
+
+def test_reflect_and_zero_padding_modes():
+    z = torch.randn(1, 1, 2, 6, 3)
+    for mode in ("reflect", "zeros"):
+        out = perturbed(
+            tiny(
+                pad_mode=mode,
+                mults=(1, 2, 2, 2),
+                spatial_attention=("none",) * 4,
+                temporal_attention=(True,) * 4,
+            )
+        )(z, torch.zeros(1))
+        assert out.shape == z.shape
+
+
+def test_config_round_trip_and_rejects_bad_keys():
+    cfg = unet_config("reference", channels=3, cond_features=4, dropout=0.1)
+    d = json.loads(json.dumps(cfg.to_dict()))
+    back = UNetConfig.from_dict(d)
+    assert back == cfg
+    assert back.to_dict() == d
+    with pytest.raises(ValueError, match="unknown UNetConfig keys"):
+        UNetConfig.from_dict({**d, "widht": 3})
+    bad_values = [
+        {"mults": "abc"},
+        {"mults": []},
+        {"spatial_attention": ["none"]},
+        {"spatial_attention": ["none", "none", "none", "fancy"]},
+        {"temporal_attention": [1, 1, 1, 1]},
+        {"groups": 7},
+        {"width": -1},
+        {"heads": 3},
+        {"fourier_dim": 7},
+        {"dropout": 1.5},
+        {"pad_mode": "wrap"},
+        {"lam_scale": 0},
+    ]
+    for bad in bad_values:
+        with pytest.raises(ValueError):
+            UNetConfig.from_dict({**d, **bad})
+    with pytest.raises(ValueError):
+        UNetConfig.from_dict([("width", 3)])
+
+
+def test_unet_config_presets_and_overrides():
+    with pytest.raises(ValueError, match="preset"):
+        unet_config("huge")
+    with pytest.raises(ValueError, match="unknown UNetConfig keys"):
+        unet_config("small", depth=3)
+    deeper = unet_config("small", mults=(1, 2, 2, 4))
+    assert deeper.spatial_attention == ("none", "none", "none", "full")
+    assert len(deeper.temporal_attention) == 4
+    with pytest.raises(TypeError, match="UNetConfig"):
+        UNet3D(deeper.to_dict())
+
+
+def test_presets_construct_and_report_parameter_counts():
+    counts = {}
+    for preset in ("small", "reference"):
+        with torch.device("meta"):
+            net = UNet3D(unet_config(preset))
+        counts[preset] = sum(p.numel() for p in net.parameters())
+        print(f"{preset}: {counts[preset]:,} parameters")
+    assert 1e5 < counts["small"] < 5e6
+    assert 1e7 < counts["reference"] < 1e8
+    small = UNet3D(unet_config("small"))
+    assert sum(p.numel() for p in small.parameters()) == counts["small"]
+
+
+def test_small_preset_runs_at_training_size():
+    net = perturbed(unet_config("small"))
+    z = torch.randn(1, 1, 8, 32, 32)
+    assert net(z, torch.zeros(1)).shape == z.shape
+
+
+def test_bad_inputs_raise_clear_errors():
+    net = UNet3D(tiny())
+    with pytest.raises(ValueError, match="z must be"):
+        net(torch.randn(1, 8, 8), torch.zeros(1))
+    with pytest.raises(ValueError, match="channels"):
+        net(torch.randn(1, 2, 3, 8, 8), torch.zeros(1))
+    with pytest.raises(ValueError, match="lam"):
+        net(torch.randn(2, 1, 3, 8, 8), torch.zeros(3))
