@@ -24,7 +24,7 @@ FIT = dict(frames=4, batch_size=2, progress=False, device="cpu", net=NET, val_ev
 SMALL = dict(FIT, transform="learned")  # learned h_ω: more trained parameters to restore
 
 
-@pytest.fixture
+@pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """Exact equality across processes needs the same (single-threaded) CPU kernels."""
     n = torch.get_num_threads()
@@ -41,12 +41,7 @@ def series():
 @pytest.fixture(scope="module")
 def reference(series):
     """An uninterrupted 12-step run without checkpoints."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return xd.fit(series, steps=12, **SMALL)
-    finally:
-        torch.set_num_threads(n)
+    return xd.fit(series, steps=12, **SMALL)
 
 
 def assert_same_weights(a: xd.DiffusionModel, b: xd.DiffusionModel) -> None:
@@ -70,7 +65,7 @@ xd.fit(da, frames=4, steps=40, batch_size=2, progress=False, device="cpu",
 """
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path, one_thread):
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     """Kill a training process with SIGKILL after its step-10 checkpoint, resume, compare.
 
     Batches and t/ε are functions of (seed, step); weights, EMA, AdamW moments and step
@@ -81,8 +76,9 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, one_thread):
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(SCRIPT).replace("{NET!r}", repr(NET)))
     ckdir = tmp_path / "ck"
-    proc = subprocess.Popen([sys.executable, str(script), str(ckdir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(ckdir)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 120
     try:
         while not (ckdir / "ckpt-000000010.json").exists():
@@ -108,14 +104,16 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, one_thread):
     assert ck.list_checkpoints(ckdir) == [30, 35, 40]
 
 
-def test_checkpointing_does_not_perturb_training_and_keeps_last_k(series, reference, tmp_path,
-                                                                  one_thread):
-    model = xd.fit(series, steps=12, checkpoint_dir=tmp_path, checkpoint_every=3,
-                   keep_checkpoints=2, **SMALL)
+def test_checkpointing_does_not_perturb_training_and_keeps_last_k(series, reference, tmp_path):
+    model = xd.fit(
+        series, steps=12, checkpoint_dir=tmp_path, checkpoint_every=3, keep_checkpoints=2, **SMALL
+    )
     assert_same_weights(model, reference)
     assert sorted(f.name for f in tmp_path.iterdir()) == [
-        "ckpt-000000009.json", "ckpt-000000009.safetensors",
-        "ckpt-000000012.json", "ckpt-000000012.safetensors",
+        "ckpt-000000009.json",
+        "ckpt-000000009.safetensors",
+        "ckpt-000000012.json",
+        "ckpt-000000012.safetensors",
     ]
     # Only JSON and safetensors: both readable without pickle; the final EMA is the model's.
     meta = json.loads((tmp_path / "ckpt-000000012.json").read_text())
@@ -130,18 +128,19 @@ def test_checkpointing_does_not_perturb_training_and_keeps_last_k(series, refere
     }
 
 
-def test_resume_after_completion_returns_the_same_model(series, reference, tmp_path,
-                                                        one_thread):
+def test_resume_after_completion_returns_the_same_model(series, reference, tmp_path):
     xd.fit(series, steps=12, checkpoint_dir=tmp_path, checkpoint_every=4, **SMALL)
-    again = xd.fit(series, steps=12, checkpoint_dir=tmp_path, checkpoint_every=4, resume=True,
-                   **SMALL)
+    again = xd.fit(
+        series, steps=12, checkpoint_dir=tmp_path, checkpoint_every=4, resume=True, **SMALL
+    )
     assert_same_weights(again, reference)
     assert again.history["step"] == list(range(12))
 
 
-def test_corrupted_newest_checkpoints_are_skipped(series, reference, tmp_path, one_thread):
-    xd.fit(series, steps=8, checkpoint_dir=tmp_path, checkpoint_every=2, keep_checkpoints=3,
-           **SMALL)
+def test_corrupted_newest_checkpoints_are_skipped(series, reference, tmp_path):
+    xd.fit(
+        series, steps=8, checkpoint_dir=tmp_path, checkpoint_every=2, keep_checkpoints=3, **SMALL
+    )
     assert ck.list_checkpoints(tmp_path) == [4, 6, 8]
     blob = (tmp_path / "ckpt-000000008.safetensors").read_bytes()
     (tmp_path / "ckpt-000000008.safetensors").write_bytes(blob[: len(blob) // 2])  # truncated
@@ -154,23 +153,29 @@ def test_corrupted_newest_checkpoints_are_skipped(series, reference, tmp_path, o
     assert "step 8" in messages and "SHA-256" in messages
     assert "step 6" in messages and "not valid JSON" in messages
     with pytest.warns(RuntimeWarning, match="skipping checkpoint"):
-        model = xd.fit(series, steps=12, checkpoint_dir=tmp_path, checkpoint_every=2,
-                       keep_checkpoints=3, resume=True, **SMALL)
+        model = xd.fit(
+            series,
+            steps=12,
+            checkpoint_dir=tmp_path,
+            checkpoint_every=2,
+            keep_checkpoints=3,
+            resume=True,
+            **SMALL,
+        )
     assert_same_weights(model, reference)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the stale corrupted files were replaced
         assert ck.load_checkpoint(tmp_path).step == 12
 
 
-def test_tensor_file_without_json_is_incomplete(series, tmp_path, one_thread):
+def test_tensor_file_without_json_is_incomplete(series, tmp_path):
     xd.fit(series, steps=4, checkpoint_dir=tmp_path, checkpoint_every=2, **SMALL)
     (tmp_path / "ckpt-000000004.json").unlink()  # killed between the two writes
     with pytest.warns(RuntimeWarning, match="ckpt-000000004.json is missing"):
         assert ck.load_checkpoint(tmp_path).step == 2
 
 
-def test_crash_while_writing_leaves_previous_checkpoints(series, tmp_path, monkeypatch,
-                                                         one_thread):
+def test_crash_while_writing_leaves_previous_checkpoints(series, tmp_path, monkeypatch):
     xd.fit(series, steps=4, checkpoint_dir=tmp_path, checkpoint_every=2, **SMALL)
     before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
 
@@ -180,8 +185,7 @@ def test_crash_while_writing_leaves_previous_checkpoints(series, tmp_path, monke
 
     monkeypatch.setattr(ck, "save_file", dying_save_file)
     with pytest.raises(KeyboardInterrupt):
-        xd.fit(series, steps=6, checkpoint_dir=tmp_path, checkpoint_every=2, resume=True,
-               **SMALL)
+        xd.fit(series, steps=6, checkpoint_dir=tmp_path, checkpoint_every=2, resume=True, **SMALL)
     assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before  # no temp file left
     assert ck.load_checkpoint(tmp_path).step == 4
 
@@ -193,17 +197,19 @@ def test_resume_refuses_other_arguments(series, tmp_path):
     with pytest.raises(ValueError, match="frames"):
         xd.fit(series, steps=4, checkpoint_dir=tmp_path, resume=True, **{**SMALL, "frames": 5})
     with pytest.raises(ValueError, match="data_shape"):
-        xd.fit(series.isel(time=slice(0, 100)), steps=4, checkpoint_dir=tmp_path, resume=True,
-               **SMALL)
+        xd.fit(
+            series.isel(time=slice(0, 100)), steps=4, checkpoint_dir=tmp_path, resume=True, **SMALL
+        )
     with pytest.raises(ValueError, match="data_max"):
         xd.fit(series * 2, steps=4, checkpoint_dir=tmp_path, resume=True, **SMALL)
-    with pytest.raises(ValueError, match="already holds checkpoints.*resume=True"):
+    with pytest.raises(ValueError, match=r"already holds checkpoints.*resume=True"):
         xd.fit(series, steps=4, checkpoint_dir=tmp_path, **SMALL)
 
 
-def test_resume_without_checkpoint_starts_fresh(series, reference, tmp_path, one_thread):
-    model = xd.fit(series, steps=12, checkpoint_dir=tmp_path / "new", checkpoint_every=6,
-                   resume=True, **SMALL)
+def test_resume_without_checkpoint_starts_fresh(series, reference, tmp_path):
+    model = xd.fit(
+        series, steps=12, checkpoint_dir=tmp_path / "new", checkpoint_every=6, resume=True, **SMALL
+    )
     assert_same_weights(model, reference)
     assert ck.list_checkpoints(tmp_path / "new") == [6, 12]
 
@@ -235,6 +241,6 @@ def test_rng_state_round_trip():
 def test_checkpoint_dir_that_is_a_file(series, tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
-    with pytest.raises(ValueError, match="checkpoint_dir=.*not a directory"):
+    with pytest.raises(ValueError, match=r"checkpoint_dir=.*not a directory"):
         xd.fit(series, steps=2, checkpoint_dir=f, **FIT)
     assert os.path.isfile(f)

@@ -11,6 +11,15 @@ FIT = dict(frames=4, steps=5, batch_size=2, progress=False, device="cpu", net=TI
 GEN = dict(steps=3, progress=False)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Bit-for-bit comparisons on one thread; also far faster on a shared, busy CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def model():
     return make_series(nt=60).diffusion.fit(**FIT)
@@ -43,8 +52,9 @@ def test_members_independent_of_batch_size_and_n(model, series, method):
     full = _run(method, model, series, 3, seed=4).values
     assert np.isfinite(full).all()
     for bs in (1, 2):
-        np.testing.assert_array_equal(_run(method, model, series, 3, seed=4, batch_size=bs).values,
-                                      full)
+        np.testing.assert_array_equal(
+            _run(method, model, series, 3, seed=4, batch_size=bs).values, full
+        )
     # Member k's sample does not depend on how many members are drawn.
     np.testing.assert_array_equal(_run(method, model, series, 1, seed=4).values, full[:1])
     np.testing.assert_array_equal(_run(method, model, series, 2, seed=4).values, full[:2])

@@ -48,6 +48,15 @@ def seeded_noise(like: torch.Tensor, seed: int):
     return lambda: torch.randn(like.shape, generator=g, dtype=like.dtype)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tensors here are tiny: intra-op threads only contend on a loaded shared machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def z0() -> torch.Tensor:
     return torch.randn(20000, 1, generator=torch.Generator().manual_seed(0))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from xdiffusion.nets import UNet3D, UNetConfig, unet_config
-from xdiffusion.nets.layers import LambdaEmbedding, apply_rotary, rotary_tables
+from xdiffusion.nets.layers import LambdaEmbedding, TemporalAttention, relative_index
 
 
 def tiny(**overrides) -> UNetConfig:
@@ -93,7 +93,7 @@ def test_temporal_attention_mixes_frames():
     net = perturbed(tiny())
     z = torch.randn(1, 1, 4, 8, 8)
     z2 = z.clone()
-    z2[:, :, 0] += 1.0
+    z2[:, :, 0] += torch.randn(8, 8)
     lam = torch.zeros(1)
     diff = (net(z, lam) - net(z2, lam)).abs()
     assert diff[:, :, 2].max() > 1e-4
@@ -118,20 +118,26 @@ def test_spatial_ops_never_mix_frames_without_temporal_attention():
     torch.testing.assert_close(net(z[:, :, perm], lam), o1[:, :, perm], rtol=1e-5, atol=1e-6)
 
 
-def test_rotary_scores_depend_only_on_relative_position():
+def test_relative_index_is_clipped_toeplitz():
+    idx = relative_index(6, 2, torch.device("cpu"))
+    for p in range(6):
+        for s in range(6):
+            assert idx[p, s] == min(max(s - p, -2), 2) + 2
+
+
+def test_temporal_attention_bias_selects_relative_frame():
+    # Bias -1e4 everywhere except offset -1: every frame p > 0 attends to frame p - 1 only.
     torch.manual_seed(0)
-    d = 8
-    cos, sin = rotary_tables(12, d, 10000.0, torch.device("cpu"))
-    q, k = torch.randn(d), torch.randn(d)
-    rq = apply_rotary(q.expand(12, d), cos, sin)
-    rk = apply_rotary(k.expand(12, d), cos, sin)
-    scores = rq @ rk.T  # scores[p, s] = <R_p q, R_s k>
-    for offset in (-3, 0, 2, 5):
-        diag = torch.diagonal(scores, offset)
-        torch.testing.assert_close(diag, diag[0].expand_as(diag), rtol=1e-5, atol=1e-5)
-    # Rotations preserve norms, and position 0 is the identity.
-    torch.testing.assert_close(rq.norm(dim=-1), q.norm().expand(12))
-    torch.testing.assert_close(rq[0], q)
+    layer = TemporalAttention(8, heads=2, head_dim=4, groups=4, max_distance=3)
+    with torch.no_grad():
+        layer.rel_bias.fill_(-1e4)
+        layer.rel_bias[:, 3 - 1] = 0.0
+    x = torch.randn(2 * 4, 8, 3, 5)  # B=2, F=4 frame batch
+    x2 = x.clone()
+    x2[0] += torch.randn(8, 3, 5)  # frame 0 of sample 0 (not a constant: GroupNorm removes it)
+    d = (layer(x, 4) - layer(x2, 4)).abs().amax(dim=(1, 2, 3))
+    assert d[0] > 1e-3 and d[1] > 1e-3  # frame 0 itself, and frame 1 that reads it
+    assert d[2] == 0 and d[3] == 0 and d[4:].max() == 0
 
 
 def test_lambda_embedding_separates_the_lambda_range():

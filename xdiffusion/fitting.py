@@ -20,10 +20,17 @@ import xarray as xr
 from xdiffusion._version import __version__
 from xdiffusion.checkpoint import Checkpointer, list_checkpoints, load_checkpoint
 from xdiffusion.core.diffusion import v_loss
+from xdiffusion.core.samplers import get_sampler
 from xdiffusion.core.schedule import CosineSchedule
 from xdiffusion.io.convert import channel_stats, prepare
 from xdiffusion.io.windows import WindowReader, window_starts
-from xdiffusion.model import SCHEMA_VERSION, Denoiser, DiffusionModel, resolve_device
+from xdiffusion.model import (
+    SCHEMA_VERSION,
+    Denoiser,
+    DiffusionModel,
+    check_positive_int,
+    resolve_device,
+)
 from xdiffusion.nets import UNet3D, unet_config
 from xdiffusion.training import TrainConfig, train
 from xdiffusion.transforms import Identity, LearnedMonotone, Pipeline, Transform, get_transform
@@ -125,6 +132,16 @@ def fit(
         raise ValueError(f"frames must be a positive integer, got {frames!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if net is not None and not isinstance(net, Mapping):
+        raise TypeError(
+            f"net must be a mapping of network settings such as {{'width': 32}}, got "
+            f"{type(net).__name__}"
+        )
+    get_sampler(sampler)  # fail now rather than at the first sample() after training
+    if sampling_steps is not None:
+        check_positive_int(sampling_steps, "sampling_steps")
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                       ema_decay=ema_decay, grad_clip=grad_clip, val_every=val_every, seed=seed)
     if checkpoint_dir is None:
@@ -151,6 +168,10 @@ def fit(
             )
     dev = resolve_device(device)
     p = prepare(data, dims=dims, variables=variables)
+    try:  # before the pass over the data, so that a typo fails fast
+        net_cfg = unet_config(preset=preset, channels=len(p.variables), **dict(net or {}))
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"preset={preset!r}, net={dict(net or {})!r}: {err}") from None
     time_coord = p.time
     starts = window_starts(time_coord if time_coord is not None else np.arange(p.shape[1]),
                            int(frames))
@@ -172,7 +193,7 @@ def fit(
             )
         if not stats["max"][c] > stats["min"][c]:
             raise ValueError(
-                f"variable {name!r} is constant ({stats['min'][c]:g}): zero-variance data "
+                f"data variable {name!r} is constant ({stats['min'][c]:g}): zero-variance data "
                 "cannot be scaled; check the variable or the time selection"
             )
         pipe = Pipeline.fit(float(stats["min"][c]), float(stats["max"][c]), tr, learned=False)
@@ -194,7 +215,6 @@ def fit(
         })
 
     torch.manual_seed(seed)
-    net_cfg = unet_config(preset=preset, channels=len(p.variables), **dict(net or {}))
     module = Denoiser(UNet3D(net_cfg), learned).to(dev)
     schedule = CosineSchedule(lambda_min, lambda_max)
     valid = torch.from_numpy(stats["static_valid"]).to(dev)

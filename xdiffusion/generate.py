@@ -23,7 +23,18 @@ Dims = Mapping[str, str] | None
 
 def _prepare(model: DiffusionModel, obj, dims: Dims, argument: str, *, grid: bool = True):
     variables = model.variables if isinstance(obj, xr.Dataset) else None
+    if variables is not None:
+        missing = [v for v in variables if v not in obj.data_vars]
+        if missing:
+            have = [str(v) for v in obj.data_vars]
+            hint = {have[0]: missing[0]} if have else {}
+            raise ValueError(
+                f"{argument} lacks the model's variable(s) {missing} (it has {have}); rename "
+                f"them, e.g. {argument}.rename({hint})"
+            )
     p = prepare(obj, dims=dims, variables=variables, argument=argument)
+    if p.time is not None:
+        regular_step(p.time)  # raises, with the remedy, for descending or duplicated times
     if len(p.variables) != len(model.variables):
         raise ValueError(
             f"{argument} has {len(p.variables)} variable(s) {p.variables} but the model was "
@@ -107,7 +118,13 @@ def _encode_known(model: DiffusionModel, values: np.ndarray):
     """Encode a physical series with NaNs; returns (diffusion values, known mask)."""
     x = torch.from_numpy(values.astype(np.float32))
     finite = torch.isfinite(x)
+    if bool(torch.isinf(x).any()):
+        raise ValueError(
+            "data contains infinite values; replace them with NaN to mark them missing, "
+            "e.g. da.where(np.isfinite(da))"
+        )
     lower = [pl.transform.lower for pl in model.pipelines]
+    _check_lower(model, x, "data")
     fill = torch.tensor([lo if lo is not None else 0.0 for lo in lower])[:, None, None, None]
     x0 = torch.where(finite, x, fill.expand_as(x))
     with torch.no_grad():
@@ -161,6 +178,19 @@ def interpolate(
                  attrs=data.attrs if p.is_dataset else None)
 
 
+def _check_lower(model: DiffusionModel, x: torch.Tensor, argument: str) -> None:
+    """Values below a transform's lower bound (e.g. negative rain for sqrt) cannot be encoded."""
+    for c, pl in enumerate(model.pipelines):
+        lo = pl.transform.lower
+        xc = x[c][torch.isfinite(x[c])]
+        if lo is not None and xc.numel() and float(xc.min()) < lo:
+            raise ValueError(
+                f"{argument} variable {model.variables[c]!r} has values down to "
+                f"{float(xc.min()):g}, below the lower bound {lo} of the model's transform "
+                f"{pl.transform.name!r}; clip them first, e.g. {argument}.clip(min={lo})"
+            )
+
+
 def _check_weight(w):
     if w is not None and (not isinstance(w, int | float) or not np.isfinite(w) or w < 0):
         raise ValueError(f"guidance_weight must be a non-negative number or None, got {w!r}")
@@ -208,13 +238,21 @@ def forecast(
         1 <= ctx < model.frames
     ):
         raise ValueError(f"context must be an integer in [1, frames - 1 = {model.frames - 1}]")
+    if method not in ("guidance", "imputation"):
+        raise ValueError(f"method must be 'guidance' or 'imputation', got {method!r}")
+    _check_weight(guidance_weight)
     p = _prepare(model, data, dims, "data")
     if p.shape[1] < ctx:
         raise ValueError(f"data has {p.shape[1]} time steps, fewer than context={ctx}")
     tname = p.axes["T"]
     new_time = _future_times(p.arrays[0][tname], lead)
     values = _values(p)[:, -ctx:]
-    enc, known, _ = _encode_known(model, values)
+    enc, known, finite = _encode_known(model, values)
+    if not bool(finite.any()):
+        raise ValueError(
+            f"data is all NaN in its last context={ctx} time steps: forecast conditions on "
+            "them; drop trailing NaN steps (e.g. data.dropna('time', how='all')) or use sample()"
+        )
     c, _, h, w = enc.shape
     x = torch.cat([enc, torch.zeros(c, lead, h, w)], 1)
     mask = torch.cat([known, torch.zeros(c, lead, h, w, dtype=torch.bool)], 1)
@@ -284,6 +322,7 @@ def downscale(
     y_phys = torch.from_numpy(_values(p).astype(np.float32))
     if not bool(torch.isfinite(y_phys).all()):
         raise ValueError("coarse contains NaN or infinite values; fill or drop them first")
+    _check_lower(model, y_phys, "coarse")
     ys = y_phys.to(model.device)
     gen = _downscale_tensor(model, ys, factor, n=n, seed=seed, sampler=sampler, steps=steps,
                             weight=guidance_weight, project=project, batch_size=batch_size,

@@ -37,9 +37,19 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as err:
         raise ValueError(f"device={device!r} is not a valid torch device: {err}") from None
+    if dev.type == "cuda":
+        # torch only fails later, deep inside, with an AssertionError or a CUDA error
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but CUDA is not available; use 'auto' or 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist; "
+                "use 'cuda:0' or 'auto'"
+            )
+    return dev
 
 
 class Denoiser(nn.Module):

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from xdiffusion.model import SCHEMA_VERSION, Denoiser, DiffusionModel
+from xdiffusion.model import SCHEMA_VERSION, Denoiser, DiffusionModel, resolve_device
 from xdiffusion.nets import UNet3D, UNetConfig
 from xdiffusion.transforms import LearnedMonotone, Pipeline
 
@@ -81,6 +81,12 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Diff
     version, weight files whose SHA-256 differs from the recorded one, and tensors with
     missing/unexpected names or changed shapes. Only safetensors and JSON are read.
     """
+    if not isinstance(path, str | os.PathLike):
+        raise TypeError(
+            f"path must be the model directory (str or os.PathLike) written by model.save(), "
+            f"got {type(path).__name__}"
+        )
+    device = resolve_device(device)  # a bad device fails before any file is read
     path = Path(path)
     if not (path / CONFIG).is_file():
         raise _bad(path, f"no {CONFIG} (pass the directory written by model.save())")

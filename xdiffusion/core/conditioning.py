@@ -9,7 +9,7 @@ each conditioning method works with every sampler in :mod:`xdiffusion.core.sampl
   with an ``operator`` A, guidance towards y = A x (downscaling, where no element of x is
   known directly);
 - :func:`projection`: the exact data-consistency projection onto {x : A x = y} for the
-  block-mean operator A of :func:`block_mean`.
+  block-mean operator A of :func:`block_mean`; :func:`downscaling` combines both.
 
 Masks are boolean, True where a value is known, and broadcast against z of shape
 (B, C, F, H, W); a mask over (F, H, W) applies to every member and channel. Values of
@@ -33,11 +33,12 @@ Operator = Callable[[Tensor], Tensor]
 #: over the known elements of one sample. w_r = 1 is the exact score of the Gaussian
 #: approximation q(x_a | z_t) ≈ N(x̂_a, σ_t²/α_t² I) (eq. 2.112); that variance is too large
 #: (the true one is at most min(σ_t²/α_t², Var x_a)), so w_r > 1 is needed. On correlated
-#: Gaussian data with the exact denoiser (tests/test_conditioning.py) the conditional mean
-#: is best for w_r ≈ 2–10 and the error grows again beyond ~30. The reference code's w_r = 1e6
-#: multiplied a *mean* over batch × known elements, i.e. w_r ≈ 1e6 / (B · N_known) here
-#: (≈ 8 for B = 8 members with 4 known 64×64 frames), which is consistent with this range.
-DEFAULT_GUIDANCE_WEIGHT = 4.0
+#: Gaussian frames with the exact denoiser (tests/test_conditioning.py) the conditional mean
+#: is best for w_r ≈ 2–4 with every sampler, w_r = 1 under-corrects, w_r ≳ 8 overshoots and
+#: w_r = 100 diverges with DPM-Solver++. The reference code's w_r = 1e6 multiplied a *mean*
+#: over batch × known elements, i.e. w_r ≈ 1e6 / (B · N_known) here (≈ 2–8 for 8–32
+#: members with 4 known 64×64 frames), consistent with this range.
+DEFAULT_GUIDANCE_WEIGHT = 3.0
 
 
 def _bool_mask(mask: Tensor, name: str = "mask") -> Tensor:
@@ -144,9 +145,10 @@ def guidance(
 
         x̂ᶜ = Ω̄(x̂(z̃)) − (w_r α_t / 2) ∇_{Ω̄(z_t)} ‖Ω(x) − Ω(x̂(z̃))‖²,
 
-    with known elements of x̂ᶜ set to ``x_known``. With a linear ``operator`` A (e.g.
-    ``lambda x: block_mean(x, 4)`` for downscaling) nothing is imputed and
-    x̂ᶜ = x̂ − (w_r α_t / 2) ∇_z ‖y − A x̂(z)‖² with y = ``x_known``.
+    with known elements of x̂ᶜ set to ``x_known``. With a linear ``operator`` A nothing is
+    imputed and x̂ᶜ = x̂ − (w_r α_t / 2) ∇_z ‖y − A x̂(z)‖² with y = ``x_known``; note that
+    this plain norm ignores the covariance AAᵀ of eq. 2.112 for y (for the block mean use
+    :func:`downscaling`, which accounts for it and adds the exact projection).
 
     The squared norm is a **sum** over the known elements of each sample, so the gradient,
     and hence ``weight``, does not depend on the batch size (the denoiser must treat batch
@@ -178,8 +180,7 @@ def guidance(
     Denoiser
         ``denoise_c(z, lam) -> x_hat_c``.
     """
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-        raise ValueError(f"weight must be a non-negative number, got {weight!r}")
+    _check_weight(weight)
     if operator is None:
         if mask is None:
             raise ValueError("mask is required for guidance without an operator")
@@ -278,10 +279,59 @@ def projection(
     return denoise_c
 
 
+def downscaling(
+    denoise: Denoiser,
+    y: Tensor,
+    factor: int,
+    *,
+    weight: float = DEFAULT_GUIDANCE_WEIGHT,
+    mask: Tensor | None = None,
+    project: bool = True,
+) -> Denoiser:
+    """Conditional denoiser for y = block_mean(x, factor): guidance, then exact projection.
+
+    Eq. 2.112 written for y = A x gives q(y | z_t) ≈ N(A x̂, (σ_t²/α_t²) AAᵀ), and for the
+    block mean AAᵀ = I / factor², so the guidance term is :func:`guidance` with ``operator``
+    A on ‖y − A x̂‖² at weight ``weight · factor²``: the same ``weight`` then means the same
+    thing as for masked conditioning. Near λmax, where x̂ ≈ z, that step multiplies the
+    block residual by (1 − weight), so without ``project`` a weight above 2 diverges; the
+    projection of :func:`data_consistency` after it removes the residual at every step.
+
+    Parameters
+    ----------
+    denoise
+        Unconditional, differentiable ``denoise(z, lam) -> x_hat``.
+    y
+        Coarse observation broadcastable to ``block_mean(z, factor)``; ignored (may be NaN)
+        where ``mask`` is False.
+    factor
+        Coarsening factor; the fine H and W must be divisible by it.
+    weight
+        Guidance weight w_r ≥ 0 (0: projection only).
+    mask
+        Optional boolean over y, True where observed.
+    project
+        Apply the exact data-consistency projection to x̂ at every step.
+    """
+    _check_weight(weight)
+    _check_factor(torch.empty(factor, factor), factor)
+    den = denoise
+    if weight != 0:
+        den = guidance(
+            denoise, y, mask, weight=weight * factor**2, operator=lambda x: block_mean(x, factor)
+        )
+    return projection(den, y, factor, mask=mask) if project else den
+
+
 def finalize(x: Tensor, x_known: Tensor, mask: Tensor) -> Tensor:
     """Samples with the known values set exactly (x_known where mask, x elsewhere)."""
     mask = _bool_mask(mask).to(x.device)
     return torch.where(mask, x_known.to(x), x)
+
+
+def _check_weight(weight: float) -> None:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+        raise ValueError(f"weight must be a non-negative number, got {weight!r}")
 
 
 def _check_factor(x: Tensor, factor: int) -> tuple[int, int]:

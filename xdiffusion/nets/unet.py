@@ -4,7 +4,7 @@ The network predicts v = α ε − σ x (seed eq. 2.67) from a noisy video z_t a
 λ_t. Layout follows the reference video U-Net (Herbert 2023, after Ho et al.'s video
 diffusion models): (1, 3, 3) convolutional ResNet blocks with GroupNorm and FiLM
 conditioning on a Fourier embedding of λ, spatial-only down/up-sampling with skip
-connections, temporal attention with rotary relative positions and spatial attention at
+connections, temporal attention with learned relative-position biases and spatial attention at
 configurable levels. Frames are never downsampled; any grid size and any frame count work
 (the grid is padded to a multiple of 2**(levels − 1) inside ``forward`` and cropped back).
 """
@@ -62,8 +62,7 @@ class UNetConfig:
     heads : int
         Attention heads.
     head_dim : int or None
-        Width of each head; ``None`` means ``level_channels // heads``. Must be even (rotary
-        position pairs).
+        Width of each head; ``None`` means ``level_channels // heads``.
     groups : int
         GroupNorm groups; must divide every level's channels.
     emb_dim : int or None
@@ -79,8 +78,9 @@ class UNetConfig:
     pad_mode : str
         How the grid is padded to a multiple of ``2**(levels − 1)``: ``"replicate"``,
         ``"reflect"`` (falls back to replicate where the grid is too small) or ``"zeros"``.
-    rotary_base : float
-        Base of the rotary position embedding of temporal attention.
+    max_relative_position : int
+        Largest frame offset with its own learned temporal-attention bias; further offsets
+        share the bias of this one.
     """
 
     channels: int = 1
@@ -101,7 +101,7 @@ class UNetConfig:
     cond_features: int = 0
     dropout: float = 0.0
     pad_mode: str = "replicate"
-    rotary_base: float = 10000.0
+    max_relative_position: int = 16
 
     def __post_init__(self) -> None:
         self.mults = tuple(self.mults) if isinstance(self.mults, list | tuple) else self.mults
@@ -121,7 +121,15 @@ class UNetConfig:
                 kind = "a non-negative" if allow_zero else "a positive"
                 raise ValueError(f"UNetConfig.{name} must be {kind} integer, got {v!r}")
 
-        for name in ("channels", "width", "blocks", "heads", "groups", "fourier_dim"):
+        for name in (
+            "channels",
+            "width",
+            "blocks",
+            "heads",
+            "groups",
+            "fourier_dim",
+            "max_relative_position",
+        ):
             pos_int(name)
         pos_int("cond_features", allow_zero=True)
         for name in ("out_channels", "head_dim", "emb_dim"):
@@ -172,18 +180,12 @@ class UNetConfig:
                     f"UNetConfig.groups={self.groups} must divide every level's channels "
                     f"{self.level_channels}; change groups, width or mults"
                 )
-            hd = self.head_dim if self.head_dim is not None else c // self.heads
             if self.head_dim is None and c % self.heads:
                 raise ValueError(
                     f"UNetConfig.heads={self.heads} must divide every level's channels "
                     f"{self.level_channels} when head_dim is None; set head_dim or change heads"
                 )
-            if hd % 2 or hd == 0:
-                raise ValueError(
-                    f"attention head width must be even and positive for rotary positions, got "
-                    f"{hd} at {c} channels; adjust UNetConfig.heads or head_dim"
-                )
-        for name in ("lam_scale", "rotary_base"):
+        for name in ("lam_scale",):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
                 raise ValueError(f"UNetConfig.{name} must be a positive number, got {v!r}")
@@ -332,7 +334,9 @@ class UNet3D(nn.Module):
             if spatial != "none":
                 mods.append(SpatialAttention(c, cfg.heads, cfg.head_width(c), g, spatial))
             if temporal:
-                mods.append(TemporalAttention(c, cfg.heads, cfg.head_width(c), g, cfg.rotary_base))
+                mods.append(
+                    TemporalAttention(c, cfg.heads, cfg.head_width(c), g, cfg.max_relative_position)
+                )
             return mods
 
         self.down_blocks, self.down_attn, self.downs = (
