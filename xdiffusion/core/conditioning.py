@@ -37,7 +37,9 @@ Operator = Callable[[Tensor], Tensor]
 #: is best for w_r ≈ 2–4 with every sampler, w_r = 1 under-corrects, w_r ≳ 8 overshoots and
 #: w_r = 100 diverges with DPM-Solver++. The reference code's w_r = 1e6 multiplied a *mean*
 #: over batch × known elements, i.e. w_r ≈ 1e6 / (B · N_known) here (≈ 2–8 for 8–32
-#: members with 4 known 64×64 frames), consistent with this range.
+#: members with 4 known 64×64 frames), consistent with this range. At equal weight the
+#: stochastic samplers (ancestral, dpmpp_2m_sde) recover the conditional better than the
+#: deterministic ones (dpmpp_2m, ddim with η = 0).
 DEFAULT_GUIDANCE_WEIGHT = 3.0
 
 
