@@ -8,8 +8,9 @@ closest to ours. Both are timed on the same input:
 - evaluation: forward under ``torch.no_grad`` at batch 1 (network evaluations per second,
   the unit a sampler spends).
 
-Measurements alternate between the two networks and report medians, because the machine
-is shared and noisy. Prints one JSON document to stdout; progress goes to stderr.
+Each network is timed in fresh processes (``--rounds`` of them, alternating ours and the
+peer's, because the machine is shared and noisy) and the medians are reported. Prints one JSON document to stdout;
+progress goes to stderr.
 
 Usage::
 
@@ -27,10 +28,10 @@ import json
 import math
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import types
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -100,85 +101,106 @@ def match_peer_dim(peer_cls: type[nn.Module], target: int, mults: tuple[int, ...
     return best, count(best)
 
 
-def _timer(fn: Callable[[], None]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def _build(which: str, preset: str, channels: int, peer_dim: int | None) -> nn.Module:
+    cfg = unet_config(preset, channels=channels)
+    if which == "ours":
+        return UNet3D(cfg)
+    return _peer_class()(dim=peer_dim, dim_mults=cfg.mults, channels=channels)
 
 
-def _make_train_step(net: nn.Module, x: torch.Tensor, t: torch.Tensor) -> Callable[[], None]:
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
+def _worker(spec: dict) -> dict:
+    """Time one network in this (fresh) process: seconds per train step and per evaluation."""
+    torch.manual_seed(0)
+    net = _build(spec["which"], spec["preset"], spec["channels"], spec.get("peer_dim"))
+    h, w, f = spec["size"]
+    batch, c = spec["batch"], spec["channels"]
+    x = torch.randn(batch, c, f, h, w)
+    lam = torch.empty(batch).uniform_(-30, 30)
     target = torch.randn_like(x)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
 
-    def step() -> None:
+    def train_step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss = (net(x, t) - target).square().mean()
+        loss = (net(x, lam) - target).square().mean()
         loss.backward()
         opt.step()
 
-    return step
-
-
-def _make_eval(net: nn.Module, x: torch.Tensor, t: torch.Tensor) -> Callable[[], None]:
-    def ev() -> None:
+    def evaluate() -> None:
         with torch.no_grad():
-            net(x, t)
+            net(x[:1], lam[:1])
 
-    return ev
+    out = {"params": n_params(net)}
+    for name, fn, mode in (("train", train_step, net.train), ("eval", evaluate, net.eval)):
+        mode()
+        for _ in range(spec["warmup"]):
+            fn()
+        times = []
+        for _ in range(spec["repeats"]):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[name] = times
+    return out
 
 
-def _alternate(fns: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, float]:
-    """Median seconds per call of each function, measured in alternation."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    for _ in range(repeats):
-        for k, f in fns.items():
-            times[k].append(_timer(f))
-    return {k: statistics.median(v) for k, v in times.items()}
+def _run_worker(spec: dict) -> dict:
+    # A fresh process per measurement: the networks differ a lot in memory footprint and
+    # timing one after the other in one process lets the first's allocator state slow the
+    # second by several times.
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode:
+        raise RuntimeError(f"benchmark worker failed for {spec}:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def bench_one(
     preset: str,
     size: tuple[int, int, int],
-    peer_cls: type[nn.Module] | None,
+    peer: bool,
     batch: int,
     warmup: int,
     repeats: int,
+    rounds: int,
     channels: int = 1,
 ) -> dict:
-    """Train and eval speed of one preset (and its matched peer) at one input size."""
+    """Train and eval speed of one preset (and its matched peer) at one input size.
+
+    ``rounds`` fresh processes per network, alternating ours and the peer's so that both
+    see the same load; each times ``repeats`` calls after ``warmup``; medians over all.
+    """
     h, w, f = size
-    torch.manual_seed(0)
     cfg = unet_config(preset, channels=channels)
-    nets = {"ours": UNet3D(cfg)}
+    with torch.device("meta"):
+        ours_params = n_params(UNet3D(cfg))
     row: dict = {"preset": preset, "size": f"{h}x{w}x{f}", "batch": batch}
-    row["ours"] = {"params": n_params(nets["ours"])}
-    if peer_cls is not None:
-        dim, count = match_peer_dim(peer_cls, row["ours"]["params"], cfg.mults, channels)
-        nets["peer"] = peer_cls(dim=dim, dim_mults=cfg.mults, channels=channels)
-        row["peer"] = {"dim": dim, "dim_mults": list(cfg.mults), "params": n_params(nets["peer"])}
-        assert row["peer"]["params"] == count
-
-    xb = torch.randn(batch, channels, f, h, w)
-    lam_b = torch.empty(batch).uniform_(-30, 30)
-    x1, lam_1 = xb[:1].clone(), lam_b[:1].clone()
-
-    for net in nets.values():
-        net.train()
-    train = _alternate(
-        {k: _make_train_step(n, xb, lam_b) for k, n in nets.items()}, warmup, repeats
+    row["ours"] = {"params": ours_params}
+    spec = dict(
+        preset=preset, size=size, batch=batch, channels=channels, warmup=warmup, repeats=repeats
     )
-    for net in nets.values():
-        net.eval()
-    evals = _alternate({k: _make_eval(n, x1, lam_1) for k, n in nets.items()}, warmup, repeats)
-    for k in nets:
-        row[k]["train_samples_per_s"] = round(batch / train[k], 3)
-        row[k]["evals_per_s"] = round(1 / evals[k], 3)
-    if "peer" in nets:
-        row["train_speed_ratio"] = round(train["peer"] / train["ours"], 3)
-        row["eval_speed_ratio"] = round(evals["peer"] / evals["ours"], 3)
+    specs = {"ours": dict(spec, which="ours")}
+    if peer:
+        dim, count = match_peer_dim(_peer_class(), ours_params, cfg.mults, channels)
+        row["peer"] = {"dim": dim, "dim_mults": list(cfg.mults), "params": count}
+        specs["peer"] = dict(spec, which="peer", peer_dim=dim)
+    times: dict[str, dict[str, list[float]]] = {k: {"train": [], "eval": []} for k in specs}
+    for _ in range(rounds):
+        for k, sp in specs.items():
+            res = _run_worker(sp)
+            assert res["params"] == row[k]["params"]
+            for mode in ("train", "eval"):
+                times[k][mode] += res[mode]
+    med = {k: {m: statistics.median(v) for m, v in t.items()} for k, t in times.items()}
+    for k in specs:
+        row[k]["train_samples_per_s"] = round(batch / med[k]["train"], 3)
+        row[k]["evals_per_s"] = round(1 / med[k]["eval"], 3)
+    if peer:
+        row["train_speed_ratio"] = round(med["peer"]["train"] / med["ours"]["train"], 3)
+        row["eval_speed_ratio"] = round(med["peer"]["eval"] / med["ours"]["eval"], 3)
         row["param_ratio"] = round(row["ours"]["params"] / row["peer"]["params"], 3)
     return row
 
@@ -198,21 +220,28 @@ def _parse_sizes(text: str) -> list[tuple[int, int, int]]:
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark and print JSON to stdout."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="one warm-up, two repeats (smoke test)")
+    ap.add_argument(
+        "--quick", action="store_true", help="one round, one warm-up, two repeats (smoke test)"
+    )
     ap.add_argument("--sizes", type=_parse_sizes, default=_parse_sizes("32x32x8,64x64x10"))
     ap.add_argument("--presets", default="small,reference")
     ap.add_argument("--batch", type=int, default=4, help="training batch size")
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="timed calls per process")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed calls per process")
+    ap.add_argument("--rounds", type=int, default=3, help="fresh processes per network")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--no-peer", action="store_true", help="time only our network")
     args = ap.parse_args(argv)
-    warmup, repeats = (1, 2) if args.quick else (args.warmup, args.repeats)
-    peer_cls = None if args.no_peer else _peer_class()
+    if args.worker:
+        res = _worker(json.loads(args.worker))
+        print(json.dumps(res))
+        return res
+    warmup, repeats, rounds = (1, 2, 1) if args.quick else (args.warmup, args.repeats, args.rounds)
 
     rows = []
     for preset in args.presets.split(","):
         for size in args.sizes:
-            row = bench_one(preset, size, peer_cls, args.batch, warmup, repeats)
+            row = bench_one(preset, size, not args.no_peer, args.batch, warmup, repeats, rounds)
             print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
     out = {
@@ -221,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": platform.machine(),
         "warmup": warmup,
         "repeats": repeats,
+        "rounds": rounds,
         "ratios": "peer seconds / our seconds: > 1 means ours is faster",
         "results": rows,
     }
