@@ -202,6 +202,8 @@ def test_resume_refuses_other_arguments(series, tmp_path):
         )
     with pytest.raises(ValueError, match="data_max"):
         xd.fit(series * 2, steps=4, checkpoint_dir=tmp_path, resume=True, **SMALL)
+    with pytest.raises(ValueError, match=r"steps=1 is fewer than the 2 steps .*checkpoint_dir"):
+        xd.fit(series, steps=1, checkpoint_dir=tmp_path, resume=True, **SMALL)
     with pytest.raises(ValueError, match=r"already holds checkpoints.*resume=True"):
         xd.fit(series, steps=4, checkpoint_dir=tmp_path, **SMALL)
 

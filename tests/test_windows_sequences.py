@@ -72,7 +72,7 @@ def test_plan_windows_gap_centred_and_forecast():
 def test_complete_keeps_known_and_fills_all():
     calls = []
 
-    def window(x, mask, stream):
+    def window(x, mask, stream, start):
         calls.append(stream)
         return torch.full_like(x, 7.0)
 

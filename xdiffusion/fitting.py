@@ -23,6 +23,8 @@ from xdiffusion.core.diffusion import v_loss
 from xdiffusion.core.samplers import get_sampler
 from xdiffusion.core.schedule import CosineSchedule
 from xdiffusion.io.convert import channel_stats, prepare
+from xdiffusion.io.timefeatures import check_features, n_features
+from xdiffusion.io.timefeatures import time_features as time_features_of
 from xdiffusion.io.windows import WindowReader, window_starts
 from xdiffusion.model import (
     SCHEMA_VERSION,
@@ -76,6 +78,7 @@ def fit(
     dry_threshold: float = 0.01,
     sampler: str = "dpmpp_2m",
     sampling_steps: int | None = None,
+    time_features: Sequence[str] | str | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     checkpoint_every: int = 100,
     keep_checkpoints: int = 3,
@@ -114,6 +117,11 @@ def fit(
     min_grad, dry_threshold
         Learned transform: minimum-gradient coefficient and the data value (in data units)
         above which log-derivatives enter the loss (the mask set M of eq. 4.14).
+    time_features
+        Condition the network on features of the time coordinate: ``"season"`` and/or
+        ``"hour"`` (sin/cos of the phase in the year and the day, any calendar). Sampling
+        then builds them from the template's (or the known data's) time stamps, so a July
+        template gives July-like fields.
     sampler, sampling_steps
         Default sampler of the fitted model and its step count (None: sampler default).
     checkpoint_dir
@@ -168,8 +176,16 @@ def fit(
             )
     dev = resolve_device(device)
     p = prepare(data, dims=dims, variables=variables)
+    feats = check_features(time_features)
+    feat_table = None
+    if feats:
+        if p.time is None:
+            raise ValueError("time_features= needs a time coordinate on the data")
+        feat_table = torch.from_numpy(time_features_of(p.time, feats))
     try:  # before the pass over the data, so that a typo fails fast
-        net_cfg = unet_config(preset=preset, channels=len(p.variables), **dict(net or {}))
+        extra = {"cond_features": n_features(feats)} if feats else {}
+        net_cfg = unet_config(preset=preset, channels=len(p.variables),
+                              **{**dict(net or {}), **extra})
     except (TypeError, ValueError) as err:
         raise type(err)(f"preset={preset!r}, net={dict(net or {})!r}: {err}") from None
     time_coord = p.time
@@ -236,7 +252,10 @@ def fit(
         mask = finite & valid.cpu()[None, :, None]
         x = torch.where(finite, x, torch.zeros_like(x))
         scaled = torch.cat([pl.to_scaled(x[:, c : c + 1]) for c, pl in enumerate(pipelines)], 1)
-        return scaled.to(dev), mask.to(dev)
+        cond = None
+        if feat_table is not None:
+            cond = torch.stack([feat_table[int(s) : int(s) + frames] for s in idx]).to(dev)
+        return scaled.to(dev), mask.to(dev), cond
 
     def batch_fn(step: int):
         rng = np.random.default_rng([seed, step])
@@ -249,7 +268,7 @@ def fit(
             val_batches.append(load(rng.choice(val_starts, size=batch_size)))
 
     def loss_fn(mod: Denoiser, batch, gen: torch.Generator) -> torch.Tensor:
-        scaled, mask = batch
+        scaled, mask, cond = batch
         parts, penalty = [], torch.zeros((), device=scaled.device)
         for c in range(scaled.shape[1]):
             s = scaled[:, c : c + 1]
@@ -262,7 +281,9 @@ def fit(
             else:
                 parts.append(s)
         y = torch.cat(parts, 1)
-        return v_loss(mod.net, y, schedule, generator=gen, mask=mask).mean() + penalty
+        kw = {"cond": cond} if cond is not None else None
+        loss = v_loss(mod.net, y, schedule, generator=gen, mask=mask, net_kwargs=kw)
+        return loss.mean() + penalty
 
     history: dict[str, list] = {}
     resume_state: dict[str, Any] = {}
@@ -289,8 +310,14 @@ def fit(
             "dry_threshold": float(dry_threshold),
             "val_fraction": float(val_fraction),
             "n_windows": len(train_starts),
+            "time_features": list(feats or []),
         }
         ckpt = load_checkpoint(checkpoint_dir, fingerprint=fingerprint) if resume else None
+        if ckpt is not None and ckpt.step > cfg.steps:
+            raise ValueError(
+                f"steps={cfg.steps} is fewer than the {ckpt.step} steps already done by the "
+                f"checkpoint in checkpoint_dir={str(checkpoint_dir)!r}; pass steps >= {ckpt.step}"
+            )
         if ckpt is not None:
             module.load_state_dict(ckpt.module_state)
             ema = copy.deepcopy(module).requires_grad_(False)
@@ -312,6 +339,7 @@ def fit(
         "net": net_cfg.to_dict(),
         "schedule": schedule.to_dict(),
         "sampling": {"sampler": sampler, "steps": sampling_steps},
+        "time_features": feats,
         "training": {
             **cfg.to_dict(),
             "device": str(dev),

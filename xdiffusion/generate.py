@@ -107,7 +107,8 @@ def sample(
     mask = torch.zeros(c, t, h, w, dtype=torch.bool)
     with torch.no_grad():
         y = model._complete(x, mask, n=n, seed=seed, sampler=sampler, steps=steps,
-                            context=context, batch_size=batch_size, progress=progress)
+                            context=context, batch_size=batch_size, progress=progress,
+                            cond=model.features_for(p.time))
         phys = _static_nan(model, model.decode(y)).cpu().numpy()
     args = {"n": n, "steps": steps, "sampler": sampler, "seed": seed}
     return _wrap(model, p, phys, n, "sample", args, attrs=getattr(template, "attrs", None)
@@ -168,7 +169,8 @@ def interpolate(
     with torch.no_grad():
         y = model._complete(enc, known, n=n, seed=seed, sampler=sampler, steps=steps,
                             method=method, weight=guidance_weight, context=context,
-                            batch_size=batch_size, progress=progress)
+                            batch_size=batch_size, progress=progress,
+                            cond=model.features_for(p.time))
         gen = _static_nan(model, model.decode(y)).cpu().numpy()
     obs = finite.numpy()
     out = np.where(obs[None], values[None], gen.astype(values.dtype))
@@ -247,6 +249,10 @@ def forecast(
     tname = p.axes["T"]
     new_time = _future_times(p.arrays[0][tname], lead)
     values = _values(p)[:, -ctx:]
+    cond = None
+    if model.time_features:
+        times = np.concatenate([np.asarray(p.time.values[-ctx:]), np.asarray(new_time)])
+        cond = model.features_for(times)
     enc, known, finite = _encode_known(model, values)
     if not bool(finite.any()):
         raise ValueError(
@@ -260,7 +266,7 @@ def forecast(
     with torch.no_grad():
         y = model._complete(x, mask, n=n, seed=seed, sampler=sampler, steps=steps,
                             method=method, weight=guidance_weight, context=ctx,
-                            batch_size=batch_size, progress=progress)
+                            batch_size=batch_size, progress=progress, cond=cond)
         gen = _static_nan(model, model.decode(y[:, :, ctx:])).cpu().numpy()
     tmpl = p.arrays[0]
     coords = {k: v.variable for k, v in tmpl.coords.items() if tname not in v.dims}
@@ -326,7 +332,7 @@ def downscale(
     ys = y_phys.to(model.device)
     gen = _downscale_tensor(model, ys, factor, n=n, seed=seed, sampler=sampler, steps=steps,
                             weight=guidance_weight, project=project, batch_size=batch_size,
-                            progress=progress)
+                            progress=progress, cond=model.features_for(p.time))
     gen = _static_nan(model, gen).cpu().numpy()
     ax = p.axes
     tmpl = p.arrays[0]
@@ -348,7 +354,7 @@ def downscale(
 
 
 def _downscale_tensor(model, y_phys, factor, *, n, seed, sampler, steps, weight, project,
-                      batch_size, progress):
+                      batch_size, progress, cond=None):
     """Fine physical fields (n, C, T, H, W) for coarse physical y (C, T, h, w)."""
     c, t = y_phys.shape[:2]
     f = min(model.frames, t)
@@ -372,9 +378,9 @@ def _downscale_tensor(model, y_phys, factor, *, n, seed, sampler, steps, weight,
                                   model.config.get("sampling", {}).get("sampler", "dpmpp_2m"),
                                   steps=steps, method="guidance", weight=weight,
                                   operator=operator, y=yw.expand(len(members), *yw.shape[1:]),
-                                  progress=progress and k == 0 and b0 == 0)
+                                  progress=progress and k == 0 and b0 == 0, cond=cond)
             xk = torch.zeros(len(members), c, f, *model.grid, device=y_phys.device)
-            z = fn(xk, torch.zeros_like(xk, dtype=torch.bool), k)
+            z = fn(xk, torch.zeros_like(xk, dtype=torch.bool), k, s)
             with torch.no_grad():
                 out[b0 : b0 + len(members), :, s : s + f] = model.decode(z)
     if project:

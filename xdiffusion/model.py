@@ -125,6 +125,24 @@ class DiffusionModel:
         return UNetConfig.from_dict(self.config["net"])
 
     @property
+    def time_features(self) -> list[str]:
+        """Names of the time-coordinate features the network is conditioned on."""
+        return list(self.config.get("time_features", []))
+
+    def features_for(self, time) -> Tensor | None:
+        """Per-frame conditioning features (T, K) for time stamps, or None if unused."""
+        if not self.time_features:
+            return None
+        if time is None:
+            raise ValueError(
+                "this model is conditioned on time features "
+                f"{self.time_features}: the input needs a time coordinate"
+            )
+        from xdiffusion.io.timefeatures import time_features
+
+        return torch.from_numpy(time_features(time, self.time_features))
+
+    @property
     def history(self) -> dict[str, list[float]]:
         """Training and validation loss history."""
         return self.config.get("training", {}).get("history", {})
@@ -187,6 +205,15 @@ class DiffusionModel:
             attrs={"long_name": "learned monotone transform h(x)", "units": "1"},
         )
 
+    def sampling_defaults(self, sampler: str | None, steps: int | None) -> tuple[str, int | None]:
+        """Fill ``sampler``/``steps`` from the model's sampling settings when None."""
+        cfg = self.config.get("sampling", {})
+        if sampler is None:
+            sampler = cfg.get("sampler") or DEFAULT_SAMPLER
+            if steps is None:
+                steps = cfg.get("steps")
+        return sampler, steps
+
     # ----------------------------------------------------------------- tensor engine
     def _window_fn(
         self,
@@ -213,13 +240,16 @@ class DiffusionModel:
         weight = DEFAULT_GUIDANCE_WEIGHT if weight is None else weight
 
         net = self.module.net
-        kwargs = {"cond": cond} if cond is not None else None
-        base = make_denoiser(net, net_kwargs=kwargs,
-                             microbatch=1 if self.device.type == "cpu" else None)
         dev = self.device
+        micro = 1 if dev.type == "cpu" else None
 
-        def window(x_known: Tensor, mask: Tensor, stream: int) -> Tensor:
+        def window(x_known: Tensor, mask: Tensor, stream: int, start: int = 0) -> Tensor:
             shape = x_known.shape[1:]
+            kwargs = None
+            if cond is not None:  # (T, K) features of the whole series → this window's
+                c = cond[start : start + shape[1]].to(dev)
+                kwargs = {"cond": c[None].expand(x_known.shape[0], *c.shape)}
+            base = make_denoiser(net, net_kwargs=kwargs, microbatch=micro)
             noise = MemberNoise(seed, members, shape, device=dev, stream=2 * stream)
             extra = MemberNoise(seed, members, shape, device=dev, stream=2 * stream + 1)
             den = base
@@ -256,16 +286,20 @@ class DiffusionModel:
         context: int | None = None,
         batch_size: int | None = None,
         progress: bool = True,
+        cond: Tensor | None = None,
     ) -> Tensor:
-        """Complete one series (C, T, H, W) in diffusion space for ``n`` members."""
-        sampler = sampler or self.config.get("sampling", {}).get("sampler", DEFAULT_SAMPLER)
+        """Complete one series (C, T, H, W) in diffusion space for ``n`` members.
+
+        ``cond``: per-frame features (T, K) of the series when the model uses them.
+        """
+        sampler, steps = self.sampling_defaults(sampler, steps)
         get_sampler(sampler)
         bs = n if batch_size is None else check_positive_int(batch_size, "batch_size")
         out = []
         for start in range(0, n, bs):
             members = list(range(start, min(n, start + bs)))
             fn = self._window_fn(seed=seed, members=members, sampler=sampler, steps=steps,
-                                 method=method, weight=weight)
+                                 method=method, weight=weight, cond=cond)
             xb = x[None].expand(len(members), *x.shape).to(self.device)
             mb = mask[None].to(self.device)
             out.append(complete(fn, xb.clone(), mb, self.frames, context=context,

@@ -14,10 +14,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-#: ``window_fn(x_known, mask, stream) -> x``: sample one window batch (B, C, F, H, W); the
-#: mask marks known elements (all False: unconditional); ``stream`` numbers the window so
-#: its noise differs from other windows'.
-WindowFn = Callable[[Tensor, Tensor, int], Tensor]
+#: ``window_fn(x_known, mask, stream, start) -> x``: sample one window batch
+#: (B, C, F, H, W) starting at frame ``start`` of the series; the mask marks known elements
+#: (all False: unconditional); ``stream`` numbers the window so its noise differs from
+#: other windows'.
+WindowFn = Callable[[Tensor, Tensor, int, int], Tensor]
 
 
 def plan_windows(frame_known: Tensor, frames: int, context: int) -> list[tuple[int, int]]:
@@ -97,7 +98,7 @@ def complete(
     plan = plan_windows(frame_known, frames, context)
     for stream, (s, f) in enumerate(tqdm(plan, disable=not progress, desc="windows")):
         xs, ms = out[:, :, s : s + f], known[:, :, s : s + f]
-        gen = window_fn(xs, ms, stream)
+        gen = window_fn(xs, ms, stream, s)
         out[:, :, s : s + f] = torch.where(ms, xs, gen)
         known[:, :, s : s + f] = True
     return out
