@@ -1,9 +1,11 @@
 """CF compliance of written outputs, the command line and the demo."""
 
 import json
+
 import numpy as np
 import pytest
 import xarray as xr
+
 from xdiffusion.cli import main
 
 GEN = dict(steps=3, progress=False)

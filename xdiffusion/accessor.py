@@ -49,7 +49,10 @@ class _DiffusionAccessor:
         return _check_model(model).downscale(self._obj, n, **kwargs)
 
     def evaluate(self, reference: xr.DataArray | xr.Dataset, **kwargs: Any) -> xr.Dataset:
-        """Diagnostics of this ensemble against ``reference``; see :func:`xdiffusion.diagnostics.evaluate`."""
+        """Diagnostics of this ensemble against ``reference``.
+
+        See :func:`xdiffusion.diagnostics.evaluate` for the arguments and outputs.
+        """
         from xdiffusion.diagnostics import evaluate
 
         return evaluate(self._obj, reference, **kwargs)

@@ -38,7 +38,7 @@ def run_demo(
     out
         Output folder (created).
     steps
-        Training steps (default 1200, or 30 with ``tiny``).
+        Training steps (default 400, or 30 with ``tiny``).
     size, frames, members
         Grid size, window length and ensemble size.
     tiny
@@ -46,7 +46,7 @@ def run_demo(
     """
     import json
 
-    import xdiffusion as xd
+    import xdiffusion  # noqa: F401  (registers .diffusion)
     from xdiffusion import diagnostics
     from xdiffusion.datasets import synthetic_precipitation
 
@@ -58,13 +58,13 @@ def run_demo(
     n_train = int(nt * 0.8)
     train, test = data.isel(time=slice(0, n_train)), data.isel(time=slice(n_train, None))
     files = [_nc(data.isel(time=slice(0, 200)), out / "data_sample.nc")]
-    steps = steps if steps is not None else (30 if tiny else 1200)
+    steps = steps if steps is not None else (30 if tiny else 400)
     net = {"width": 8, "mults": [1, 2]} if tiny else None
     sampling_steps = 4 if tiny else 20
     members = 2 if tiny else members
 
     t = time.perf_counter()
-    model = train.diffusion.fit(frames=frames, steps=steps, batch_size=8 if tiny else 12,
+    model = train.diffusion.fit(frames=frames, steps=steps, batch_size=8, lr=1e-3, warmup=50,
                                 transform="sqrt", seed=seed, device=device, progress=progress,
                                 net=net)
     fit_s = time.perf_counter() - t

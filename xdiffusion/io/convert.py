@@ -6,8 +6,8 @@ the only reduction (:func:`channel_stats`) is a single streaming ``dask.compute`
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import dask
