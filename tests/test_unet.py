@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from xdiffusion.nets import UNet3D, UNetConfig, unet_config
-from xdiffusion.nets.layers import LambdaEmbedding, TemporalAttention, relative_index
+from xdiffusion.nets.layers import (
+    LambdaEmbedding,
+    Pointwise,
+    TemporalAttention,
+    relative_index,
+)
 
 
 def tiny(**overrides) -> UNetConfig:
@@ -21,6 +26,7 @@ def tiny(**overrides) -> UNetConfig:
         temporal_attention=(True, True),
         mid_spatial_attention="full",
         heads=2,
+        head_dim=None,
         groups=4,
         fourier_dim=8,
     )
@@ -200,7 +206,8 @@ def test_config_round_trip_and_rejects_bad_keys():
         {"temporal_attention": [1, 1, 1, 1]},
         {"groups": 7},
         {"width": -1},
-        {"heads": 3},
+        {"heads": 3, "head_dim": None},
+        {"head_dim": 24},
         {"fourier_dim": 7},
         {"dropout": 1.5},
         {"pad_mode": "wrap"},
@@ -223,6 +230,30 @@ def test_unet_config_presets_and_overrides():
     assert len(deeper.temporal_attention) == 4
     with pytest.raises(TypeError, match="UNetConfig"):
         UNet3D(deeper.to_dict())
+
+
+def test_attention_head_layout():
+    ref = unet_config("reference")
+    assert [ref.attention_heads(c) for c in ref.level_channels] == [
+        (2, 32),
+        (4, 32),
+        (8, 32),
+        (16, 32),
+    ]
+    fixed = tiny(heads=4, head_dim=None)
+    assert [fixed.attention_heads(c) for c in fixed.level_channels] == [(4, 2), (4, 4)]
+
+
+def test_pointwise_equals_one_by_one_convolution():
+    torch.manual_seed(0)
+    pw = Pointwise(6, 5)
+    conv = torch.nn.Conv2d(6, 5, 1)
+    with torch.no_grad():
+        conv.weight.copy_(pw.weight[:, :, None, None])
+        conv.bias.copy_(pw.bias)
+    x = torch.randn(3, 6, 4, 7)
+    for xx in (x, x.contiguous(memory_format=torch.channels_last)):
+        torch.testing.assert_close(pw(xx), conv(x), rtol=1e-5, atol=1e-6)
 
 
 def test_presets_construct_and_report_parameter_counts():

@@ -23,6 +23,7 @@ from xdiffusion.core.diffusion import v_loss
 from xdiffusion.core.samplers import get_sampler
 from xdiffusion.core.schedule import CosineSchedule
 from xdiffusion.io.convert import channel_stats, prepare
+from xdiffusion.io.streaming import check_loader, make_loader
 from xdiffusion.io.timefeatures import check_features, n_features
 from xdiffusion.io.timefeatures import time_features as time_features_of
 from xdiffusion.io.windows import WindowReader, window_starts
@@ -83,6 +84,8 @@ def fit(
     checkpoint_every: int = 100,
     keep_checkpoints: int = 3,
     resume: bool = False,
+    loader: str = "auto",
+    buffer_chunks: int = 4,
 ) -> DiffusionModel:
     """Train an unconditional spatio-temporal diffusion model on ``data``.
 
@@ -134,6 +137,13 @@ def fit(
         optimiser, RNG state and data position): on CPU the result equals an uninterrupted
         run's. Starts afresh if there is none; raises ValueError if it was written with
         other data or arguments. ``steps`` may be raised to train longer.
+    loader, buffer_chunks
+        How training windows are read (:mod:`xdiffusion.io.streaming`): ``"chunked"``
+        reads ``buffer_chunks`` whole time chunks at a time into a shuffle buffer and
+        prefetches the next ones in a background thread (memory bounded by the buffer, for
+        archives larger than memory); ``"random"`` reads each window on its own (fine in
+        memory, slow on chunked stores); ``"auto"``: chunked for dask-backed data, random
+        otherwise. Either way batches depend on (seed, step) only, so resuming stays exact.
     """
     t0 = time.perf_counter()
     if isinstance(frames, bool) or not isinstance(frames, int | np.integer) or frames < 1:
@@ -147,6 +157,7 @@ def fit(
             f"net must be a mapping of network settings such as {{'width': 32}}, got "
             f"{type(net).__name__}"
         )
+    check_loader(loader, buffer_chunks)
     get_sampler(sampler)  # fail now rather than at the first sample() after training
     if sampling_steps is not None:
         check_positive_int(sampling_steps, "sampling_steps")
@@ -246,8 +257,11 @@ def fit(
         pipe.to_scaled(torch.tensor(float(dry_threshold))).item() for pipe in pipelines
     ]
 
-    def load(idx: np.ndarray):
-        x = torch.from_numpy(reader.read(idx))
+    windows = make_loader(loader, p.data, int(frames), train_starts, batch_size=batch_size,
+                          seed=seed, buffer_chunks=buffer_chunks, total_steps=cfg.steps)
+
+    def load(idx: np.ndarray, x: np.ndarray | None = None):
+        x = torch.from_numpy(reader.read(idx) if x is None else x)
         finite = torch.isfinite(x)
         mask = finite & valid.cpu()[None, :, None]
         x = torch.where(finite, x, torch.zeros_like(x))
@@ -258,8 +272,7 @@ def fit(
         return scaled.to(dev), mask.to(dev), cond
 
     def batch_fn(step: int):
-        rng = np.random.default_rng([seed, step])
-        return load(rng.choice(train_starts, size=batch_size, replace=True))
+        return load(*windows.batch(step))
 
     val_batches = []
     if val_starts.size:
@@ -311,6 +324,7 @@ def fit(
             "val_fraction": float(val_fraction),
             "n_windows": len(train_starts),
             "time_features": list(feats or []),
+            "loader": windows.describe(),
         }
         ckpt = load_checkpoint(checkpoint_dir, fingerprint=fingerprint) if resume else None
         if ckpt is not None and ckpt.step > cfg.steps:
@@ -328,8 +342,11 @@ def fit(
             ckpt.restore_rng()
         callback = Checkpointer(checkpoint_dir, every=checkpoint_every, keep=keep_checkpoints,
                                 total_steps=cfg.steps, fingerprint=fingerprint, history=history)
-    result = train(module, loss_fn, batch_fn, cfg, device=dev, val_batches=val_batches,
-                   progress=progress, callback=callback, history=history, **resume_state)
+    try:
+        result = train(module, loss_fn, batch_fn, cfg, device=dev, val_batches=val_batches,
+                       progress=progress, callback=callback, history=history, **resume_state)
+    finally:
+        windows.close()
     config = {
         "schema_version": SCHEMA_VERSION,
         "xdiffusion_version": __version__,

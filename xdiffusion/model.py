@@ -337,3 +337,10 @@ class DiffusionModel:
         from xdiffusion.generate import downscale
 
         return downscale(self, coarse, n, **kwargs)
+
+    # ----------------------------------------------------------------- likelihood
+    def nll(self, data, **kwargs):
+        """Bound on −log p(data) in bits per element; see :func:`xdiffusion.likelihood.nll`."""
+        from xdiffusion.likelihood import nll
+
+        return nll(self, data, **kwargs)

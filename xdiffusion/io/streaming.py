@@ -294,20 +294,27 @@ class ChunkedWindows:
 
     def _load(self, r: int, have: dict) -> _Round:
         blocks = self.blocks_of_round(r)
-        todo = [int(k) for k in blocks if int(k) not in have]
-        parts = [self.data[:, slice(*self.block_span(k))] for k in todo]
-        if self.is_dask and parts:
-            # One compute: a chunk shared by two blocks (one's tail, the next's head) is
-            # read once.
-            parts = dask.compute(*parts, scheduler="threads")
-        pieces = {k: have[int(k)] for k in blocks if int(k) in have}
-        pieces.update({k: np.asarray(p, dtype=np.float32) for k, p in zip(todo, parts)})
+        pieces = {int(k): have[int(k)] for k in blocks if int(k) in have}
+        todo = np.array([int(k) for k in blocks if int(k) not in pieces], dtype=np.int64)
+        # Runs of adjacent blocks are read as one slice (the chunk holding one block's tail
+        # and the next block's head is read once), one run at a time (less memory in flight).
+        for run in np.split(todo, np.flatnonzero(np.diff(todo) != 1) + 1) if todo.size else []:
+            a, b = self.block_span(run[0])[0], self.block_span(run[-1])[1]
+            part = self.data[:, a:b]
+            if self.is_dask:
+                part = part.compute(scheduler="threads")
+            part = np.asarray(part, dtype=np.float32)
+            for k in run.tolist():
+                lo, hi = self.block_span(k)
+                piece = part[:, lo - a : hi - a]
+                # A block kept for the next round must not keep its whole run alive.
+                pieces[k] = piece.copy() if self.is_dask and len(run) > 1 else piece
         starts = np.concatenate([self._by_block[int(k)] for k in blocks])
         owner = np.concatenate([np.full(len(self._by_block[int(k)]), k) for k in blocks])
         ss = np.random.SeedSequence(self.seed, spawn_key=(_WINDOW_TAG, r))
         order = np.random.default_rng(ss).permutation(len(starts))
         with self._lock:
-            self.blocks_read += len(todo)
+            self.blocks_read += int(todo.size)
         return _Round(blocks, pieces, starts[order], owner[order])
 
     def _round(self, r: int) -> _Round:

@@ -4,7 +4,9 @@ Every block works on a *frame batch*: a video batch ``(B, C, F, H, W)`` is held 
 ``(B*F, C, H, W)`` so that the (1, 3, 3) convolutions, the group norms and the spatial
 attention are ordinary 2-D operations over frames (measured faster than ``Conv3d`` with a
 ``(1, 3, 3)`` kernel on CPU) and cannot mix frames. Only :class:`TemporalAttention` sees
-the frame axis; it is told ``frames`` to undo the flattening.
+the frame axis; it is told ``frames`` to undo the flattening. The blocks accept any memory
+format; the attention layers treat pixels as tokens in ``(N, H, W, C)`` order, which is a
+free view of the channels-last activations :class:`~xdiffusion.nets.unet.UNet3D` uses.
 """
 
 from __future__ import annotations
@@ -55,6 +57,18 @@ class LambdaEmbedding(nn.Module):
         return self.mlp(torch.cat([u.sin(), u.cos()], dim=-1))
 
 
+class Pointwise(nn.Linear):
+    """1×1 convolution of ``(N, C, H, W)`` as a matrix product over pixel tokens.
+
+    PyTorch's CPU backend sends 1×1 ``Conv2d`` to a slow im2col path; on channels-last
+    activations this is one GEMM with no copies.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_features, H, W) -> (N, out_features, H, W)``."""
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
 class ResBlock(nn.Module):
     """(1, 3, 3) convolutional ResNet block with GroupNorm and FiLM conditioning.
 
@@ -83,7 +97,7 @@ class ResBlock(nn.Module):
         self.groups = groups
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
-        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        self.skip = Pointwise(c_in, c_out) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """``x``: ``(N, c_in, H, W)``; ``emb``: SiLU-activated ``(N, emb_dim)``."""
@@ -105,6 +119,11 @@ def relative_index(frames: int, max_distance: int, device: torch.device) -> torc
     pos = torch.arange(frames, device=device)
     rel = (pos[None, :] - pos[:, None]).clamp(-max_distance, max_distance)
     return rel + max_distance
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` -> ``(N, H, W, C)``: a free view when ``x`` is channels-last."""
+    return x.permute(0, 2, 3, 1)
 
 
 class TemporalAttention(nn.Module):
@@ -135,8 +154,8 @@ class TemporalAttention(nn.Module):
         self.heads, self.head_dim, self.max_distance = heads, head_dim, max_distance
         inner = heads * head_dim
         self.norm = nn.GroupNorm(groups, channels)
-        self.qkv = nn.Conv2d(channels, 3 * inner, 1, bias=False)
-        self.out = nn.Conv2d(inner, channels, 1)
+        self.qkv = nn.Linear(channels, 3 * inner, bias=False)
+        self.out = nn.Linear(inner, channels)
         # Zero bias: attention starts position-agnostic and learns its temporal profile.
         self.rel_bias = nn.Parameter(torch.zeros(heads, 2 * max_distance + 1))
 
@@ -144,18 +163,18 @@ class TemporalAttention(nn.Module):
         """``x``: ``(B*frames, C, H, W)`` frame batch; returns the same shape."""
         n, _, h, w = x.shape
         b, hd, d = n // frames, self.heads, self.head_dim
-        qkv = self.qkv(self.norm(x))
+        qkv = self.qkv(_tokens(self.norm(x)))  # (N, H, W, 3·inner)
         if frames == 1:
             # Softmax over a single key is 1: attention returns the value.
-            out = qkv[:, 2 * hd * d :]
+            o = qkv[..., 2 * hd * d :]
         else:
-            # (B, F, 3, heads, d, HW) -> 3 × (B, HW, heads, F, d): tokens are frames.
-            q, k, v = qkv.reshape(b, frames, 3, hd, d, h * w).permute(2, 0, 5, 3, 1, 4)
+            # (B, F, HW, 3, heads, d) -> 3 × (B, HW, heads, F, d): the tokens are frames.
+            q, k, v = qkv.view(b, frames, h * w, 3, hd, d).permute(3, 0, 2, 4, 1, 5)
             idx = relative_index(frames, self.max_distance, x.device)
             bias = self.rel_bias[:, idx].to(q.dtype)  # (heads, F, F), broadcast over pixels
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-            out = o.permute(0, 3, 2, 4, 1).reshape(n, hd * d, h, w)
-        return x + self.out(out)
+            o = o.permute(0, 3, 1, 2, 4).reshape(n, h, w, hd * d)
+        return x + self.out(o).permute(0, 3, 1, 2)
 
 
 class SpatialAttention(nn.Module):
@@ -185,26 +204,24 @@ class SpatialAttention(nn.Module):
         self.kind, self.heads, self.head_dim = kind, heads, head_dim
         inner = heads * head_dim
         self.norm = nn.GroupNorm(groups, channels)
-        self.qkv = nn.Conv2d(channels, 3 * inner, 1, bias=False)
-        self.out = nn.Conv2d(inner, channels, 1)
+        self.qkv = nn.Linear(channels, 3 * inner, bias=False)
+        self.out = nn.Linear(inner, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``(N, C, H, W)`` frame batch; returns the same shape."""
         n, _, h, w = x.shape
         hd, d = self.heads, self.head_dim
-        qkv = self.qkv(self.norm(x)).reshape(n, 3, hd, d, h * w)
-        q, k, v = qkv.unbind(1)  # (N, heads, d, HW) each
+        qkv = self.qkv(_tokens(self.norm(x))).view(n, h * w, 3, hd, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # (N, heads, HW, d) each
         if self.kind == "full":
-            o = F.scaled_dot_product_attention(
-                q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2)
-            )
-            o = o.transpose(-1, -2)
+            o = F.scaled_dot_product_attention(q, k, v)
         else:
-            q = q.softmax(dim=-2) * d**-0.5
-            k = k.softmax(dim=-1)
-            context = k @ v.transpose(-1, -2)  # (N, heads, d_k, d_v)
-            o = context.transpose(-1, -2) @ q  # (N, heads, d_v, HW)
-        return x + self.out(o.reshape(n, hd * d, h, w))
+            q = q.softmax(dim=-1) * d**-0.5
+            k = k.softmax(dim=-2)
+            context = k.transpose(-1, -2) @ v  # (N, heads, d_k, d_v)
+            o = q @ context  # (N, heads, HW, d_v)
+        o = o.transpose(1, 2).reshape(n, h, w, hd * d)
+        return x + self.out(o).permute(0, 3, 1, 2)
 
 
 class Downsample(nn.Module):
@@ -223,12 +240,12 @@ class Upsample(nn.Module):
     """Double height and width (never frames): 1×1 convolution to 4× channels, pixel shuffle.
 
     Equivalent to a 2×2 stride-2 transposed convolution (the original U-Net's "up-conv")
-    but runs as a plain 1×1 convolution.
+    but runs as one matrix product.
     """
 
     def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(c_in, 4 * c_out, 1)
+        self.conv = Pointwise(c_in, 4 * c_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, c_in, H, W) -> (N, c_out, 2H, 2W)``."""
