@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -304,6 +305,11 @@ def unet_config(preset: str = "small", channels: int = 1, **overrides: Any) -> U
                 base = list(d[name])
                 d[name] = tuple((base[:-1] * levels)[: levels - 1] + base[-1:])
     d.update(overrides)
+    if "head_dim" not in overrides and d.get("head_dim") and "width" in overrides:
+        # A narrower width than the preset's: shrink the head size to one that divides
+        # every level's channels instead of rejecting the override.
+        chans = [int(d["width"]) * int(m) for m in d["mults"]]
+        d["head_dim"] = math.gcd(int(d["head_dim"]), *chans)
     return UNetConfig.from_dict(d)
 
 
