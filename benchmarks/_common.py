@@ -64,8 +64,7 @@ FULL = Spec(ny=32, nx=32, net=(), train_steps=3000, batch_size=8, nt_train=8000)
 #: Default: the small preset's architecture at width 16 on 16×16×8 (about 10× cheaper).
 DEFAULT = Spec()
 #: Smoke test: seconds.
-QUICK = Spec(net=(("width", 8), ("head_dim", 8), ("mults", (1, 2))), train_steps=40,
-             nt_train=400)
+QUICK = Spec(net=(("width", 8), ("head_dim", 8), ("mults", (1, 2))), train_steps=40, nt_train=400)
 
 
 def log(*args: object) -> None:
@@ -144,8 +143,8 @@ def get_model(spec: Spec, *, progress: bool = False) -> tuple[xd.DiffusionModel,
         "spec": dataclasses.asdict(spec),
         "train_seconds": round(seconds, 1),
         "parameters": sum(p.numel() for p in model.module.parameters()),
-        "final_loss": _last(model.history.get("train")),
-        "final_val_loss": _last(model.history.get("val")),
+        "final_loss": _last(model.history.get("loss")),
+        "final_val_loss": _last(model.history.get("val_loss")),
         "machine": machine(),
     }
     info_path.write_text(json.dumps(info, indent=1))
@@ -171,7 +170,10 @@ def ensemble(values: np.ndarray, template: xr.DataArray) -> xr.DataArray:
     da = xr.DataArray(
         np.asarray(values, dtype=np.float32),
         dims=(dg.MEMBER_DIM, *template.dims),
-        coords={**{k: v for k, v in template.coords.items()}, dg.MEMBER_DIM: np.arange(len(values))},
+        coords={
+            **{k: v for k, v in template.coords.items()},
+            dg.MEMBER_DIM: np.arange(len(values)),
+        },
         attrs=dict(template.attrs),
         name=template.name,
     )

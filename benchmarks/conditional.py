@@ -73,9 +73,14 @@ def forecast_task(model, held, train, starts, *, ctx, lead, n, settings, seed=1)
     clim_ens = np.broadcast_to(clim[:, None, None], (64, *truth.shape))
     pers = np.broadcast_to(last[:, None], truth.shape)
     out = {
-        "cases": len(starts), "members": n, "context": ctx, "lead": lead,
-        "climatology": {"crps": _crps(clim_ens, truth), "rmse": _rmse(
-            np.broadcast_to(train.values.mean(0), truth.shape), truth)},
+        "cases": len(starts),
+        "members": n,
+        "context": ctx,
+        "lead": lead,
+        "climatology": {
+            "crps": _crps(clim_ens, truth),
+            "rmse": _rmse(np.broadcast_to(train.values.mean(0), truth.shape), truth),
+        },
         "persistence": {"crps": _crps(pers[None], truth), "rmse": _rmse(pers, truth)},
         "runs": [],
     }
@@ -85,22 +90,34 @@ def forecast_task(model, held, train, starts, *, ctx, lead, n, settings, seed=1)
             for s in starts:
                 hist = held.isel(time=slice(s, s + ctx))
                 t = time.perf_counter()
-                fc = hist.diffusion.forecast(model, lead=lead, n=n, method=method,
-                                             sampler=sampler, steps=steps, seed=seed,
-                                             progress=False)
+                fc = hist.diffusion.forecast(
+                    model,
+                    lead=lead,
+                    n=n,
+                    method=method,
+                    sampler=sampler,
+                    steps=steps,
+                    seed=seed,
+                    progress=False,
+                )
                 seconds += time.perf_counter() - t
                 ens.append(fc.values)
         ens = np.stack(ens, 1)  # (n, K, L, Y, X)
         jump = np.mean([_jump(np.concatenate([last[None, :, None].repeat(n, 0), ens], 2), 0, 1)])
         jump_truth = _jump(np.concatenate([last[:, None], truth], 1), 0, 1)
-        out["runs"].append({
-            "method": method, "sampler": sampler, "steps": steps,
-            "crps": _crps(ens, truth), "rmse": _rmse(ens.mean(0), truth),
-            "spread": np.sqrt(np.mean(ens.var(0, ddof=1), axis=(0, 2, 3))),
-            "jump_ratio_lead1": jump / jump_truth,
-            "forward_per_member_frame": counts["forward"] / (n * lead * len(starts)),
-            "seconds_per_member_frame": seconds / (n * lead * len(starts)),
-        })
+        out["runs"].append(
+            {
+                "method": method,
+                "sampler": sampler,
+                "steps": steps,
+                "crps": _crps(ens, truth),
+                "rmse": _rmse(ens.mean(0), truth),
+                "spread": np.sqrt(np.mean(ens.var(0, ddof=1), axis=(0, 2, 3))),
+                "jump_ratio_lead1": jump / jump_truth,
+                "forward_per_member_frame": counts["forward"] / (n * lead * len(starts)),
+                "seconds_per_member_frame": seconds / (n * lead * len(starts)),
+            }
+        )
         r = out["runs"][-1]
         C.log(f"forecast {method:10s} {sampler:13s} {steps}: crps {np.round(r['crps'], 3)}")
     return out
@@ -116,33 +133,44 @@ def interpolation_task(model, held, starts, *, gaps, n, settings, seed=1) -> dic
         w = (np.arange(1, g + 1) / (g + 1))[None, :, None, None]
         lin = truth[:, a - 1 : a] * (1 - w) + truth[:, a + g : a + g + 1] * w
         tgap = truth[:, a : a + g]
-        row = {"gap": g, "linear_rmse": float(np.sqrt(np.mean((lin - tgap) ** 2))),
-               "runs": []}
+        row = {"gap": g, "linear_rmse": float(np.sqrt(np.mean((lin - tgap) ** 2))), "runs": []}
         for method, sampler, steps in settings:
             ens = []
             with C.count_evaluations(model) as counts:
                 for s in starts:
                     gappy = held.isel(time=slice(s, s + f)).copy()
                     gappy[a : a + g] = np.nan
-                    filled = gappy.diffusion.interpolate(model, n=n, method=method,
-                                                         sampler=sampler, steps=steps,
-                                                         seed=seed, progress=False)
+                    filled = gappy.diffusion.interpolate(
+                        model,
+                        n=n,
+                        method=method,
+                        sampler=sampler,
+                        steps=steps,
+                        seed=seed,
+                        progress=False,
+                    )
                     ens.append(filled.values)
             ens = np.stack(ens, 1)  # (n, K, F, Y, X)
             gen = ens[:, :, a : a + g]
             jump = (_jump(ens, a - 1, a) + _jump(ens, a + g - 1, a + g)) / 2
             jump_truth = (_jump(truth, a - 1, a) + _jump(truth, a + g - 1, a + g)) / 2
-            row["runs"].append({
-                "method": method, "sampler": sampler, "steps": steps,
-                "rmse_ensemble_mean": float(np.sqrt(np.mean((gen.mean(0) - tgap) ** 2))),
-                "rmse_member": float(np.sqrt(np.mean((gen - tgap[None]) ** 2))),
-                "crps": float(_crps(gen, tgap).mean()),
-                "jump_ratio": jump / jump_truth,
-                "forward_per_member_frame": counts["forward"] / (n * g * len(starts)),
-            })
+            row["runs"].append(
+                {
+                    "method": method,
+                    "sampler": sampler,
+                    "steps": steps,
+                    "rmse_ensemble_mean": float(np.sqrt(np.mean((gen.mean(0) - tgap) ** 2))),
+                    "rmse_member": float(np.sqrt(np.mean((gen - tgap[None]) ** 2))),
+                    "crps": float(_crps(gen, tgap).mean()),
+                    "jump_ratio": jump / jump_truth,
+                    "forward_per_member_frame": counts["forward"] / (n * g * len(starts)),
+                }
+            )
             r = row["runs"][-1]
-            C.log(f"interpolate gap {g} {method:10s} {sampler:13s}: rmse "
-                  f"{r['rmse_ensemble_mean']:.3f} (linear {row['linear_rmse']:.3f})")
+            C.log(
+                f"interpolate gap {g} {method:10s} {sampler:13s}: rmse "
+                f"{r['rmse_ensemble_mean']:.3f} (linear {row['linear_rmse']:.3f})"
+            )
         out["gaps"].append(row)
     return out
 
@@ -163,13 +191,23 @@ def downscaling_task(model, held, starts, *, factor, n, weights, sampler, steps,
     truth_psd = dg.spatial_psd(C.ensemble(truth, template))
     dx = float(np.diff(held.x.values[:2])[0])
     kmin = 1.0 / (2 * factor * dx)  # the coarse grid's Nyquist wavenumber
-    bic = np.clip(zoom(coarse, (1, 1, factor, factor), order=3, grid_mode=True,
-                       mode="nearest"), 0, None)
-    out = {"cases": len(starts), "members": n, "factor": factor, "sampler": sampler,
-           "steps": steps, "fine_wavenumber_above": kmin}
+    bic = np.clip(
+        zoom(coarse, (1, 1, factor, factor), order=3, grid_mode=True, mode="nearest"), 0, None
+    )
+    out = {
+        "cases": len(starts),
+        "members": n,
+        "factor": factor,
+        "sampler": sampler,
+        "steps": steps,
+        "fine_wavenumber_above": kmin,
+    }
     e, b = _fine_psd_error(bic, truth_psd, template, kmin)
-    out["bicubic"] = {"fine_psd_log_error": e, "fine_psd_log_bias": b,
-                      "rmse": float(np.sqrt(np.mean((bic - truth) ** 2)))}
+    out["bicubic"] = {
+        "fine_psd_log_error": e,
+        "fine_psd_log_bias": b,
+        "rmse": float(np.sqrt(np.mean((bic - truth) ** 2))),
+    }
     out["runs"] = []
     for w in weights:
         raw = []
@@ -178,35 +216,55 @@ def downscaling_task(model, held, starts, *, factor, n, weights, sampler, steps,
             for k, s in enumerate(starts):
                 ys = held.isel(time=slice(s, s + f)).coarsen(y=factor, x=factor).mean()
                 t = time.perf_counter()
-                fine = ys.diffusion.downscale(model, n=n, factor=factor, guidance_weight=w,
-                                              project=False, sampler=sampler, steps=steps,
-                                              seed=seed, progress=False)
+                fine = ys.diffusion.downscale(
+                    model,
+                    n=n,
+                    factor=factor,
+                    guidance_weight=w,
+                    project=False,
+                    sampler=sampler,
+                    steps=steps,
+                    seed=seed,
+                    progress=False,
+                )
                 seconds += time.perf_counter() - t
                 raw.append(fine.values)
                 np.testing.assert_allclose(ys.values, coarse[k], rtol=1e-5, atol=1e-6)
         raw = np.stack(raw, 1)  # (n, K, F, Y, X)
         y = torch.from_numpy(coarse)[None].expand(n, *coarse.shape)
         resid = block_mean(torch.from_numpy(raw), factor).numpy() - coarse[None]
-        proj = project_block_means(
-            torch.from_numpy(raw).flatten(0, 1)[:, None], y.flatten(0, 1)[:, None], factor,
-            [0.0],
-        )[:, 0].reshape(raw.shape).numpy()
+        proj = (
+            project_block_means(
+                torch.from_numpy(raw).flatten(0, 1)[:, None],
+                y.flatten(0, 1)[:, None],
+                factor,
+                [0.0],
+            )[:, 0]
+            .reshape(raw.shape)
+            .numpy()
+        )
         e, bias = _fine_psd_error(proj, truth_psd, template, kmin)
         e_raw, _ = _fine_psd_error(raw, truth_psd, template, kmin)
-        out["runs"].append({
-            "guidance_weight": w,
-            "block_residual_before_projection": float(
-                np.sqrt(np.mean(resid**2)) / np.sqrt(np.mean(coarse**2))),
-            "fine_psd_log_error": e, "fine_psd_log_bias": bias,
-            "fine_psd_log_error_before_projection": e_raw,
-            "rmse_ensemble_mean": float(np.sqrt(np.mean((proj.mean(0) - truth) ** 2))),
-            "crps": float(_crps(proj, truth).mean()),
-            "forward_per_member_frame": counts["forward"] / (n * f * len(starts)),
-            "seconds_per_member_frame": seconds / (n * f * len(starts)),
-        })
+        out["runs"].append(
+            {
+                "guidance_weight": w,
+                "block_residual_before_projection": float(
+                    np.sqrt(np.mean(resid**2)) / np.sqrt(np.mean(coarse**2))
+                ),
+                "fine_psd_log_error": e,
+                "fine_psd_log_bias": bias,
+                "fine_psd_log_error_before_projection": e_raw,
+                "rmse_ensemble_mean": float(np.sqrt(np.mean((proj.mean(0) - truth) ** 2))),
+                "crps": float(_crps(proj, truth).mean()),
+                "forward_per_member_frame": counts["forward"] / (n * f * len(starts)),
+                "seconds_per_member_frame": seconds / (n * f * len(starts)),
+            }
+        )
         r = out["runs"][-1]
-        C.log(f"downscale w={w}: residual {r['block_residual_before_projection']:.3f}, "
-              f"fine PSD error {e:.3f} (bicubic {out['bicubic']['fine_psd_log_error']:.3f})")
+        C.log(
+            f"downscale w={w}: residual {r['block_residual_before_projection']:.3f}, "
+            f"fine PSD error {e:.3f} (bicubic {out['bicubic']['fine_psd_log_error']:.3f})"
+        )
     return out
 
 
@@ -215,8 +273,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="smoke run")
     ap.add_argument("--cases", type=int, default=None, help="start times per task")
     ap.add_argument("--members", type=int, default=None, help="ensemble size")
-    ap.add_argument("--steps", type=int, default=None,
-                    help="sampler steps (default: each sampler's registry default)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="sampler steps (default: each sampler's registry default)",
+    )
     ap.add_argument("--tasks", default="forecast,interpolate,downscale")
     args = ap.parse_args(argv)
 
@@ -238,18 +300,27 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"benchmark": "conditional", "machine": C.machine(), "model": info}
     if "forecast" in tasks:
         with C.stopwatch(timings, "forecast_seconds"):
-            result["forecast"] = forecast_task(model, held, train, starts, ctx=f // 2,
-                                               lead=f, n=n, settings=settings)
+            result["forecast"] = forecast_task(
+                model, held, train, starts, ctx=f // 2, lead=f, n=n, settings=settings
+            )
     if "interpolate" in tasks:
         gaps = [g for g in (1, 2, 4, 6) if g <= f - 2]
         with C.stopwatch(timings, "interpolate_seconds"):
-            result["interpolate"] = interpolation_task(model, held, starts, gaps=gaps, n=n,
-                                                       settings=settings)
+            result["interpolate"] = interpolation_task(
+                model, held, starts, gaps=gaps, n=n, settings=settings
+            )
     if "downscale" in tasks:
         with C.stopwatch(timings, "downscale_seconds"):
             result["downscale"] = downscaling_task(
-                model, held, starts, factor=4, n=n, weights=(0.0, 0.1875, 1.0, 3.0, 10.0),
-                sampler=None, steps=steps)
+                model,
+                held,
+                starts,
+                factor=4,
+                n=n,
+                weights=(0.0, 0.1875, 1.0, 3.0, 10.0),
+                sampler=None,
+                steps=steps,
+            )
     timings["total_seconds"] = time.perf_counter() - t0
     result["timings"] = timings
     return C.rounded(_plain(result))

@@ -9,8 +9,8 @@ closest to ours. Both are timed on the same input:
   the unit a sampler spends).
 
 Each network is timed in fresh processes (``--rounds`` of them, alternating ours and the
-peer's, because the machine is shared and noisy) and the medians are reported. Prints one JSON document to stdout;
-progress goes to stderr.
+peer's, because the machine is shared and noisy) and the medians are reported, in wall time
+and in process CPU time. Prints one JSON document to stdout; progress goes to stderr.
 
 Usage::
 
@@ -134,12 +134,13 @@ def _worker(spec: dict) -> dict:
         mode()
         for _ in range(spec["warmup"]):
             fn()
-        times = []
+        wall, cpu = [], []
         for _ in range(spec["repeats"]):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
-            times.append(time.perf_counter() - t0)
-        out[name] = times
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        out[name], out[name + "_cpu"] = wall, cpu
     return out
 
 
@@ -187,21 +188,24 @@ def bench_one(
         dim, count = match_peer_dim(_peer_class(), ours_params, cfg.mults, channels)
         row["peer"] = {"dim": dim, "dim_mults": list(cfg.mults), "params": count}
         specs["peer"] = dict(spec, which="peer", peer_dim=dim)
-    times: dict[str, dict[str, list[float]]] = {k: {"train": [], "eval": []} for k in specs}
+    modes = ("train", "eval", "train_cpu", "eval_cpu")
+    times: dict[str, dict[str, list[float]]] = {k: {m: [] for m in modes} for k in specs}
     for _ in range(rounds):
         for k, sp in specs.items():
             res = _run_worker(sp)
             assert res["params"] == row[k]["params"]
-            for mode in ("train", "eval"):
+            for mode in modes:
                 times[k][mode] += res[mode]
     med = {k: {m: statistics.median(v) for m, v in t.items()} for k, t in times.items()}
     for k in specs:
         row[k]["train_samples_per_s"] = round(batch / med[k]["train"], 3)
         row[k]["evals_per_s"] = round(1 / med[k]["eval"], 3)
+        row[k]["train_cpu_s_per_step"] = round(med[k]["train_cpu"], 4)
+        row[k]["eval_cpu_s"] = round(med[k]["eval_cpu"], 4)
     if peer:
-        row["train_speed_ratio"] = round(med["peer"]["train"] / med["ours"]["train"], 3)
-        row["eval_speed_ratio"] = round(med["peer"]["eval"] / med["ours"]["eval"], 3)
         row["param_ratio"] = round(row["ours"]["params"] / row["peer"]["params"], 3)
+        for mode in modes:
+            row[f"{mode}_speed_ratio"] = round(med["peer"][mode] / med["ours"][mode], 3)
     return row
 
 
@@ -251,7 +255,8 @@ def main(argv: list[str] | None = None) -> dict:
         "warmup": warmup,
         "repeats": repeats,
         "rounds": rounds,
-        "ratios": "peer seconds / our seconds: > 1 means ours is faster",
+        "ratios": "peer seconds / our seconds: > 1 means ours is faster; *_cpu_* use process "
+        "CPU time (all threads), less sensitive than wall time to other jobs on the machine",
         "results": rows,
     }
     ratios = [r["train_speed_ratio"] for r in rows if "train_speed_ratio" in r]

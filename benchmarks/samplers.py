@@ -71,8 +71,9 @@ def generate(
         for b0 in range(0, n, batch):
             members = range(b0, min(n, b0 + batch))
             noise = MemberNoise(seed, members, shape, stream=0)  # as the library's window 0
-            z = run_sampler(sampler, den, noise(), model.schedule, steps, noise=noise,
-                            spacing=spacing)
+            z = run_sampler(
+                sampler, den, noise(), model.schedule, steps, noise=noise, spacing=spacing
+            )
             out.append(model.decode(z)[:, 0].numpy())
     seconds = time.perf_counter() - t
     return np.concatenate(out), seconds, counts["forward"] // n
@@ -85,8 +86,10 @@ def real_floor(sets: list, reference) -> dict:
     out = {}
     for name, rows in (("vs_reference", vs_ref), ("pairs", pairs)):
         out[name] = {
-            m: {"mean": float(np.mean([r[m] for r in rows])),
-                "sd": float(np.std([r[m] for r in rows], ddof=1)) if len(rows) > 1 else 0.0}
+            m: {
+                "mean": float(np.mean([r[m] for r in rows])),
+                "sd": float(np.std([r[m] for r in rows], ddof=1)) if len(rows) > 1 else 0.0,
+            }
             for m in C.METRICS
         }
         out[name]["sets"] = len(rows)
@@ -97,20 +100,26 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     size = ap.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="smoke run (about a minute)")
-    size.add_argument("--full", action="store_true",
-                      help="the small preset at 32x32x8 (hours on CPU; use a GPU)")
+    size.add_argument(
+        "--full", action="store_true", help="the small preset at 32x32x8 (hours on CPU; use a GPU)"
+    )
     ap.add_argument("--members", type=int, default=None, help="ensemble size per setting")
     ap.add_argument("--steps", default=None, help="comma-separated step counts")
-    ap.add_argument("--reference-steps", type=int, default=None,
-                    help="steps of the ancestral reference sampler (default 1000)")
+    ap.add_argument(
+        "--reference-steps",
+        type=int,
+        default=None,
+        help="steps of the ancestral reference sampler (default 1000)",
+    )
     ap.add_argument("--batch", type=int, default=16, help="members per network call")
     ap.add_argument("--progress", action="store_true", help="training progress bar")
     args = ap.parse_args(argv)
 
     spec = C.QUICK if args.quick else C.FULL if args.full else C.DEFAULT
     n = args.members or (4 if args.quick else 32 if args.full else 12)
-    steps_list = [int(s) for s in (args.steps or ("5,10" if args.quick else
-                                                   "10,20,30,50,100")).split(",")]
+    steps_list = [
+        int(s) for s in (args.steps or ("5,10" if args.quick else "10,20,30,50,100")).split(",")
+    ]
     ref_steps = args.reference_steps or (100 if args.quick else 1000)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -133,8 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
         C.log(f"ancestral {name}: {n} members x {ref_steps} steps")
         vals, sec, nfe = generate(model, "ancestral", ref_steps, "t", n, seed, args.batch)
         timings[f"ancestral_{name}_seconds"] = sec
-        anc[name] = {"ens": C.ensemble(vals, template), "seconds_per_sample": sec / n,
-                     "nfe": nfe}
+        anc[name] = {"ens": C.ensemble(vals, template), "seconds_per_sample": sec / n, "nfe": nfe}
     floor["ancestral"] = {
         "steps": ref_steps,
         "nfe": anc["A"]["nfe"],
@@ -146,8 +154,11 @@ def main(argv: list[str] | None = None) -> dict:
     fa = floor["ancestral"]
     rf = floor["real"]
     threshold = {
-        "vs_reference": {m: max(fa["A_vs_reference"][m], fa["B_vs_reference"][m])
-                         + 2 * rf["vs_reference"][m]["sd"] for m in C.METRICS},
+        "vs_reference": {
+            m: max(fa["A_vs_reference"][m], fa["B_vs_reference"][m])
+            + 2 * rf["vs_reference"][m]["sd"]
+            for m in C.METRICS
+        },
         "vs_ancestral": {m: fa["B_vs_A"][m] + 2 * rf["pairs"][m]["sd"] for m in C.METRICS},
     }
 
@@ -158,7 +169,10 @@ def main(argv: list[str] | None = None) -> dict:
                 vals, sec, nfe = generate(model, sampler, steps, spacing, n, 1, args.batch)
                 ens = C.ensemble(vals, template)
                 row = {
-                    "sampler": sampler, "spacing": spacing, "steps": steps, "nfe": nfe,
+                    "sampler": sampler,
+                    "spacing": spacing,
+                    "steps": steps,
+                    "nfe": nfe,
                     "seconds_per_sample": sec / n,
                     "vs_reference": C.quality(ens, reference),
                     "vs_ancestral": C.quality(ens, anc["A"]["ens"]),
@@ -167,32 +181,40 @@ def main(argv: list[str] | None = None) -> dict:
                     row[k][m] <= threshold[k][m] for k in threshold for m in C.METRICS
                 )
                 results.append(row)
-                C.log(f"{sampler:13s} {spacing:12s} {steps:4d}  within floor: "
-                      f"{row['within_floor']}  {sec / n:.2f} s/sample")
+                C.log(
+                    f"{sampler:13s} {spacing:12s} {steps:4d}  within floor: "
+                    f"{row['within_floor']}  {sec / n:.2f} s/sample"
+                )
                 timings["settings_seconds"] = timings.get("settings_seconds", 0.0) + sec
 
     default = choose(results, steps_list)
     if default is not None:
         # The library path (members one at a time on CPU) for the recommended setting.
         t = time.perf_counter()
-        template.diffusion.sample(model, n=2, sampler=default["sampler"],
-                                  steps=default["steps"], seed=1, progress=False)
-        default = {**default, "library_seconds_per_sample": (time.perf_counter() - t) / 2,
-                   "evaluations_fewer_than_ancestral": ref_steps / default["nfe"]}
+        template.diffusion.sample(
+            model, n=2, sampler=default["sampler"], steps=default["steps"], seed=1, progress=False
+        )
+        default = {
+            **default,
+            "library_seconds_per_sample": (time.perf_counter() - t) / 2,
+            "evaluations_fewer_than_ancestral": ref_steps / default["nfe"],
+        }
     timings["total_seconds"] = time.perf_counter() - t0
-    return C.rounded({
-        "benchmark": "samplers",
-        "machine": C.machine(),
-        "model": info,
-        "members": n,
-        "frames_per_member": f,
-        "reference_windows": len(ref_windows),
-        "noise_floor": floor,
-        "threshold": threshold,
-        "results": results,
-        "recommended": default,
-        "timings": timings,
-    })
+    return C.rounded(
+        {
+            "benchmark": "samplers",
+            "machine": C.machine(),
+            "model": info,
+            "members": n,
+            "frames_per_member": f,
+            "reference_windows": len(ref_windows),
+            "noise_floor": floor,
+            "threshold": threshold,
+            "results": results,
+            "recommended": default,
+            "timings": timings,
+        }
+    )
 
 
 def choose(results: list[dict], steps_list: list[int]) -> dict | None:

@@ -250,6 +250,25 @@ def test_dataset_missing_values_and_attrs(tiny_model, series):
     assert r_mask.attrs["elements_per_window"] == 4 * 12 * 16
 
 
+def test_time_conditioned_model_gets_each_windows_features(series):
+    model = series.diffusion.fit(
+        frames=4,
+        steps=2,
+        batch_size=2,
+        progress=False,
+        device="cpu",
+        net=NET,
+        time_features=["hour"],
+    )
+    kw = dict(n_lambda=2, seed=0, lambda_rec=10.0)
+    r = model.nll(series, **kw)
+    assert np.isfinite(float(r.bits_per_dim)) and r.sizes["window"] == 30
+    shifted = series.assign_coords(time=series.time + np.timedelta64(6, "h"))
+    assert float(model.nll(shifted, **kw).bits_per_dim) != float(r.bits_per_dim)
+    with pytest.raises(ValueError, match="time coordinate"):
+        model.nll(series.drop_vars("time"), **kw)
+
+
 def test_nll_bad_inputs(tiny_model, series):
     with pytest.raises(ValueError, match="n_lambda"):
         tiny_model.nll(series, n_lambda=0)

@@ -20,6 +20,11 @@ from xdiffusion.model import DiffusionModel, check_positive_int
 
 Dims = Mapping[str, str] | None
 
+#: Default guidance weight of :func:`downscale`, for the whitened block-mean residual (see
+#: :func:`_block_mean_operator`): 1 is the first-order projection at high λ; 0.5–2 gave
+#: the same block consistency (benchmarks/conditional.py, docs/conditional.md), 3 diverged.
+DEFAULT_DOWNSCALING_WEIGHT = 1.0
+
 
 def _prepare(model: DiffusionModel, obj, dims: Dims, argument: str, *, grid: bool = True):
     variables = model.variables if isinstance(obj, xr.Dataset) else None
@@ -303,8 +308,10 @@ def downscale(
     """Generate fine fields whose ``factor``×``factor`` block means match ``coarse``.
 
     The model must have been fitted on the fine grid. Sampling uses reconstruction guidance
-    on ‖y − A x̂‖² with A the block mean in physical units (DESIGN.md §4); ``project=True``
-    then makes the block means exact (multiplicatively for non-negative variables, so that
+    on ‖y − A x̂‖² with A the block mean in physical units (DESIGN.md §4), whitened by its
+    linearised covariance (eq. 2.112); ``guidance_weight`` defaults to
+    :data:`DEFAULT_DOWNSCALING_WEIGHT` (1; keep it below 2). ``project=True`` then makes
+    the block means exact (multiplicatively for non-negative variables, so that
     precipitation stays non-negative). Windows of ``model.frames`` frames tile the time axis.
     """
     n, seed = _common(n, seed)
@@ -364,18 +371,17 @@ def _downscale_tensor(model, y_phys, factor, *, n, seed, sampler, steps, weight,
     scale = torch.tensor([float(pl.from_scaled(torch.ones(1)).abs().max()) for pl in
                           model.pipelines], device=y_phys.device).clamp_min(1e-12)
     scale = scale[None, :, None, None, None]
-
-    def operator(x_hat):
-        return block_mean(_decode_differentiable(model, x_hat), factor) / scale
+    sampler, steps = model.sampling_defaults(sampler, steps)
+    weight = DEFAULT_DOWNSCALING_WEIGHT if weight is None else weight
 
     bs = n if batch_size is None else check_positive_int(batch_size, "batch_size")
     out = torch.empty(n, c, t, *model.grid, device=y_phys.device)
     for k, s in enumerate(starts):
         yw = y_phys[None, :, s : s + f] / scale
+        operator = _block_mean_operator(model, yw, factor, scale)
         for b0 in range(0, n, bs):
             members = list(range(b0, min(n, b0 + bs)))
-            fn = model._window_fn(seed=seed, members=members, sampler=sampler or
-                                  model.config.get("sampling", {}).get("sampler", "dpmpp_2m"),
+            fn = model._window_fn(seed=seed, members=members, sampler=sampler,
                                   steps=steps, method="guidance", weight=weight,
                                   operator=operator, y=yw.expand(len(members), *yw.shape[1:]),
                                   progress=progress and k == 0 and b0 == 0, cond=cond)
@@ -387,6 +393,33 @@ def _downscale_tensor(model, y_phys, factor, *, n, seed, sampler, steps, weight,
         out = project_block_means(out, y_phys[None].expand(n, *y_phys.shape), factor,
                                   [pl.transform.lower for pl in model.pipelines])
     return out
+
+
+def _block_mean_operator(model: DiffusionModel, y: torch.Tensor, factor: int, scale):
+    """Guidance operator for y = A(x) = block_mean(decode(x)) / scale, whitened per block.
+
+    Eq. 2.112 for a nonlinear observation, linearised at x̂: q(y | z_t) ≈ N(A(x̂),
+    (σ_t²/α_t²) A J Jᵀ Aᵀ) with J = ∂decode/∂x̂ / scale (diagonal: the transform acts cell
+    by cell) and A the block mean, so A J Jᵀ Aᵀ is diagonal with entries mean_block(J²) /
+    factor². Returning y − (y − A(x̂)) / sqrt(that) (the root held fixed) makes the plain
+    squared norm of :func:`~xdiffusion.core.conditioning.guidance` the whitened one.
+    Without whitening, the factor² of A Aᵀ and the square-root transform's J ∝ sqrt(rain)
+    left the default weight 0.2–0.002 of what it should be: the block residual before the
+    final projection stayed at ~90 % of the signal (benchmarks/conditional.py). Whitened,
+    weight 1 makes each x̂ consistent with y to first order once x̂ ≈ z/α (high λ), where
+    the block residual is multiplied by (1 − weight): weights above 2 diverge.
+    """
+
+    def operator(x_hat: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            leaf = x_hat.detach().requires_grad_(True)
+            (jac,) = torch.autograd.grad(_decode_differentiable(model, leaf).sum(), leaf)
+        # Cells clipped at the data range have J = 0; a floor keeps all-dry blocks finite.
+        root = block_mean((jac / scale) ** 2, factor).clamp_min(1e-4).sqrt() / factor
+        pred = block_mean(_decode_differentiable(model, x_hat), factor) / scale
+        return y - (y - pred) / root
+
+    return operator
 
 
 def _decode_differentiable(model: DiffusionModel, y: torch.Tensor) -> torch.Tensor:

@@ -139,7 +139,8 @@ def nll(
     Parameters
     ----------
     model
-        A fitted :class:`~xdiffusion.model.DiffusionModel` (unconditional network).
+        A fitted :class:`~xdiffusion.model.DiffusionModel`; a model conditioned on time
+        features gets each window's features from the time coordinate of ``data``.
     data
         (time, y, x) DataArray, or Dataset with the model's variables, on the model's grid
         and at least ``model.frames`` long; may be dask-backed (read window by window).
@@ -197,13 +198,10 @@ def nll(
         isinstance(lambda_rec, bool) or not isinstance(lambda_rec, int | float | np.number)
     ):
         raise TypeError(f"lambda_rec must be a number or None, got {lambda_rec!r}")
-    if model.net_config.cond_features:
-        raise ValueError(
-            "nll needs an unconditional model; this network was built with "
-            f"cond_features={model.net_config.cond_features}"
-        )
     bins = _thresholds(model, dry_threshold)
     p = _prepare(model, data, dims, "data")
+    # (T, K) time-coordinate features for models conditioned on season / hour, else None
+    feats = model.features_for(p.time) if model.time_features else None
     frames = model.frames
     starts = _starts(p, frames)
     reader = WindowReader(p.data, frames)
@@ -230,6 +228,10 @@ def nll(
         x = torch.where(mask, x, torch.zeros_like(x))
         _check_lower(model, x.transpose(0, 1).flatten(1, 2).cpu(), "data")
         x, dq_nats = _dequantize(x, mask, bins, gen)
+        net_kwargs = None
+        if feats is not None:
+            frame_idx = torch.as_tensor(idx)[:, None] + torch.arange(frames)
+            net_kwargs = {"cond": feats[frame_idx].to(dev, x.dtype)}
         with torch.no_grad():
             y = model.encode(x)
             t = vlb_terms(
@@ -240,6 +242,7 @@ def nll(
                 lambda_rec=lambda_rec,
                 mask=mask,
                 generator=gen,
+                net_kwargs=net_kwargs,
             )
             ld = torch.where(mask, log_abs_det(model, x).to(torch.float64), 0.0)
             ld = ld.flatten(1).sum(1)
