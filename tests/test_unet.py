@@ -93,6 +93,13 @@ def test_output_depends_on_cond_and_cond_is_checked():
         net(z, lam, cond=torch.randn(2, 3, 3))
     with pytest.raises(ValueError, match="cond_features"):
         perturbed(tiny())(z, lam, cond=c1)
+    # Conditioning is per frame: without temporal attention only frame 1 responds.
+    local = perturbed(
+        tiny(cond_features=3, temporal_attention=(False, False), mid_temporal_attention=False)
+    )
+    d = (local(z, lam, cond=c1) - local(z, lam, cond=c2)).abs().amax(dim=(0, 1, 3, 4))
+    assert d[1] > 1e-3
+    assert d[0] == 0 and d[2] == 0 and d[3] == 0
 
 
 def test_temporal_attention_mixes_frames():
@@ -240,6 +247,9 @@ def test_attention_head_layout():
         (8, 32),
         (16, 32),
     ]
+    # A narrower width than the preset's shrinks the head size to one dividing every level.
+    narrow = unet_config("small", width=8)
+    assert [narrow.attention_heads(c) for c in narrow.level_channels] == [(1, 8), (2, 8), (2, 8)]
     fixed = tiny(heads=4, head_dim=None)
     assert [fixed.attention_heads(c) for c in fixed.level_channels] == [(4, 2), (4, 4)]
 
