@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=None, help="training steps")
     d.add_argument("--size", type=int, default=32, help="grid size (cells)")
     d.add_argument("--frames", type=int, default=8)
-    d.add_argument("--members", type=int, default=8)
+    d.add_argument("--members", type=int, default=4)
     d.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="auto")

@@ -25,7 +25,7 @@ def run_demo(
     steps: int | None = None,
     size: int = 32,
     frames: int = 8,
-    members: int = 8,
+    members: int = 4,
     tiny: bool = False,
     seed: int = 0,
     device: str = "auto",
@@ -38,7 +38,7 @@ def run_demo(
     out
         Output folder (created).
     steps
-        Training steps (default 400, or 30 with ``tiny``).
+        Training steps (default 300, or 30 with ``tiny``).
     size, frames, members
         Grid size, window length and ensemble size.
     tiny
@@ -58,7 +58,7 @@ def run_demo(
     n_train = int(nt * 0.8)
     train, test = data.isel(time=slice(0, n_train)), data.isel(time=slice(n_train, None))
     files = [_nc(data.isel(time=slice(0, 200)), out / "data_sample.nc")]
-    steps = steps if steps is not None else (30 if tiny else 400)
+    steps = steps if steps is not None else (30 if tiny else 300)
     net = {"width": 8, "mults": [1, 2]} if tiny else None
     sampling_steps = 4 if tiny else 20
     members = 2 if tiny else members
@@ -76,7 +76,7 @@ def run_demo(
     gen = {"steps": sampling_steps, "seed": seed + 1, "progress": progress}
 
     t = time.perf_counter()
-    template = test.isel(time=slice(0, 2 * frames))
+    template = test.isel(time=slice(0, frames + frames // 2))
     ens = template.diffusion.sample(model, members, **gen)
     summary["sample_seconds"] = round(time.perf_counter() - t, 1)
     files.append(_nc(ens, out / "ensemble.nc"))
@@ -96,7 +96,7 @@ def run_demo(
                                      "linear": err(lin)}
 
     hist = test.isel(time=slice(0, 4 * frames))
-    lead = frames
+    lead = frames // 2
     t = time.perf_counter()
     fc = hist.diffusion.forecast(model, lead, members, **gen)
     summary["forecast_seconds"] = round(time.perf_counter() - t, 1)
