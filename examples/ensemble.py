@@ -20,8 +20,7 @@ def main() -> None:
 
     pr = synthetic_precipitation(nt=1500, ny=32, nx=32, seed=0)
     train, test = pr.isel(time=slice(0, 1200)), pr.isel(time=slice(1200, None))
-    model = train.diffusion.fit(frames=8, transform="sqrt", steps=args.steps, batch_size=8,
-                                seed=0)
+    model = train.diffusion.fit(frames=8, transform="sqrt", steps=args.steps, batch_size=8, seed=0)
     print(model)
     model.save(out / "model")
 

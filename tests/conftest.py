@@ -34,8 +34,15 @@ def make_series(nt=120, ny=16, nx=16, seed=0, calendar="standard"):
 def tiny_model():
     """A tiny model fitted once for the API tests (seconds on a CPU)."""
     da = make_series()
-    return da.diffusion.fit(frames=4, steps=6, batch_size=2, progress=False, device="cpu",
-                            net=TINY_NET, sampling_steps=3)
+    return da.diffusion.fit(
+        frames=4,
+        steps=6,
+        batch_size=2,
+        progress=False,
+        device="cpu",
+        net=TINY_NET,
+        sampling_steps=3,
+    )
 
 
 @pytest.fixture(scope="session")

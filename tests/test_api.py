@@ -184,8 +184,9 @@ def test_downscale_block_means(tiny_model, series):
     assert out.shape == (2, 4, 16, 16)
     np.testing.assert_allclose(out.y.values, fine.y.values, rtol=1e-9)
     back = out.coarsen(y=4, x=4).mean()
-    np.testing.assert_allclose(back.values, np.broadcast_to(coarse.values, back.shape),
-                               rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(
+        back.values, np.broadcast_to(coarse.values, back.shape), rtol=1e-3, atol=1e-6
+    )
     assert float(out.min()) >= 0
     like = coarse.diffusion.downscale(tiny_model, n=1, like=fine, **GEN)
     np.testing.assert_array_equal(like.x.values, fine.x.values)

@@ -5,8 +5,17 @@ import pytest
 
 from xdiffusion.datasets import gaussian_blobs
 
-FIT = dict(frames=4, batch_size=8, transform="none", progress=False, device="cpu",
-           net={"width": 16, "mults": [1, 2]}, lr=1e-3, warmup=20, seed=0)
+FIT = dict(
+    frames=4,
+    batch_size=8,
+    transform="none",
+    progress=False,
+    device="cpu",
+    net={"width": 16, "mults": [1, 2]},
+    lr=1e-3,
+    warmup=20,
+    seed=0,
+)
 
 
 def _stats(a):
@@ -15,8 +24,9 @@ def _stats(a):
 
 
 def _errors(model, data):
-    ens = data.isel(time=slice(0, 4)).diffusion.sample(model, n=16, steps=20, seed=0,
-                                                       progress=False)
+    ens = data.isel(time=slice(0, 4)).diffusion.sample(
+        model, n=16, steps=20, seed=0, progress=False
+    )
     m, s, q = _stats(ens.values)
     dm, ds, dq = _stats(data.values)
     return abs(m - dm), abs(s - ds) / ds, abs(q - dq)

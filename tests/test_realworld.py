@@ -32,8 +32,16 @@ def test_several_variables_jointly():
     pr = make_series(nt=60)
     tas = (280 + 5 * np.sin(np.arange(60) / 10))[:, None, None] + 0 * pr.values
     tas = tas + np.random.default_rng(0).normal(0, 1, pr.shape)
-    ds = xr.Dataset({"pr": pr, "tas": (pr.dims, tas.astype("float32"),
-                                       {"units": "K", "standard_name": "air_temperature"})})
+    ds = xr.Dataset(
+        {
+            "pr": pr,
+            "tas": (
+                pr.dims,
+                tas.astype("float32"),
+                {"units": "K", "standard_name": "air_temperature"},
+            ),
+        }
+    )
     model = ds.diffusion.fit(transform={"pr": "sqrt", "tas": "none"}, **FIT)
     assert model.variables == ["pr", "tas"]
     assert model.net_config.channels == 2
@@ -49,12 +57,14 @@ def test_several_variables_jointly():
 
 @pytest.mark.parametrize("calendar", ["standard", "360_day", "noleap"])
 def test_time_features_any_calendar(calendar):
-    t = xr.date_range("2001-01-01", periods=4, freq="6h", calendar=calendar,
-                      use_cftime=calendar != "standard")
+    t = xr.date_range(
+        "2001-01-01", periods=4, freq="6h", calendar=calendar, use_cftime=calendar != "standard"
+    )
     f = time_features(np.asarray(t), ["season", "hour"])
     assert f.shape == (4, 4)
-    np.testing.assert_allclose(f[:, 2], np.sin(2 * np.pi * np.array([0, 6, 12, 18]) / 24),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        f[:, 2], np.sin(2 * np.pi * np.array([0, 6, 12, 18]) / 24), atol=1e-6
+    )
     np.testing.assert_allclose(f[0, :2], [0.0, 1.0], atol=1e-6)
 
 
@@ -64,12 +74,25 @@ def test_seasonal_cycle_conditioning():
     season = np.sin(2 * np.pi * (np.asarray(t.dayofyear) - 1) / 365.25)
     rng = np.random.default_rng(0)
     vals = 2.0 * season[:, None, None] + 0.3 * rng.normal(size=(1460, 8, 8))
-    da = xr.DataArray(vals.astype("float32"), dims=("time", "y", "x"),
-                      coords={"time": t, "y": np.arange(8.0), "x": np.arange(8.0)},
-                      name="anom", attrs={"units": "K"})
-    model = da.diffusion.fit(frames=2, steps=250, batch_size=16, transform="none", lr=2e-3,
-                             warmup=20, time_features="season", progress=False, device="cpu",
-                             net={"width": 8, "mults": [1, 2]})
+    da = xr.DataArray(
+        vals.astype("float32"),
+        dims=("time", "y", "x"),
+        coords={"time": t, "y": np.arange(8.0), "x": np.arange(8.0)},
+        name="anom",
+        attrs={"units": "K"},
+    )
+    model = da.diffusion.fit(
+        frames=2,
+        steps=250,
+        batch_size=16,
+        transform="none",
+        lr=2e-3,
+        warmup=20,
+        time_features="season",
+        progress=False,
+        device="cpu",
+        net={"width": 8, "mults": [1, 2]},
+    )
     spring = da.sel(time="2000-04-01").isel(time=slice(0, 2))  # sin > 0
     autumn = da.sel(time="2000-10-01").isel(time=slice(0, 2))  # sin < 0
     a = spring.diffusion.sample(model, n=4, steps=10, progress=False)

@@ -75,16 +75,18 @@ def test_v_loss_zero_for_oracle_and_masked_mean():
             # v = alpha eps - sigma x with eps = (z - alpha x) / sigma  ->  (alpha z - x) / sigma
             return (a * z - x) / s
 
-    loss = v_loss(Oracle(), x, S, generator=torch.Generator().manual_seed(0),
-                  t=torch.full((3,), 0.5))
+    loss = v_loss(
+        Oracle(), x, S, generator=torch.Generator().manual_seed(0), t=torch.full((3,), 0.5)
+    )
     assert loss.shape == (3,) and loss.max() < 1e-8
     mask = torch.zeros_like(x, dtype=torch.bool)
     mask[..., :2] = True
     zero = lambda z, lam: torch.zeros_like(z)  # noqa: E731
     g = torch.Generator().manual_seed(0)
     full = v_loss(zero, x, S, generator=g, t=torch.full((3,), 0.3))
-    masked = v_loss(zero, x, S, generator=torch.Generator().manual_seed(0),
-                    t=torch.full((3,), 0.3), mask=mask)
+    masked = v_loss(
+        zero, x, S, generator=torch.Generator().manual_seed(0), t=torch.full((3,), 0.3), mask=mask
+    )
     assert torch.all(masked > 0) and not torch.allclose(full, masked)
 
 

@@ -106,34 +106,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from xdiffusion.demo import run_demo
 
-        summary = run_demo(args.out, steps=args.steps, size=args.size, frames=args.frames,
-                           members=args.members, tiny=args.tiny, seed=args.seed,
-                           device=args.device, progress=not args.quiet)
+        summary = run_demo(
+            args.out,
+            steps=args.steps,
+            size=args.size,
+            frames=args.frames,
+            members=args.members,
+            tiny=args.tiny,
+            seed=args.seed,
+            device=args.device,
+            progress=not args.quiet,
+        )
         print(json.dumps(summary, indent=1))
         return 0
     if args.command == "fit":
         data = _open(args.data, args.var)
-        model = data.diffusion.fit(frames=args.frames, steps=args.steps,
-                                   batch_size=args.batch_size, lr=args.lr,
-                                   transform=args.transform, preset=args.preset,
-                                   seed=args.seed, device=args.device, progress=not args.quiet)
+        model = data.diffusion.fit(
+            frames=args.frames,
+            steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            transform=args.transform,
+            preset=args.preset,
+            seed=args.seed,
+            device=args.device,
+            progress=not args.quiet,
+        )
         model.save(args.out)
         print(f"wrote {args.out}  {model!r}")
         return 0
     model = xd.load(args.model, device=args.device)
-    common = dict(steps=args.steps, sampler=args.sampler, seed=args.seed,
-                  batch_size=args.batch_size, progress=not args.quiet)
+    common = dict(
+        steps=args.steps,
+        sampler=args.sampler,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
     if args.command == "sample":
         out = _open(args.like, args.var).diffusion.sample(model, args.n, **common)
     elif args.command == "interpolate":
         out = _open(args.data, args.var).diffusion.interpolate(
-            model, args.n, method=args.method, guidance_weight=args.guidance_weight, **common)
+            model, args.n, method=args.method, guidance_weight=args.guidance_weight, **common
+        )
     elif args.command == "forecast":
         out = _open(args.data, args.var).diffusion.forecast(
-            model, args.lead, args.n, context=args.context, **common)
+            model, args.lead, args.n, context=args.context, **common
+        )
     else:
         out = _open(args.data, args.var).diffusion.downscale(
-            model, args.n, factor=args.factor, project=not args.no_project, **common)
+            model, args.n, factor=args.factor, project=not args.no_project, **common
+        )
     _write(out, args.out)
     return 0
 

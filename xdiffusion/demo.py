@@ -64,13 +64,25 @@ def run_demo(
     members = 2 if tiny else members
 
     t = time.perf_counter()
-    model = train.diffusion.fit(frames=frames, steps=steps, batch_size=8, lr=1e-3, warmup=50,
-                                transform="sqrt", seed=seed, device=device, progress=progress,
-                                net=net)
+    model = train.diffusion.fit(
+        frames=frames,
+        steps=steps,
+        batch_size=8,
+        lr=1e-3,
+        warmup=50,
+        transform="sqrt",
+        seed=seed,
+        device=device,
+        progress=progress,
+        net=net,
+    )
     fit_s = time.perf_counter() - t
     model.save(out / "model")
-    summary: dict = {"fit_seconds": round(fit_s, 1), "model": repr(model),
-                     "final_loss": float(np.mean(model.history["loss"][-50:]))}
+    summary: dict = {
+        "fit_seconds": round(fit_s, 1),
+        "model": repr(model),
+        "final_loss": float(np.mean(model.history["loss"][-50:])),
+    }
     if model.history.get("val_loss"):
         summary["val_loss"] = model.history["val_loss"][-1]
     gen = {"steps": sampling_steps, "seed": seed + 1, "progress": progress}
@@ -92,8 +104,10 @@ def run_demo(
     files.append(_nc(filled, out / "interpolated.nc"))
     lin = gappy.interpolate_na("time")
     err = lambda a: float(np.sqrt(((a - truth_gaps).isel(time=gap) ** 2).mean()))  # noqa: E731
-    summary["interpolation_rmse"] = {"diffusion_mean": err(filled.mean("realization")),
-                                     "linear": err(lin)}
+    summary["interpolation_rmse"] = {
+        "diffusion_mean": err(filled.mean("realization")),
+        "linear": err(lin),
+    }
 
     hist = test.isel(time=slice(0, 4 * frames))
     lead = frames // 2
@@ -118,9 +132,7 @@ def run_demo(
     reference = test.isel(time=slice(0, 2 * frames * 8))
     report = ens.diffusion.evaluate(reference)
     files.append(_nc(report, out / "report.nc"))
-    summary["evaluation"] = {
-        k: float(report[k]) for k in report.data_vars if report[k].ndim == 0
-    }
+    summary["evaluation"] = {k: float(report[k]) for k in report.data_vars if report[k].ndim == 0}
     try:
         from xdiffusion import plot
 

@@ -161,14 +161,24 @@ def fit(
     get_sampler(sampler)  # fail now rather than at the first sample() after training
     if sampling_steps is not None:
         check_positive_int(sampling_steps, "sampling_steps")
-    cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
-                      ema_decay=ema_decay, grad_clip=grad_clip, val_every=val_every, seed=seed)
+    cfg = TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        warmup=warmup,
+        ema_decay=ema_decay,
+        grad_clip=grad_clip,
+        val_every=val_every,
+        seed=seed,
+    )
     if checkpoint_dir is None:
         if resume:
             raise ValueError("resume=True needs checkpoint_dir= (the directory to resume from)")
     else:
-        for name, v in (("checkpoint_every", checkpoint_every),
-                        ("keep_checkpoints", keep_checkpoints)):
+        for name, v in (
+            ("checkpoint_every", checkpoint_every),
+            ("keep_checkpoints", keep_checkpoints),
+        ):
             if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if not isinstance(checkpoint_dir, str | os.PathLike):
@@ -195,13 +205,15 @@ def fit(
         feat_table = torch.from_numpy(time_features_of(p.time, feats))
     try:  # before the pass over the data, so that a typo fails fast
         extra = {"cond_features": n_features(feats)} if feats else {}
-        net_cfg = unet_config(preset=preset, channels=len(p.variables),
-                              **{**dict(net or {}), **extra})
+        net_cfg = unet_config(
+            preset=preset, channels=len(p.variables), **{**dict(net or {}), **extra}
+        )
     except (TypeError, ValueError) as err:
         raise type(err)(f"preset={preset!r}, net={dict(net or {})!r}: {err}") from None
     time_coord = p.time
-    starts = window_starts(time_coord if time_coord is not None else np.arange(p.shape[1]),
-                           int(frames))
+    starts = window_starts(
+        time_coord if time_coord is not None else np.arange(p.shape[1]), int(frames)
+    )
     if starts.size == 0:
         raise ValueError(
             f"no window of frames={frames} consecutive regular time steps exists; the time "
@@ -228,18 +240,20 @@ def fit(
         pipelines.append(pipe)
         learned.append(LearnedMonotone(min_grad=min_grad) if is_learned else None)
         attrs = {k: _jsonable(v) for k, v in p.arrays[c].attrs.items()}
-        var_cfg.append({
-            "name": name,
-            "attrs": attrs,
-            "transform": tr.to_config(),
-            "learned": bool(is_learned),
-            "pipeline": pipe.to_config(),
-            "min": float(stats["min"][c]),
-            "max": float(stats["max"][c]),
-            "mean": float(stats["mean"][c]),
-            "dry_threshold": float(dry_threshold),
-            "min_grad": float(min_grad),
-        })
+        var_cfg.append(
+            {
+                "name": name,
+                "attrs": attrs,
+                "transform": tr.to_config(),
+                "learned": bool(is_learned),
+                "pipeline": pipe.to_config(),
+                "min": float(stats["min"][c]),
+                "max": float(stats["max"][c]),
+                "mean": float(stats["mean"][c]),
+                "dry_threshold": float(dry_threshold),
+                "min_grad": float(min_grad),
+            }
+        )
 
     torch.manual_seed(seed)
     module = Denoiser(UNet3D(net_cfg), learned).to(dev)
@@ -253,12 +267,18 @@ def fit(
     if train_starts.size == 0:
         train_starts, val_starts = starts, starts[:0]
     reader = WindowReader(p.data, int(frames))
-    thresholds = [
-        pipe.to_scaled(torch.tensor(float(dry_threshold))).item() for pipe in pipelines
-    ]
+    thresholds = [pipe.to_scaled(torch.tensor(float(dry_threshold))).item() for pipe in pipelines]
 
-    windows = make_loader(loader, p.data, int(frames), train_starts, batch_size=batch_size,
-                          seed=seed, buffer_chunks=buffer_chunks, total_steps=cfg.steps)
+    windows = make_loader(
+        loader,
+        p.data,
+        int(frames),
+        train_starts,
+        batch_size=batch_size,
+        seed=seed,
+        buffer_chunks=buffer_chunks,
+        total_steps=cfg.steps,
+    )
 
     def load(idx: np.ndarray, x: np.ndarray | None = None):
         x = torch.from_numpy(reader.read(idx) if x is None else x)
@@ -308,8 +328,7 @@ def fit(
             "data_min": [float(v) for v in stats["min"]],
             "data_max": [float(v) for v in stats["max"]],
             "frames": int(frames),
-            "transforms": [{"transform": v["transform"], "learned": v["learned"]}
-                           for v in var_cfg],
+            "transforms": [{"transform": v["transform"], "learned": v["learned"]} for v in var_cfg],
             "net": net_cfg.to_dict(),
             "seed": int(seed),
             "batch_size": int(batch_size),
@@ -337,14 +356,33 @@ def fit(
             ema = copy.deepcopy(module).requires_grad_(False)
             ema.load_state_dict(ckpt.ema_state)
             history = ckpt.history
-            resume_state = {"start_step": ckpt.step, "optimizer_state": ckpt.optimizer_state,
-                            "ema": ema}
+            resume_state = {
+                "start_step": ckpt.step,
+                "optimizer_state": ckpt.optimizer_state,
+                "ema": ema,
+            }
             ckpt.restore_rng()
-        callback = Checkpointer(checkpoint_dir, every=checkpoint_every, keep=keep_checkpoints,
-                                total_steps=cfg.steps, fingerprint=fingerprint, history=history)
+        callback = Checkpointer(
+            checkpoint_dir,
+            every=checkpoint_every,
+            keep=keep_checkpoints,
+            total_steps=cfg.steps,
+            fingerprint=fingerprint,
+            history=history,
+        )
     try:
-        result = train(module, loss_fn, batch_fn, cfg, device=dev, val_batches=val_batches,
-                       progress=progress, callback=callback, history=history, **resume_state)
+        result = train(
+            module,
+            loss_fn,
+            batch_fn,
+            cfg,
+            device=dev,
+            val_batches=val_batches,
+            progress=progress,
+            callback=callback,
+            history=history,
+            **resume_state,
+        )
     finally:
         windows.close()
     config = {

@@ -111,13 +111,29 @@ def sample(
     x = torch.zeros(c, t, h, w)
     mask = torch.zeros(c, t, h, w, dtype=torch.bool)
     with torch.no_grad():
-        y = model._complete(x, mask, n=n, seed=seed, sampler=sampler, steps=steps,
-                            context=context, batch_size=batch_size, progress=progress,
-                            cond=model.features_for(p.time))
+        y = model._complete(
+            x,
+            mask,
+            n=n,
+            seed=seed,
+            sampler=sampler,
+            steps=steps,
+            context=context,
+            batch_size=batch_size,
+            progress=progress,
+            cond=model.features_for(p.time),
+        )
         phys = _static_nan(model, model.decode(y)).cpu().numpy()
     args = {"n": n, "steps": steps, "sampler": sampler, "seed": seed}
-    return _wrap(model, p, phys, n, "sample", args, attrs=getattr(template, "attrs", None)
-                 if p.is_dataset else None)
+    return _wrap(
+        model,
+        p,
+        phys,
+        n,
+        "sample",
+        args,
+        attrs=getattr(template, "attrs", None) if p.is_dataset else None,
+    )
 
 
 def _encode_known(model: DiffusionModel, values: np.ndarray):
@@ -172,17 +188,41 @@ def interpolate(
     if not bool(finite.any()):
         raise ValueError("data is all NaN: interpolate needs observed values; use sample()")
     with torch.no_grad():
-        y = model._complete(enc, known, n=n, seed=seed, sampler=sampler, steps=steps,
-                            method=method, weight=guidance_weight, context=context,
-                            batch_size=batch_size, progress=progress,
-                            cond=model.features_for(p.time))
+        y = model._complete(
+            enc,
+            known,
+            n=n,
+            seed=seed,
+            sampler=sampler,
+            steps=steps,
+            method=method,
+            weight=guidance_weight,
+            context=context,
+            batch_size=batch_size,
+            progress=progress,
+            cond=model.features_for(p.time),
+        )
         gen = _static_nan(model, model.decode(y)).cpu().numpy()
     obs = finite.numpy()
     out = np.where(obs[None], values[None], gen.astype(values.dtype))
-    args = {"n": n, "method": method, "guidance_weight": guidance_weight, "steps": steps,
-            "sampler": sampler, "seed": seed}
-    return _wrap(model, p, out, n, "interpolate", args, observed=obs,
-                 attrs=data.attrs if p.is_dataset else None)
+    args = {
+        "n": n,
+        "method": method,
+        "guidance_weight": guidance_weight,
+        "steps": steps,
+        "sampler": sampler,
+        "seed": seed,
+    }
+    return _wrap(
+        model,
+        p,
+        out,
+        n,
+        "interpolate",
+        args,
+        observed=obs,
+        attrs=data.attrs if p.is_dataset else None,
+    )
 
 
 def _check_lower(model: DiffusionModel, x: torch.Tensor, argument: str) -> None:
@@ -209,7 +249,7 @@ def _future_times(time: xr.DataArray, lead: int) -> np.ndarray:
         raise ValueError("forecast needs at least two time steps to infer the frequency")
     last = time.values[-1]
     if np.issubdtype(time.dtype, np.datetime64):
-        delta = np.timedelta64(int(round(step * 1e9)), "ns")
+        delta = np.timedelta64(round(step * 1e9), "ns")
         return (last + delta * np.arange(1, lead + 1)).astype(time.dtype)
     import datetime as _dt
 
@@ -241,8 +281,10 @@ def forecast(
     n, seed = _common(n, seed)
     lead = check_positive_int(lead, "lead")
     ctx = model.frames // 2 if context is None else context
-    if isinstance(ctx, bool) or not isinstance(ctx, int | np.integer) or not (
-        1 <= ctx < model.frames
+    if (
+        isinstance(ctx, bool)
+        or not isinstance(ctx, int | np.integer)
+        or not (1 <= ctx < model.frames)
     ):
         raise ValueError(f"context must be an integer in [1, frames - 1 = {model.frames - 1}]")
     if method not in ("guidance", "imputation"):
@@ -269,17 +311,35 @@ def forecast(
     mask = torch.cat([known, torch.zeros(c, lead, h, w, dtype=torch.bool)], 1)
     mask[:, ctx:] |= ~model.valid.cpu()[:, None]
     with torch.no_grad():
-        y = model._complete(x, mask, n=n, seed=seed, sampler=sampler, steps=steps,
-                            method=method, weight=guidance_weight, context=ctx,
-                            batch_size=batch_size, progress=progress, cond=cond)
+        y = model._complete(
+            x,
+            mask,
+            n=n,
+            seed=seed,
+            sampler=sampler,
+            steps=steps,
+            method=method,
+            weight=guidance_weight,
+            context=ctx,
+            batch_size=batch_size,
+            progress=progress,
+            cond=cond,
+        )
         gen = _static_nan(model, model.decode(y[:, :, ctx:])).cpu().numpy()
     tmpl = p.arrays[0]
     coords = {k: v.variable for k, v in tmpl.coords.items() if tname not in v.dims}
     coords[tname] = xr.Variable(tname, new_time, tmpl[tname].attrs)
-    args = {"lead": lead, "n": n, "context": ctx, "steps": steps, "sampler": sampler,
-            "seed": seed}
-    return _wrap(model, p, gen, n, "forecast", args, coords=coords,
-                 attrs=data.attrs if p.is_dataset else None)
+    args = {"lead": lead, "n": n, "context": ctx, "steps": steps, "sampler": sampler, "seed": seed}
+    return _wrap(
+        model,
+        p,
+        gen,
+        n,
+        "forecast",
+        args,
+        coords=coords,
+        attrs=data.attrs if p.is_dataset else None,
+    )
 
 
 def _fine_coord(coarse: xr.DataArray, factor: int) -> np.ndarray:
@@ -317,12 +377,14 @@ def downscale(
     n, seed = _common(n, seed)
     _check_weight(guidance_weight)
     p = _prepare(model, coarse, dims, "coarse", grid=False)
-    c, t, hc, wc = p.shape
+    hc, wc = p.shape[2:]
     if like is not None:
         q = _prepare(model, like, dims, "like")
         fh, fw = q.shape[2:]
         if fh % hc or fw % wc or fh // hc != fw // wc:
-            raise ValueError(f"like grid {(fh, fw)} is not an integer multiple of coarse {(hc, wc)}")
+            raise ValueError(
+                f"like grid {(fh, fw)} is not an integer multiple of coarse {(hc, wc)}"
+            )
         factor = fh // hc
     elif factor is None:
         raise ValueError("give factor= (an integer ≥ 2) or like= (a fine template)")
@@ -337,14 +399,28 @@ def downscale(
         raise ValueError("coarse contains NaN or infinite values; fill or drop them first")
     _check_lower(model, y_phys, "coarse")
     ys = y_phys.to(model.device)
-    gen = _downscale_tensor(model, ys, factor, n=n, seed=seed, sampler=sampler, steps=steps,
-                            weight=guidance_weight, project=project, batch_size=batch_size,
-                            progress=progress, cond=model.features_for(p.time))
+    gen = _downscale_tensor(
+        model,
+        ys,
+        factor,
+        n=n,
+        seed=seed,
+        sampler=sampler,
+        steps=steps,
+        weight=guidance_weight,
+        project=project,
+        batch_size=batch_size,
+        progress=progress,
+        cond=model.features_for(p.time),
+    )
     gen = _static_nan(model, gen).cpu().numpy()
     ax = p.axes
     tmpl = p.arrays[0]
-    coords = {k: v.variable for k, v in tmpl.coords.items()
-              if ax["Y"] not in v.dims and ax["X"] not in v.dims}
+    coords = {
+        k: v.variable
+        for k, v in tmpl.coords.items()
+        if ax["Y"] not in v.dims and ax["X"] not in v.dims
+    }
     if like is not None:
         lt = q.arrays[0]
         for a in ("Y", "X"):
@@ -354,22 +430,52 @@ def downscale(
         for a in ("Y", "X"):
             cc = tmpl[ax[a]]
             coords[ax[a]] = xr.Variable(ax[a], _fine_coord(cc, factor), cc.attrs)
-    args = {"n": n, "factor": factor, "guidance_weight": guidance_weight, "project": project,
-            "steps": steps, "sampler": sampler, "seed": seed}
-    return _wrap(model, p, gen, n, "downscale", args, coords=coords,
-                 attrs=coarse.attrs if p.is_dataset else None)
+    args = {
+        "n": n,
+        "factor": factor,
+        "guidance_weight": guidance_weight,
+        "project": project,
+        "steps": steps,
+        "sampler": sampler,
+        "seed": seed,
+    }
+    return _wrap(
+        model,
+        p,
+        gen,
+        n,
+        "downscale",
+        args,
+        coords=coords,
+        attrs=coarse.attrs if p.is_dataset else None,
+    )
 
 
-def _downscale_tensor(model, y_phys, factor, *, n, seed, sampler, steps, weight, project,
-                      batch_size, progress, cond=None):
+def _downscale_tensor(
+    model,
+    y_phys,
+    factor,
+    *,
+    n,
+    seed,
+    sampler,
+    steps,
+    weight,
+    project,
+    batch_size,
+    progress,
+    cond=None,
+):
     """Fine physical fields (n, C, T, H, W) for coarse physical y (C, T, h, w)."""
     c, t = y_phys.shape[:2]
     f = min(model.frames, t)
     starts = list(range(0, max(t - f, 0) + 1, f))
     if starts[-1] + f < t:
         starts.append(t - f)
-    scale = torch.tensor([float(pl.from_scaled(torch.ones(1)).abs().max()) for pl in
-                          model.pipelines], device=y_phys.device).clamp_min(1e-12)
+    scale = torch.tensor(
+        [float(pl.from_scaled(torch.ones(1)).abs().max()) for pl in model.pipelines],
+        device=y_phys.device,
+    ).clamp_min(1e-12)
     scale = scale[None, :, None, None, None]
     sampler, steps = model.sampling_defaults(sampler, steps)
     weight = DEFAULT_DOWNSCALING_WEIGHT if weight is None else weight
@@ -381,17 +487,29 @@ def _downscale_tensor(model, y_phys, factor, *, n, seed, sampler, steps, weight,
         operator = _block_mean_operator(model, yw, factor, scale)
         for b0 in range(0, n, bs):
             members = list(range(b0, min(n, b0 + bs)))
-            fn = model._window_fn(seed=seed, members=members, sampler=sampler,
-                                  steps=steps, method="guidance", weight=weight,
-                                  operator=operator, y=yw.expand(len(members), *yw.shape[1:]),
-                                  progress=progress and k == 0 and b0 == 0, cond=cond)
+            fn = model._window_fn(
+                seed=seed,
+                members=members,
+                sampler=sampler,
+                steps=steps,
+                method="guidance",
+                weight=weight,
+                operator=operator,
+                y=yw.expand(len(members), *yw.shape[1:]),
+                progress=progress and k == 0 and b0 == 0,
+                cond=cond,
+            )
             xk = torch.zeros(len(members), c, f, *model.grid, device=y_phys.device)
             z = fn(xk, torch.zeros_like(xk, dtype=torch.bool), k, s)
             with torch.no_grad():
                 out[b0 : b0 + len(members), :, s : s + f] = model.decode(z)
     if project:
-        out = project_block_means(out, y_phys[None].expand(n, *y_phys.shape), factor,
-                                  [pl.transform.lower for pl in model.pipelines])
+        out = project_block_means(
+            out,
+            y_phys[None].expand(n, *y_phys.shape),
+            factor,
+            [pl.transform.lower for pl in model.pipelines],
+        )
     return out
 
 

@@ -8,7 +8,7 @@ and return xarray objects; the tensor work is delegated to ``core/`` and the xar
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -149,8 +149,10 @@ class DiffusionModel:
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.module.parameters())
-        tr = [v["transform"]["name"] + ("+learned" if v.get("learned") else "")
-              for v in self.config["variables"]]
+        tr = [
+            v["transform"]["name"] + ("+learned" if v.get("learned") else "")
+            for v in self.config["variables"]
+        ]
         return (
             f"<xdiffusion.DiffusionModel variables={self.variables} transform={tr} "
             f"frames={self.frames} grid={self.grid} parameters={n:,} "
@@ -199,8 +201,13 @@ class DiffusionModel:
         return xr.DataArray(
             h.cpu().numpy(),
             dims="scaled_value",
-            coords={"scaled_value": ("scaled_value", x.cpu().numpy(),
-                                     {"long_name": "data scaled to [-1, 1]", "units": "1"})},
+            coords={
+                "scaled_value": (
+                    "scaled_value",
+                    x.cpu().numpy(),
+                    {"long_name": "data scaled to [-1, 1]", "units": "1"},
+                )
+            },
             name="h",
             attrs={"long_name": "learned monotone transform h(x)", "units": "1"},
         )
@@ -261,9 +268,7 @@ class DiffusionModel:
                 elif method == "imputation":
                     den = imputation(base, x_known, mask, noise=extra)
                 else:
-                    raise ValueError(
-                        f"method must be 'guidance' or 'imputation', got {method!r}"
-                    )
+                    raise ValueError(f"method must be 'guidance' or 'imputation', got {method!r}")
             with torch.inference_mode(False):
                 out = run_sampler(
                     sampler, den, noise(), self.schedule, steps, noise=noise, progress=progress
@@ -298,24 +303,34 @@ class DiffusionModel:
         out = []
         for start in range(0, n, bs):
             members = list(range(start, min(n, start + bs)))
-            fn = self._window_fn(seed=seed, members=members, sampler=sampler, steps=steps,
-                                 method=method, weight=weight, cond=cond)
+            fn = self._window_fn(
+                seed=seed,
+                members=members,
+                sampler=sampler,
+                steps=steps,
+                method=method,
+                weight=weight,
+                cond=cond,
+            )
             xb = x[None].expand(len(members), *x.shape).to(self.device)
             mb = mask[None].to(self.device)
-            out.append(complete(fn, xb.clone(), mb, self.frames, context=context,
-                                progress=progress and n > 1))
+            out.append(
+                complete(
+                    fn, xb.clone(), mb, self.frames, context=context, progress=progress and n > 1
+                )
+            )
         return torch.cat(out)
 
     # ----------------------------------------------------------------- persistence
     def save(self, path) -> None:
-        """Write the model directory (config.json + safetensors); see :mod:`xdiffusion.persistence`."""
+        """Write the model directory (config.json + safetensors, :mod:`xdiffusion.persistence`)."""
         from xdiffusion.persistence import save_model
 
         save_model(self, path)
 
     # ----------------------------------------------------------------- generation
     def sample(self, template, n: int = 1, **kwargs):
-        """Unconditional ensemble shaped like ``template``; see :func:`xdiffusion.generate.sample`."""
+        """Unconditional ensemble like ``template``; see :func:`xdiffusion.generate.sample`."""
         from xdiffusion.generate import sample
 
         return sample(self, template, n, **kwargs)

@@ -132,8 +132,11 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Diff
             module.load_state_dict(tensors, strict=True)
         except RuntimeError as err:
             msg = str(err).splitlines()
-            raise _bad(path, f"{name} does not fit the configured network: {msg[0]} "
-                       f"{' '.join(m.strip() for m in msg[1:3])}") from None
+            raise _bad(
+                path,
+                f"{name} does not fit the configured network: {msg[0]} "
+                f"{' '.join(m.strip() for m in msg[1:3])}",
+            ) from None
         return module, valid
 
     ema, valid = build(WEIGHTS)

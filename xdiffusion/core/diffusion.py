@@ -112,8 +112,10 @@ def make_denoiser(
         parts = []
         for i in range(0, z.shape[0], microbatch):
             sl = slice(i, i + microbatch)
-            kw = {k: (a[sl] if torch.is_tensor(a) and a.shape[:1] == z.shape[:1] else a)
-                  for k, a in kwargs.items()}
+            kw = {
+                k: (a[sl] if torch.is_tensor(a) and a.shape[:1] == z.shape[:1] else a)
+                for k, a in kwargs.items()
+            }
             parts.append(net(z[sl], lam_b[sl], **kw))
         return torch.cat(parts)
 

@@ -91,9 +91,7 @@ def alpha_sigma(lam: Tensor) -> tuple[Tensor, Tensor]:
     return torch.sigmoid(lam).sqrt(), torch.sigmoid(-lam).sqrt()
 
 
-def posterior(
-    z_t: Tensor, x: Tensor, lam_t: Tensor, lam_s: Tensor
-) -> tuple[Tensor, Tensor]:
+def posterior(z_t: Tensor, x: Tensor, lam_t: Tensor, lam_s: Tensor) -> tuple[Tensor, Tensor]:
     """Mean and standard deviation of q(z_s | z_t, x) for λ_s > λ_t (eq. 2.57–2.58).
 
     With r = exp(λ_t − λ_s) = α²_{t|s} σ_s² / σ_t² the textbook coefficients become

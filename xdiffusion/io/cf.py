@@ -130,9 +130,10 @@ def wrap(
         da = xr.DataArray(vals, dims=lead + tuple(dims), coords=cs, name=name, attrs=attrs)
         if observed is not None:
             flag_name = f"{name}_status"
-            obs = np.broadcast_to(observed[c] if observed.ndim == len(dims) + 1 else observed,
-                                  tuple(len(da[d]) if d in da.coords else da.sizes[d]
-                                        for d in dims))
+            obs = np.broadcast_to(
+                observed[c] if observed.ndim == len(dims) + 1 else observed,
+                tuple(len(da[d]) if d in da.coords else da.sizes[d] for d in dims),
+            )
             flag = xr.DataArray(
                 np.where(obs, 1, 0).astype(np.int8),
                 dims=tuple(dims),

@@ -59,5 +59,4 @@ def time_features(time: xr.DataArray | np.ndarray, features: Sequence[str]) -> n
         else:  # pragma: no cover - check_features guards this
             raise ValueError(f"unknown time feature {name!r}")
         cols += [np.sin(2 * np.pi * phase), np.cos(2 * np.pi * phase)]
-    return np.stack(cols, axis=-1).astype(np.float32) if cols else np.zeros((t.size, 0),
-                                                                             np.float32)
+    return np.stack(cols, axis=-1).astype(np.float32) if cols else np.zeros((t.size, 0), np.float32)
