@@ -190,3 +190,49 @@ def test_downscale_block_means(tiny_model, series):
     assert float(out.min()) >= 0
     like = coarse.diffusion.downscale(tiny_model, n=1, like=fine, **GEN)
     np.testing.assert_array_equal(like.x.values, fine.x.values)
+
+
+def _rewrite_weights(path, tensors):
+    """Replace ema.safetensors and record its new hash, as a tamperer would."""
+    import hashlib
+    import json
+
+    from safetensors.torch import save_file
+
+    save_file(tensors, path / "ema.safetensors")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["files"]["ema.safetensors"] = hashlib.sha256(
+        (path / "ema.safetensors").read_bytes()
+    ).hexdigest()
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+def test_load_refuses_changed_shape_missing_key_and_pickle(tiny_model, tmp_path):
+    import hashlib
+    import json
+    import pickle
+
+    from safetensors.torch import load_file
+
+    path = tmp_path / "m"
+    tiny_model.save(path)
+    good = load_file(path / "ema.safetensors")
+    name = next(k for k, v in good.items() if v.ndim == 4)
+    _rewrite_weights(path, {**good, name: torch.zeros(good[name].shape[0] + 1, 1, 1, 1)})
+    with pytest.raises(ValueError, match="does not fit the configured network"):
+        xd.load(path)
+    _rewrite_weights(path, {k: v for k, v in good.items() if k != name})
+    with pytest.raises(ValueError, match="does not fit the configured network"):
+        xd.load(path)
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    blob = pickle.dumps({"weights": Payload()})
+    (path / "ema.safetensors").write_bytes(blob)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["files"]["ema.safetensors"] = hashlib.sha256(blob).hexdigest()
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        xd.load(path)
