@@ -1,0 +1,168 @@
+"""``evaluate``: every diagnostic of generated samples against a reference in one Dataset."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+import xarray as xr
+
+from xdiffusion._version import __version__
+from xdiffusion.diagnostics._util import (
+    MEMBER_DIM,
+    _check_da,
+    _no_fill,
+)
+from xdiffusion.diagnostics.distributions import (
+    _bin_edges,
+    _matched_grids,
+    histogram,
+    mean_normalised_bias,
+    qq,
+)
+from xdiffusion.diagnostics.ensemble import crps, rank_histogram, spread_skill
+from xdiffusion.diagnostics.spectra import _spacing, _time_step_hours, spatial_psd, temporal_psd
+from xdiffusion.io.axes import find_axes
+from xdiffusion.io.cf import CONVENTIONS, history_line
+
+# -------------------------------------------------------------------------- evaluate
+
+
+def _mean_abs_log10_ratio(a: xr.DataArray, b: xr.DataArray) -> xr.DataArray:
+    with xr.set_options(keep_attrs=False):
+        ok = (a > 0) & (b > 0)
+        out = abs(np.log10(a.where(ok) / b.where(ok))).mean(skipna=True)
+    return out.reset_coords(drop=True)
+
+
+def _common(name: str, a: object, b: object) -> object:
+    """One value for both inputs: equal, or the one that is known."""
+    if a is None or b is None:
+        return b if a is None else a
+    if not np.allclose(np.asarray(a, float), np.asarray(b, float), rtol=1e-6):
+        raise ValueError(
+            f"samples and reference have different {name} ({a} vs {b}); "
+            "put them on the same grid and time step first"
+        )
+    return a
+
+
+def evaluate(
+    samples: xr.DataArray,
+    reference: xr.DataArray,
+    *,
+    observations: xr.DataArray | None = None,
+    dims: Mapping[str, str] | None = None,
+    member_dim: str = MEMBER_DIM,
+) -> xr.Dataset:
+    """All diagnostics of generated ``samples`` against ``reference`` in one Dataset.
+
+    Parameters
+    ----------
+    samples
+        Generated fields (T, Y, X), usually with a ``realization`` dimension (pooled over).
+    reference
+        Reference fields on the same grid (time axis and length may differ; with or
+        without ``realization``).
+    observations
+        Optional observations aligned with ``samples`` but without ``member_dim`` (e.g.
+        the truth behind a forecast or downscaling ensemble): adds CRPS (standard and
+        fair), the rank histogram and the spread-skill ratio.
+    dims
+        Axis overrides for :func:`~xdiffusion.io.axes.find_axes`, used for all inputs.
+    member_dim
+        Name of the ensemble dimension.
+
+    Returns
+    -------
+    xr.Dataset
+        ``spatial_psd_*``, ``temporal_psd_*`` (the temporal PSD over windows of the shorter
+        series' length), ``histogram_*`` (full range, dimension ``bin``), ``histogram_low_*``
+        ([0, 0.5], dimension ``bin_low``), ``qq_sample``, ``qq_reference``,
+        ``qq_relative_error_by_quantile``, ``mean_normalised_bias``, where ``*`` is
+        ``sample`` or ``reference``; 0-d summaries ``psd_log_error`` and
+        ``temporal_psd_log_error`` (mean |log10(P_sample / P_reference)|),
+        ``qq_relative_error`` (mean |relative error| over the quantiles),
+        ``mean_abs_mean_normalised_bias``; with ``observations`` also ``crps``,
+        ``crps_fair`` (means over points), ``rank_histogram``, ``ensemble_spread``,
+        ``ensemble_mean_rmse`` and ``spread_skill_ratio``. Lazy for dask input except the
+        range of the full histogram (computed at once).
+    """
+    samples = _check_da(samples, "samples")
+    reference = _check_da(reference, "reference")
+    out: dict[str, xr.DataArray] = {}
+
+    sa = find_axes(samples, dims, require_time=False)
+    ra = find_axes(reference, dims, require_time=False)
+    samples, reference, _, _ = _matched_grids(samples, reference, dims)
+    ra = {**ra, "Y": sa["Y"], "X": sa["X"]}
+    spacing = _common("grid spacings", _spacing(samples, sa, None), _spacing(reference, ra, None))
+    for key, da in (("sample", samples), ("reference", reference)):
+        out[f"spatial_psd_{key}"] = spatial_psd(da, dims=sa if da is samples else ra, dx=spacing)
+    out["psd_log_error"] = _mean_abs_log10_ratio(
+        out["spatial_psd_sample"], out["spatial_psd_reference"]
+    ).assign_attrs(
+        long_name="mean absolute log10 ratio of spatial PSDs (sample / reference)", units="1"
+    )
+
+    if "T" in sa and "T" in ra and min(samples.sizes[sa["T"]], reference.sizes[ra["T"]]) >= 2:
+        window = min(samples.sizes[sa["T"]], reference.sizes[ra["T"]])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dt = _common(
+                "time steps",
+                _time_step_hours(samples, sa["T"]),
+                _time_step_hours(reference, ra["T"]),
+            )
+        out["temporal_psd_sample"] = temporal_psd(samples, dims=sa, window=window, dt=dt)
+        out["temporal_psd_reference"] = temporal_psd(reference, dims=ra, window=window, dt=dt)
+        out["temporal_psd_log_error"] = _mean_abs_log10_ratio(
+            out["temporal_psd_sample"], out["temporal_psd_reference"]
+        ).assign_attrs(
+            long_name="mean absolute log10 ratio of temporal PSDs (sample / reference)",
+            units="1",
+        )
+
+    edges = _bin_edges([samples, reference], None, False, None)
+    low = _bin_edges([samples, reference], None, True, None)
+    low_names = {"bin": "bin_low", "bin_lower": "bin_low_lower", "bin_upper": "bin_low_upper"}
+    for key, da in (("sample", samples), ("reference", reference)):
+        out[f"histogram_{key}"] = histogram(da, edges, log=False)
+        out[f"histogram_low_{key}"] = histogram(da, low, log=False).rename(low_names)
+
+    q = qq(samples, reference)
+    out["qq_sample"] = q["sample"]
+    out["qq_reference"] = q["reference"]
+    out["qq_relative_error_by_quantile"] = q["relative_error"]
+    with xr.set_options(keep_attrs=False):
+        qerr = abs(q["relative_error"]).mean(skipna=True)
+    out["qq_relative_error"] = qerr.assign_attrs(
+        long_name="mean absolute relative error of sample quantiles", units="1"
+    )
+
+    out.update(mean_normalised_bias(samples, reference, dims=sa).data_vars)
+
+    if observations is not None:
+        observations = _check_da(observations, "observations")
+        for fair in (False, True):
+            c = crps(samples, observations, member_dim=member_dim, fair=fair)
+            with xr.set_options(keep_attrs=False):
+                mean = c.mean(skipna=True).reset_coords(drop=True)
+            out[str(c.name)] = mean.assign_attrs(
+                {**c.attrs, "long_name": f"mean {c.attrs['long_name']} over all points"}
+            )
+        out["rank_histogram"] = rank_histogram(samples, observations, member_dim=member_dim)
+        out.update(spread_skill(samples, observations, member_dim=member_dim).data_vars)
+
+    # shallow copy: fresh encodings, so the inputs' coordinates are not touched
+    ds = _no_fill(xr.Dataset({k: v.rename(k) for k, v in out.items()}).copy())
+    ds.attrs = {
+        "title": "xdiffusion evaluation of generated samples against a reference",
+        "Conventions": CONVENTIONS,
+        "source": f"xdiffusion {__version__}",
+        "history": history_line(
+            "evaluate", {"observations": observations is not None, "dims": dims}
+        ),
+    }
+    return ds
