@@ -38,22 +38,32 @@ class Spec:
     nx: int = 16
     frames: int = 8
     net: tuple[tuple[str, object], ...] = (("width", 16), ("head_dim", 16))
-    train_steps: int = 1500
+    train_steps: int = 5000
     batch_size: int = 8
     lr: float = 1e-3
     warmup: int = 50
     nt_train: int = 6000
     seed: int = 0
     wind_kmh: tuple[float, float] = (30.0, 10.0)
+    #: Further keyword arguments of ``synthetic_precipitation`` (``dx_km``, ``dry_fraction``).
+    data_kwargs: tuple[tuple[str, object], ...] = ()
 
     def key(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        fields = dataclasses.asdict(self)
+        if not fields["data_kwargs"]:
+            del fields["data_kwargs"]  # keys of specs without it stay as they were
+        blob = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(f"{blob}|{xd.__version__}".encode()).hexdigest()[:12]
 
     def data(self, nt: int, seed: int) -> xr.DataArray:
         """A synthetic precipitation series on this spec's grid."""
         return synthetic_precipitation(
-            nt=nt, ny=self.ny, nx=self.nx, seed=seed, wind_kmh=self.wind_kmh
+            nt=nt,
+            ny=self.ny,
+            nx=self.nx,
+            seed=seed,
+            wind_kmh=self.wind_kmh,
+            **dict(self.data_kwargs),
         )
 
 
@@ -63,6 +73,10 @@ class Spec:
 FULL = Spec(ny=32, nx=32, net=(), train_steps=3000, batch_size=8, nt_train=8000)
 #: Default: the small preset's architecture at width 16 on 16×16×8 (about 10× cheaper).
 DEFAULT = Spec()
+#: Conditional tasks: 25 km cells and rain moving 2 cells per hourly step, so that the
+#: first hours are predictable (lifetimes grow with scale) and persistence is poor; the
+#: setting of tests/test_conditional_quality.py with 8 frames and a longer fit.
+CONDITIONAL = Spec(wind_kmh=(50.0, 16.7), data_kwargs=(("dx_km", 25.0), ("dry_fraction", 0.6)))
 #: Smoke test: seconds.
 QUICK = Spec(net=(("width", 8), ("head_dim", 8), ("mults", (1, 2))), train_steps=40, nt_train=400)
 
@@ -184,10 +198,12 @@ def quality(samples: xr.DataArray, reference: xr.DataArray) -> dict[str, float]:
     """Spatial and temporal PSD log error, QQ relative error, mean |normalised bias|.
 
     Both inputs are ensembles of windows (realization, time, y, x). Quantile levels stop
-    where a set has fewer than ~3 values above them (0.91 … 1 − 10⁻ᵏ).
+    where the smaller set still has about 30 values above the top one (0.91 … 1 − 10⁻ᵏ):
+    beyond that, the QQ error of heavy-tailed rain measures a handful of values, not the
+    generator (with ~3 values, two sets of real windows differed by 0.47 on average).
     """
     n = min(samples.size, reference.size)
-    order = max(1, int(np.floor(np.log10(n / 3.0))) - 1)
+    order = max(1, int(np.floor(np.log10(n / 30.0))) - 1)
     q = dg.seed_quantiles(order)
     sp = dg.spatial_psd(samples), dg.spatial_psd(reference)
     tp = dg.temporal_psd(samples), dg.temporal_psd(reference)
