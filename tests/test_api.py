@@ -236,3 +236,29 @@ def test_load_refuses_changed_shape_missing_key_and_pickle(tiny_model, tmp_path)
     (path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="not a safetensors file"):
         xd.load(path)
+
+
+def test_sampling_defaults_by_task(tiny_model, series, monkeypatch):
+    fitted_steps = tiny_model.config["sampling"]["steps"]  # fit(sampling_steps=...) of conftest
+    monkeypatch.setitem(tiny_model.config, "sampling", {"sampler": None, "steps": None})
+    assert tiny_model.sampling_defaults(None, None) == ("dpmpp_2m", None)
+    assert tiny_model.sampling_defaults(None, None, task="forecast") == ("dpmpp_2m_sde", 25)
+    assert tiny_model.sampling_defaults(None, 7, task="forecast") == ("dpmpp_2m_sde", 7)
+    assert tiny_model.sampling_defaults("ddim", None, task="forecast") == ("ddim", None)
+    # A sampler chosen at fit time wins over the task default.
+    monkeypatch.setitem(tiny_model.config, "sampling", {"sampler": "dpmpp_3m", "steps": 9})
+    assert tiny_model.sampling_defaults(None, None, task="forecast") == ("dpmpp_3m", 9)
+    monkeypatch.undo()
+    assert tiny_model.sampling_defaults(None, None, task="forecast") == (
+        "dpmpp_2m_sde",
+        fitted_steps or 25,
+    )
+    # forecast() without sampler= is the stochastic 2M solver (25 steps unless fit set some).
+    hist = series.isel(time=slice(0, 6))
+    kw = {"lead": 2, "n": 2, "seed": 3, "progress": False}
+    default = hist.diffusion.forecast(tiny_model, **kw)
+    steps = fitted_steps or 25
+    explicit = hist.diffusion.forecast(tiny_model, sampler="dpmpp_2m_sde", steps=steps, **kw)
+    other = hist.diffusion.forecast(tiny_model, sampler="dpmpp_2m", steps=steps, **kw)
+    np.testing.assert_array_equal(default.values, explicit.values)
+    assert not np.array_equal(default.values, other.values)

@@ -77,7 +77,7 @@ def fit(
     lambda_max: float = 30.0,
     min_grad: float = 0.1,
     dry_threshold: float = 0.01,
-    sampler: str = "dpmpp_2m",
+    sampler: str | None = None,
     sampling_steps: int | None = None,
     time_features: Sequence[str] | str | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -126,7 +126,9 @@ def fit(
         then builds them from the template's (or the known data's) time stamps, so a July
         template gives July-like fields.
     sampler, sampling_steps
-        Default sampler of the fitted model and its step count (None: sampler default).
+        Default sampler of the fitted model and its step count. None: the library's
+        defaults, ``dpmpp_2m`` for sample/interpolate/downscale and ``dpmpp_2m_sde`` for
+        forecast, 25 steps each (docs/samplers.md, docs/conditional.md).
     checkpoint_dir
         Directory for crash-safe checkpoints (safetensors + JSON, written atomically; see
         :mod:`xdiffusion.checkpoint`); None writes none.
@@ -158,7 +160,8 @@ def fit(
             f"{type(net).__name__}"
         )
     check_loader(loader, buffer_chunks)
-    get_sampler(sampler)  # fail now rather than at the first sample() after training
+    if sampler is not None:
+        get_sampler(sampler)  # fail now rather than at the first sample() after training
     if sampling_steps is not None:
         check_positive_int(sampling_steps, "sampling_steps")
     cfg = TrainConfig(
