@@ -15,8 +15,17 @@ against each other. A setting is *within the floor* when for every metric
     m(setting, reference) ≤ max(m(ancestral A, ref), m(ancestral B, ref)) + 2 sd_real
     m(setting, ancestral A) ≤ m(ancestral B, ancestral A) + 2 sd_real-pairs
 
-The recommended default is the setting with the fewest network evaluations that is within
-the floor and stays within it at the next larger number of steps.
+``cheapest_within_floor`` is the setting with the fewest network evaluations that is within
+the floor and stays within it at the next larger number of steps (the issue's rule).
+
+With a hundred heavy-tailed windows that floor is wide (two ancestral sets differ by 0.3–0.4
+in every metric), so the *recommended* default also passes a tight floor: for every metric
+
+    m(setting, ancestral A) ≤ mean over pairs of real sets of m(real set, real set)
+
+i.e. the setting's samples are as close to 1000-step ancestral samples as two independent
+sets of real windows of the same size are to each other, again also at the next larger
+number of steps.
 
 Because the floor of a few dozen heavy-tailed windows is wide, the deterministic samplers
 (ddim with η = 0, dpmpp_2m, dpmpp_3m) are also measured against the converged solution of
@@ -121,7 +130,15 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--batch", type=int, default=32, help="members per network call")
     ap.add_argument("--progress", action="store_true", help="training progress bar")
+    ap.add_argument(
+        "--rescore",
+        metavar="RESULT_JSON",
+        default=None,
+        help="re-apply the floors and the choice to a saved result instead of sampling",
+    )
     args = ap.parse_args(argv)
+    if args.rescore:
+        return rescore(args.rescore)
 
     spec = C.QUICK if args.quick else C.FULL if args.full else C.DEFAULT
     n = args.members or (4 if args.quick else 128)
@@ -159,16 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         "B_vs_reference": C.quality(anc["B"]["ens"], reference),
         "B_vs_A": C.quality(anc["B"]["ens"], anc["A"]["ens"]),
     }
-    fa = floor["ancestral"]
-    rf = floor["real"]
-    threshold = {
-        "vs_reference": {
-            m: max(fa["A_vs_reference"][m], fa["B_vs_reference"][m])
-            + 2 * rf["vs_reference"][m]["sd"]
-            for m in C.METRICS
-        },
-        "vs_ancestral": {m: fa["B_vs_A"][m] + 2 * rf["pairs"][m]["sd"] for m in C.METRICS},
-    }
+    threshold = thresholds(floor)
 
     C.log(f"converged ODE solution: {n} members x {ODE_STEPS} steps of dpmpp_3m")
     ode, sec, _ = generate(model, "dpmpp_3m", ODE_STEPS, "lambda_trunc", n, 1, args.batch)
@@ -195,9 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
                         else None
                     ),
                 }
-                row["within_floor"] = all(
-                    row[k][m] <= threshold[k][m] for k in threshold for m in C.METRICS
-                )
+                flag(row, threshold)
                 results.append(row)
                 C.log(
                     f"{sampler:13s} {spacing:12s} {steps:4d}  within floor: "
@@ -205,18 +211,10 @@ def main(argv: list[str] | None = None) -> dict:
                 )
                 timings["settings_seconds"] = timings.get("settings_seconds", 0.0) + sec
 
-    default = choose(results, steps_list)
-    if default is not None:
-        # The library path (members one at a time on CPU) for the recommended setting.
-        t = time.perf_counter()
-        template.diffusion.sample(
-            model, n=2, sampler=default["sampler"], steps=default["steps"], seed=1, progress=False
-        )
-        default = {
-            **default,
-            "library_seconds_per_sample": (time.perf_counter() - t) / 2,
-            "evaluations_fewer_than_ancestral": ref_steps / default["nfe"],
-        }
+    cheapest = choose(results, steps_list, "within_floor")
+    default = with_library_time(
+        choose(results, steps_list, "within_tight_floor"), model, template, ref_steps
+    )
     timings["total_seconds"] = time.perf_counter() - t0
     return C.rounded(
         {
@@ -230,25 +228,100 @@ def main(argv: list[str] | None = None) -> dict:
             "noise_floor": floor,
             "threshold": threshold,
             "results": results,
+            "cheapest_within_floor": cheapest,
             "recommended": default,
             "timings": timings,
         }
     )
 
 
-def choose(results: list[dict], steps_list: list[int]) -> dict | None:
-    """Fewest evaluations within the floor, also within it at the next larger step count."""
-    ok = {(r["sampler"], r["spacing"], r["steps"]): r["within_floor"] for r in results}
+def thresholds(floor: dict) -> dict:
+    """The floor's bounds per comparison and metric (see the module docstring)."""
+    fa, rf = floor["ancestral"], floor["real"]
+    return {
+        "vs_reference": {
+            m: max(fa["A_vs_reference"][m], fa["B_vs_reference"][m])
+            + 2 * rf["vs_reference"][m]["sd"]
+            for m in C.METRICS
+        },
+        "vs_ancestral": {m: fa["B_vs_A"][m] + 2 * rf["pairs"][m]["sd"] for m in C.METRICS},
+        "tight_vs_ancestral": {m: rf["pairs"][m]["mean"] for m in C.METRICS},
+    }
+
+
+def flag(row: dict, threshold: dict) -> None:
+    """Set ``within_floor`` and ``within_tight_floor`` of a result row."""
+    row["within_floor"] = all(
+        row[k][m] <= threshold[k][m] for k in ("vs_reference", "vs_ancestral") for m in C.METRICS
+    )
+    row["within_tight_floor"] = row["within_floor"] and all(
+        row["vs_ancestral"][m] <= threshold["tight_vs_ancestral"][m] for m in C.METRICS
+    )
+
+
+def choose(results: list[dict], steps_list: list[int], criterion: str) -> dict | None:
+    """Fewest evaluations meeting ``criterion``, also met at the next larger step count.
+
+    Ties go to the first in table order (ddim, dpmpp_2m, dpmpp_2m_sde, dpmpp_3m): the
+    lower-order solver, whose error falls steadily with the step count (3M's paired ODE error
+    on the benchmark model is 0.034 at 20 λ steps but 0.072 at 30).
+    """
+    ok = {(r["sampler"], r["spacing"], r["steps"]): r[criterion] for r in results}
     best = None
     for r in results:
         key = (r["sampler"], r["spacing"])
         larger = [s for s in steps_list if s > r["steps"]]
         stable = not larger or ok[(*key, min(larger))]
-        if r["within_floor"] and stable and (best is None or r["nfe"] < best["nfe"]):
+        if r[criterion] and stable and (best is None or r["nfe"] < best["nfe"]):
             best = r
     if best is None:
         return None
-    return {k: best[k] for k in ("sampler", "spacing", "steps", "nfe", "seconds_per_sample")}
+    keys = ("sampler", "spacing", "steps", "nfe", "seconds_per_sample", "ode_relative_rmse")
+    return {k: best.get(k) for k in keys}
+
+
+def with_library_time(choice: dict | None, model, template, ref_steps: int) -> dict | None:
+    """Add the library path's time (members one at a time on CPU) to a chosen setting."""
+    if choice is None:
+        return None
+    t = time.perf_counter()
+    template.diffusion.sample(
+        model, n=2, sampler=choice["sampler"], steps=choice["steps"], seed=1, progress=False
+    )
+    return {
+        **choice,
+        "library_seconds_per_sample": (time.perf_counter() - t) / 2,
+        "evaluations_fewer_than_ancestral": ref_steps / choice["nfe"],
+    }
+
+
+def rescore(path: str) -> dict:
+    """Re-apply the floors and the choice to a saved result, without sampling again.
+
+    Only the library timing of the recommended setting is measured anew (seconds).
+    """
+    doc = json.loads(open(path).read())
+    threshold = thresholds(doc["noise_floor"])
+    for row in doc["results"]:
+        flag(row, threshold)
+    steps_list = sorted({r["steps"] for r in doc["results"]})
+    spec = C.Spec(**{k: _tuples(v) for k, v in doc["model"]["spec"].items()})
+    model, _ = C.get_model(spec)
+    template = spec.data(spec.frames, spec.seed + 1000)
+    doc["threshold"] = threshold
+    doc["cheapest_within_floor"] = choose(doc["results"], steps_list, "within_floor")
+    doc["recommended"] = with_library_time(
+        choose(doc["results"], steps_list, "within_tight_floor"),
+        model,
+        template,
+        doc["noise_floor"]["ancestral"]["steps"],
+    )
+    doc["rescored_on"] = C.machine()
+    return C.rounded(doc)
+
+
+def _tuples(v):
+    return tuple(_tuples(x) for x in v) if isinstance(v, list) else v
 
 
 if __name__ == "__main__":

@@ -241,7 +241,12 @@ def test_load_refuses_changed_shape_missing_key_and_pickle(tiny_model, tmp_path)
 def test_sampling_defaults_by_task(tiny_model, series, monkeypatch):
     fitted_steps = tiny_model.config["sampling"]["steps"]  # fit(sampling_steps=...) of conftest
     monkeypatch.setitem(tiny_model.config, "sampling", {"sampler": None, "steps": None})
-    assert tiny_model.sampling_defaults(None, None) == ("dpmpp_2m", None)
+    assert tiny_model.sampling_defaults(None, None) == ("dpmpp_2m", 20)
+    assert tiny_model.sampling_defaults(None, None, task="interpolate") == ("dpmpp_2m", 25)
+    assert tiny_model.sampling_defaults(None, None, task="downscale") == ("dpmpp_2m", 25)
+    assert tiny_model.sampling_defaults("dpmpp_3m", None) == ("dpmpp_3m", None)
+    with pytest.raises(ValueError, match="task must be one of"):
+        tiny_model.sampling_defaults(None, None, task="nowcast")
     assert tiny_model.sampling_defaults(None, None, task="forecast") == ("dpmpp_2m_sde", 25)
     assert tiny_model.sampling_defaults(None, 7, task="forecast") == ("dpmpp_2m_sde", 7)
     assert tiny_model.sampling_defaults("ddim", None, task="forecast") == ("ddim", None)

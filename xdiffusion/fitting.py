@@ -127,8 +127,9 @@ def fit(
         template gives July-like fields.
     sampler, sampling_steps
         Default sampler of the fitted model and its step count. None: the library's
-        defaults, ``dpmpp_2m`` for sample/interpolate/downscale and ``dpmpp_2m_sde`` for
-        forecast, 25 steps each (docs/samplers.md, docs/conditional.md).
+        per-task defaults, ``dpmpp_2m`` with 20 steps for sample, 25 for interpolate and
+        downscale, ``dpmpp_2m_sde`` with 25 for forecast (docs/samplers.md,
+        docs/conditional.md).
     checkpoint_dir
         Directory for crash-safe checkpoints (safetensors + JSON, written atomically; see
         :mod:`xdiffusion.checkpoint`); None writes none.

@@ -195,6 +195,7 @@ def interpolate(
             seed=seed,
             sampler=sampler,
             steps=steps,
+            task="interpolate",
             method=method,
             weight=guidance_weight,
             context=context,
@@ -478,7 +479,7 @@ def _downscale_tensor(
         device=y_phys.device,
     ).clamp_min(1e-12)
     scale = scale[None, :, None, None, None]
-    sampler, steps = model.sampling_defaults(sampler, steps)
+    sampler, steps = model.sampling_defaults(sampler, steps, task="downscale")
     weight = DEFAULT_DOWNSCALING_WEIGHT if weight is None else weight
 
     bs = n if batch_size is None else check_positive_int(batch_size, "batch_size")
