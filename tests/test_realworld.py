@@ -71,7 +71,7 @@ def test_time_features_any_calendar(calendar):
 def test_seasonal_cycle_conditioning():
     """Trained on data whose level follows the season, samples follow the template's season."""
     t = xr.date_range("2000-01-01", periods=1460, freq="6h")
-    season = np.sin(2 * np.pi * (np.asarray(t.dayofyear) - 1) / 365.25)
+    season = np.sin(2 * np.pi * (np.asarray(t.day_of_year) - 1) / 365.25)
     rng = np.random.default_rng(0)
     vals = 2.0 * season[:, None, None] + 0.3 * rng.normal(size=(1460, 8, 8))
     da = xr.DataArray(
