@@ -453,3 +453,35 @@ def test_from_config_errors():
         Pipeline.from_config(cfg, {})
     with pytest.raises(ValueError, match="lacks"):
         Pipeline.from_config({"transform": {"name": "none"}}, {})
+
+
+def test_learned_transform_has_its_own_learning_rate():
+    """h_ω trains at ``transform_lr_scale`` × lr: Adam's first steps move it ~that much more."""
+    from conftest import make_series
+
+    from xdiffusion.training import TrainConfig, param_groups
+
+    da = make_series(nt=60)
+    fit = dict(frames=4, steps=3, batch_size=2, transform="learned", warmup=1, lr=1e-3)
+    fit.update(progress=False, device="cpu", net={"width": 8, "mults": [1, 2]}, val_fraction=0)
+    init = {k: v.clone() for k, v in LearnedMonotone().state_dict().items()}
+
+    def moved(scale: float) -> float:
+        model = da.diffusion.fit(transform_lr_scale=scale, **fit)
+        state = model.module.learned[0].state_dict()
+        return sum(float((state[k] - init[k]).abs().sum()) for k in init)
+
+    slow, fast = moved(1.0), moved(10.0)
+    assert slow > 0 and 5 < fast / slow < 15, (slow, fast)
+
+    model = da.diffusion.fit(**fit)
+    module = model.module.requires_grad_(True)  # the fitted module is the frozen EMA copy
+    groups = param_groups(module, 10.0)
+    assert [g["lr_scale"] for g in groups] == [1.0, 10.0]
+    n_learned = sum(p.numel() for p in module.learned.parameters())
+    assert sum(p.numel() for p in groups[1]["params"]) == n_learned
+    assert len(param_groups(module.net, 10.0)) == 1  # no learned transform: one group
+    assert model.config["training"]["transform_lr_scale"] == 10.0
+    for bad in (0, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="transform_lr_scale"):
+            TrainConfig(transform_lr_scale=bad)

@@ -77,6 +77,7 @@ def fit(
     lambda_max: float = 30.0,
     min_grad: float = 0.1,
     dry_threshold: float = 0.01,
+    transform_lr_scale: float = 10.0,
     sampler: str | None = None,
     sampling_steps: int | None = None,
     time_features: Sequence[str] | str | None = None,
@@ -120,6 +121,9 @@ def fit(
     min_grad, dry_threshold
         Learned transform: minimum-gradient coefficient and the data value (in data units)
         above which log-derivatives enter the loss (the mask set M of eq. 4.14).
+    transform_lr_scale
+        Learning-rate multiplier of the learned transforms relative to ``lr`` (default 10:
+        at the network's rate the small h_ω barely moves in a short fit).
     time_features
         Condition the network on features of the time coordinate: ``"season"`` and/or
         ``"hour"`` (sin/cos of the phase in the year and the day, any calendar). Sampling
@@ -174,6 +178,7 @@ def fit(
         grad_clip=grad_clip,
         val_every=val_every,
         seed=seed,
+        transform_lr_scale=transform_lr_scale,
     )
     if checkpoint_dir is None:
         if resume:

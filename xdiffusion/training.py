@@ -50,6 +50,11 @@ class TrainConfig:
         Validation-loss period in steps (0 disables).
     seed
         Seed of initialisation, batch order, t and ε.
+    transform_lr_scale
+        Learning-rate multiplier of the learned transforms h_ω (parameters under a
+        ``learned`` submodule). The 900-parameter h_ω shares the loss with a network a
+        thousand times larger; at the network's rate it barely left the identity in a few
+        hundred steps (benchmarks/transforms.py), so by default it learns 10× faster.
     """
 
     steps: int = 2000
@@ -61,6 +66,7 @@ class TrainConfig:
     ema_decay: float = 0.995
     val_every: int = 100
     seed: int = 0
+    transform_lr_scale: float = 10.0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size"):
@@ -73,6 +79,11 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if self.warmup < 0 or self.val_every < 0:
             raise ValueError("warmup and val_every must be non-negative integers")
+        scale = self.transform_lr_scale
+        if isinstance(scale, bool) or not (
+            isinstance(scale, int | float) and math.isfinite(scale) and scale > 0
+        ):
+            raise ValueError(f"transform_lr_scale must be a positive number, got {scale!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,6 +121,22 @@ def autocast_context(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
+
+
+def param_groups(module: nn.Module, transform_lr_scale: float) -> list[dict]:
+    """Optimiser groups: the learned transforms (``learned.*``) at a scaled rate, the rest.
+
+    Each group carries ``lr_scale``, the multiplier of the scheduled learning rate. A module
+    without learned transforms gives a single group, as before this option existed.
+    """
+    rest, learned = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (learned if name.startswith("learned.") else rest).append(p)
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if learned:
+        groups.append({"params": learned, "lr_scale": float(transform_lr_scale)})
+    return groups
 
 
 def train(
@@ -155,8 +182,19 @@ def train(
         and a checkpoint callback sees the losses so far); a new one if None.
     """
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    opt = torch.optim.AdamW(
+        param_groups(module, config.transform_lr_scale),
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
     if optimizer_state is not None:
+        if len(optimizer_state.get("param_groups", [])) != len(opt.param_groups):
+            raise ValueError(
+                "the checkpoint's optimiser has "
+                f"{len(optimizer_state.get('param_groups', []))} parameter group(s), this "
+                f"model {len(opt.param_groups)}: it was written by an xdiffusion from before "
+                "learned transforms had their own learning rate; start a new fit"
+            )
         opt.load_state_dict(optimizer_state)
     if ema is None:
         ema = copy.deepcopy(module).requires_grad_(False)
@@ -176,7 +214,7 @@ def train(
     for step in bar:
         lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # absent in older checkpoints
         module.train()
         batch = batch_fn(step)
         with autocast_context(device):
