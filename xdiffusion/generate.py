@@ -311,7 +311,6 @@ def forecast(
     x = torch.cat([enc, torch.zeros(c, lead, h, w)], 1)
     mask = torch.cat([known, torch.zeros(c, lead, h, w, dtype=torch.bool)], 1)
     mask[:, ctx:] |= ~model.valid.cpu()[:, None]
-    sampler, steps = model.sampling_defaults(sampler, steps, task="forecast")
     with torch.no_grad():
         y = model._complete(
             x,
@@ -320,6 +319,7 @@ def forecast(
             seed=seed,
             sampler=sampler,
             steps=steps,
+            task="forecast",
             method=method,
             weight=guidance_weight,
             context=ctx,
