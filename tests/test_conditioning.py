@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from xdiffusion.core.conditioning import (
+    PROJECTION_FLOOR,
     block_mean,
     data_consistency,
-    downscaling,
     finalize,
     guidance,
     imputation,
-    projection,
+    project_block_means,
 )
 from xdiffusion.core.samplers import run_sampler
 from xdiffusion.core.schedule import CosineSchedule, alpha_sigma
@@ -210,9 +210,59 @@ def test_block_mean_and_data_consistency():
     pm = data_consistency(x_hat, y, 4, mask=mask)
     torch.testing.assert_close(pm[..., :4, :4], p[..., :4, :4])
     torch.testing.assert_close(pm[..., 4:, :], x_hat[..., 4:, :])
-    # The projection wrapper applies it to every x̂.
-    den = projection(lambda z, lam: z, y, 4)
-    torch.testing.assert_close(block_mean(den(x_hat, torch.zeros(2)), 4), y)
+
+
+def _downscaling(den, y, f, weight=3.0):
+    """Guidance on ‖y − A x̂‖² (weight × f² for AAᵀ = I/f², eq. 2.112), then the exact
+    projection of every x̂ onto {A x = y}."""
+    if weight:
+        den = guidance(den, y, weight=weight * f * f, operator=lambda x: block_mean(x, f))
+    return lambda z, lam: data_consistency(den(z, lam), y, f)
+
+
+def test_project_block_means_multiplicative_and_additive():
+    g = torch.Generator().manual_seed(3)
+    f = 4
+    x = torch.rand(2, 2, 1, 8, 8, generator=g) * 3.0
+    x[:, 0, :, :4, :4] *= (torch.rand(2, 1, 4, 4, generator=g) > 0.5).float()  # dry cells
+    y = torch.rand(2, 2, 1, 2, 2, generator=g) + 0.1
+    out = project_block_means(x, y, f, [0.0, None], [5.0, 5.0])
+    torch.testing.assert_close(block_mean(out, f), y, atol=1e-6, rtol=0)
+    # bounded channel: scaled around the bound, so dry cells stay dry and shape is kept
+    assert bool((out[:, 0] >= 0).all())
+    assert bool((out[:, 0, :, :4, :4][x[:, 0, :, :4, :4] == 0] == 0).all())
+    ratio = out[:, 0, :, :4, :4] / x[:, 0, :, :4, :4].clamp_min(1e-12)
+    wet = x[:, 0, :, :4, :4] > 0
+    assert float(ratio[wet].std()) < 1e-5  # one factor per block
+    # unbounded channel: the orthogonal projection
+    torch.testing.assert_close(out[:, 1:], data_consistency(x[:, 1:], y[:, 1:], f))
+
+
+def test_project_block_means_float_residue_is_not_amplified():
+    """A block the sample left at float residue (~1e-10) with coarse value 0.5 must not
+    become a noise-shaped field; an exactly dry block becomes the constant target."""
+    g = torch.Generator().manual_seed(4)
+    f = 4
+    x = torch.zeros(1, 1, 1, 4, 8)
+    x[..., :4] = 1e-10 * torch.rand(1, 1, 1, 4, 4, generator=g)  # residue
+    # right block exactly dry
+    y = torch.full((1, 1, 1, 1, 2), 0.5)
+    out = project_block_means(x, y, f, [0.0], [10.0])
+    torch.testing.assert_close(block_mean(out, f), y, atol=1e-6, rtol=0)
+    left, right = out[..., :4], out[..., 4:]
+    assert float(left.max()) < 0.5 + 1e-6 and float(left.min()) > 0.5 - 1e-6
+    torch.testing.assert_close(right, torch.full_like(right, 0.5))
+    # the old multiplicative rule would have produced up to ~4× the mean from residue
+    ratio = 0.5 / x[..., :4].mean()
+    assert float((x[..., :4] * ratio).max()) > 1.0
+    # a negative correction in the fallback is clipped at the bound and renormalised
+    x2 = torch.zeros(1, 1, 1, 4, 4)
+    x2[..., 0, 0] = 2e-5  # block mean 1.25e-6: below the floor for scale 1
+    assert 1.25e-6 < PROJECTION_FLOOR
+    y2 = torch.full((1, 1, 1, 1, 1), 1e-6)
+    out2 = project_block_means(x2, y2, f, [0.0], [1.0])
+    assert bool((out2 >= 0).all())
+    torch.testing.assert_close(block_mean(out2, f), y2, atol=1e-12, rtol=0)
 
 
 def test_bad_arguments_raise():
@@ -327,8 +377,8 @@ def test_downscaling_recovers_gaussian_conditional():
         )
 
     y_grid = y.reshape(1, 1, 1, 2, 2)
-    g_mean, g_std, g_cons = errors(downscaling(den, y_grid, f))
-    p_mean, _, p_cons = errors(downscaling(den, y_grid, f, weight=0))
+    g_mean, g_std, g_cons = errors(_downscaling(den, y_grid, f))
+    p_mean, _, p_cons = errors(_downscaling(den, y_grid, f, weight=0))
     assert g_cons < 1e-6 and p_cons < 1e-6
     assert g_mean < 0.15 and g_std < 0.1
     assert g_mean < 0.6 * p_mean

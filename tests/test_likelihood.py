@@ -9,10 +9,21 @@ import torch
 import xarray as xr
 from conftest import make_series
 
+from xdiffusion.codec import Codec, VariableCodec
 from xdiffusion.core.likelihood import vlb_terms
 from xdiffusion.core.schedule import CosineSchedule, _expand, alpha_sigma
-from xdiffusion.likelihood import log_abs_det
-from xdiffusion.transforms import Pipeline
+from xdiffusion.model import Denoiser, DiffusionModel
+
+
+def _with_codec(model: DiffusionModel, codec: VariableCodec) -> DiffusionModel:
+    """The same network behind another codec (a model of transformed data)."""
+    module = Denoiser(model.module.net, Codec([codec]))
+    return DiffusionModel(model.config, module, valid=model.valid)
+
+
+def log_abs_det(model: DiffusionModel, x: torch.Tensor) -> torch.Tensor:
+    return model.codec.log_abs_det(x)
+
 
 LN2 = math.log(2.0)
 NET = {"width": 8, "mults": [1, 2], "heads": 2, "head_dim": None}
@@ -151,7 +162,7 @@ def test_trained_gaussian_model_is_close_to_the_entropy(gauss_model):
     assert bits > TRUE_BITS - 4 * se - 0.01
     assert bits < TRUE_BITS + 0.3
     # pure affine scaling: −log|h'| = −log(2 / (hi − lo)), the same for every element
-    pipe = gauss_model.pipelines[0]
+    pipe = gauss_model.codec[0]
     expect = -math.log(2.0 / float(pipe.hi - pipe.lo)) / LN2
     assert float(r.log_det) == pytest.approx(expect, rel=1e-6)
     total = float(r.bits_per_dim_diffusion + r.log_det + r.dequantization)
@@ -161,9 +172,8 @@ def test_trained_gaussian_model_is_close_to_the_entropy(gauss_model):
 def test_affine_change_of_data_shifts_nll_by_log_a(gauss_model):
     a, b = 2.5, 1.0
     data = gaussian_series(nt=40, seed=2)
-    moved = copy.copy(gauss_model)
-    pipe = gauss_model.pipelines[0]
-    moved.pipelines = [Pipeline("none", a * pipe.lo + b, a * pipe.hi + b)]
+    pipe = gauss_model.codec[0]
+    moved = _with_codec(gauss_model, VariableCodec("none", a * pipe.lo + b, a * pipe.hi + b))
     kw = dict(n_lambda=8, seed=3, lambda_rec=10.0)
     r0 = gauss_model.nll(data, **kw)
     r1 = moved.nll(data * a + b, **kw)
@@ -177,9 +187,10 @@ def test_affine_change_of_data_shifts_nll_by_log_a(gauss_model):
 def test_dry_class_is_scale_invariant(tiny_model, series):
     """Scaling sqrt-transformed rain by a: wet elements pay log a, the dry class nothing."""
     a, thr = 4.0, 0.05
-    moved = copy.copy(tiny_model)
-    pipe = tiny_model.pipelines[0]
-    moved.pipelines = [Pipeline("sqrt", pipe.lo * math.sqrt(a), pipe.hi * math.sqrt(a))]
+    pipe = tiny_model.codec[0]
+    moved = _with_codec(
+        tiny_model, VariableCodec("sqrt", pipe.lo * math.sqrt(a), pipe.hi * math.sqrt(a))
+    )
     kw = dict(n_lambda=4, seed=0)
     r0 = tiny_model.nll(series, dry_threshold=thr, **kw)
     r1 = moved.nll(series * a, dry_threshold=a * thr, **kw)
@@ -190,24 +201,40 @@ def test_dry_class_is_scale_invariant(tiny_model, series):
     assert float(r1.bits_per_dim - r0.bits_per_dim) == pytest.approx(wet * math.log2(a), abs=2e-3)
     assert float(r0.dequantization) == pytest.approx((1 - wet) * -math.log2(thr), rel=1e-6)
     # without the dry class, exact zeros make the sqrt log-derivative explode (eps floor)
-    r2 = tiny_model.nll(series, **kw)
+    r2 = tiny_model.nll(series, dry_threshold=None, **kw)
     assert float(r2.log_det) < float(r0.log_det) - 1.0
+
+
+def test_nll_defaults_to_the_models_dry_threshold(tiny_model, series):
+    """The threshold the model was fitted with applies unless the caller says otherwise."""
+    kw = dict(n_lambda=4, seed=0)
+    fitted = tiny_model.dry_thresholds[0]
+    assert fitted == 0.01
+    r_default = tiny_model.nll(series, **kw)
+    r_explicit = tiny_model.nll(series, dry_threshold=fitted, **kw)
+    r_none = tiny_model.nll(series, dry_threshold=None, **kw)
+    assert float(r_default.bits_per_dim) == float(r_explicit.bits_per_dim)
+    assert float(r_default.dequantization) > 0
+    assert float(r_none.dequantization) == 0
+    assert r_default.attrs["dry_threshold"] == "0.01"
+    with pytest.raises(ValueError, match="'model'"):
+        tiny_model.nll(series, dry_threshold="fitted", **kw)
 
 
 def test_learned_transform_log_det_matches_autograd(series):
     model = series.diffusion.fit(
         frames=4, steps=2, batch_size=2, transform="learned", progress=False, device="cpu", net=NET
     )
-    h = model.module.learned[0]
+    h = model.codec[0].learned
     with torch.no_grad():  # move h_ω well away from the identity
         h.b1.add_(torch.linspace(-1.0, 1.0, h.hidden))
         h.w1_raw.add_(1.5)
     x = torch.from_numpy(series.values[None, None, :4].copy()).requires_grad_(True)
-    (grad,) = torch.autograd.grad(model.encode(x).sum(), x)  # elementwise: the diagonal
+    (grad,) = torch.autograd.grad(model.codec.encode(x).sum(), x)  # elementwise: the diagonal
     ld = log_abs_det(model, x.detach())
     wet = x.detach() > 1e-3  # sqrt-free chain, but keep away from the dry pin at −1
     torch.testing.assert_close(ld[wet], grad.log()[wet], rtol=1e-4, atol=1e-4)
-    learned_part = h.log_derivative(model.pipelines[0].to_scaled(x.detach()))
+    learned_part = h.log_derivative(model.codec[0].to_scaled(x.detach()))
     assert float(learned_part.abs().max()) > 0.1  # the learned h_ω really enters
     r = model.nll(series, n_lambda=2, terms=True)
     n = r.attrs["n_windows"] * 4

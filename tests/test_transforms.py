@@ -1,4 +1,4 @@
-"""Tests for xdiffusion.transforms: fixed transforms, learned h_ω (eq. 4.13–4.15), Pipeline."""
+"""Tests for xdiffusion.transforms: fixed transforms and the learned h_ω (eq. 4.13–4.15)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from xdiffusion.transforms import (
     Identity,
     LearnedMonotone,
     Log1p,
-    Pipeline,
     Sqrt,
     Transform,
     get_transform,
@@ -302,159 +300,6 @@ def test_learned_constructor_errors():
         LearnedMonotone(min_grad=0.0)
 
 
-# -- Pipeline ----------------------------------------------------------------------------------
-
-
-def _pipelines() -> dict[str, Pipeline]:
-    learned = LearnedMonotone()
-    _randomise(learned, 2.0, 11)
-    return {
-        "none": Pipeline.fit(0.0, 50.0, "none"),
-        "sqrt": Pipeline.fit(0.0, 50.0, "sqrt"),
-        "log1p": Pipeline.fit(0.0, 50.0, {"name": "log1p", "scale": 0.1}),
-        "sqrt-learned": Pipeline.fit(0.0, 50.0, "sqrt", learned=learned),
-        "per-channel": Pipeline.fit(
-            torch.tensor([0.0, 0.5, 2.0]), torch.tensor([50.0, 3.0, 40.0]), "log1p", learned=True
-        ),
-        "none-learned-neg": Pipeline.fit(-30.0, 40.0, "none", learned=learned),
-    }
-
-
-def _data(pipe: Pipeline, dtype=torch.float64) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(0)
-    lo_phys = pipe.from_scaled(torch.full((1, pipe.n_channels or 1, 1, 1), -1.0, dtype=dtype))
-    hi_phys = pipe.from_scaled(torch.full((1, pipe.n_channels or 1, 1, 1), 1.0, dtype=dtype))
-    u = torch.rand(4, pipe.n_channels or 1, 6, 7, generator=gen, dtype=dtype)
-    return lo_phys + u * (hi_phys - lo_phys)
-
-
-@pytest.mark.parametrize("key", list(_pipelines()))
-def test_pipeline_round_trip(key):
-    pipe = _pipelines()[key]
-    x = _data(pipe)
-    y = pipe.to_diffusion(x)
-    assert y.shape == x.shape
-    assert y.min() >= -1 - 1e-12 and y.max() <= 1 + 1e-12
-    torch.testing.assert_close(pipe.from_scaled(pipe.to_scaled(x)), x, rtol=1e-9, atol=1e-9)
-    back = pipe.from_diffusion(y)
-    torch.testing.assert_close(back, x, rtol=1e-6, atol=1e-6)
-    x32 = x.float()
-    back32 = pipe.from_diffusion(pipe.to_diffusion(x32))
-    assert back32.dtype == torch.float32
-    rel = ((back32 - x32).abs() / (1 + x32.abs())).max().item()
-    assert rel < 1e-3
-
-
-@pytest.mark.parametrize("key", list(_pipelines()))
-def test_pipeline_log_abs_det_matches_autograd(key):
-    pipe = _pipelines()[key]
-    if pipe.learned is not None:
-        pipe.learned.double()
-    x = _data(pipe).clamp(
-        min=pipe.transform.lower + 1e-3 if pipe.transform.lower is not None else -math.inf
-    )
-    expected = _autograd_derivative(pipe.to_diffusion, x).abs().log()
-    torch.testing.assert_close(pipe.log_abs_det(x), expected, rtol=1e-8, atol=1e-8)
-
-
-def test_pipeline_log_abs_det_finite_difference_sqrt():
-    pipe = Pipeline.fit(0.0, 20.0, "sqrt", learned=True)
-    pipe.learned.double()
-    x = torch.tensor([[0.05, 0.7, 3.0, 19.0]], dtype=torch.float64)
-    h = 1e-6
-    fd = (pipe.to_diffusion(x + h) - pipe.to_diffusion(x - h)) / (2 * h)
-    torch.testing.assert_close(pipe.log_abs_det(x), fd.log(), rtol=1e-6, atol=1e-6)
-
-
-def test_sqrt_pipeline_maps_zero_to_minus_one_and_clips_at_lower():
-    pipe = Pipeline.fit(0.0, 64.0, "sqrt")
-    assert pipe.to_diffusion(torch.tensor([[0.0, 16.0, 64.0]])).tolist() == [[-1.0, 0.0, 1.0]]
-    for p in (pipe, Pipeline.fit(0.0, 64.0, "none", learned=True)):
-        out = p.from_diffusion(torch.tensor([[-5.0, -1.0, -1.0 - 1e-7, 3.0]]))
-        assert (out >= 0).all()
-        assert out[0, :3].tolist() == [0.0, 0.0, 0.0]
-        assert out[0, 3].item() == pytest.approx(64.0)
-
-
-def test_none_pipeline_clips_to_training_range_only():
-    pipe = Pipeline.fit(-5.0, 5.0, "none")
-    out = pipe.from_diffusion(torch.tensor([[-2.0, 0.0, 2.0]]))
-    assert out.tolist() == [[-5.0, 0.0, 5.0]]
-
-
-def test_pipeline_per_channel_scaling_is_per_channel():
-    pipe = Pipeline.fit([0.0, 10.0], [1.0, 30.0], "none")
-    x = torch.tensor([[[0.0, 1.0]], [[10.0, 30.0]]]).permute(1, 0, 2)  # (1, 2, 2)
-    torch.testing.assert_close(pipe.to_diffusion(x), torch.tensor([[[-1.0, 1.0], [-1.0, 1.0]]]))
-    with pytest.raises(ValueError, match=r"\(B, 2, \.\.\.\)"):
-        pipe.to_diffusion(torch.zeros(1, 3, 4))
-
-
-def test_pipeline_fit_errors():
-    with pytest.raises(ValueError, match="zero variance data"):
-        Pipeline.fit(2.0, 2.0, "sqrt")
-    with pytest.raises(ValueError, match="zero variance data"):
-        Pipeline.fit([0.0, 1.0], [5.0, 1.0], "none")
-    with pytest.raises(ValueError, match=r"stats_min.*lower bound"):
-        Pipeline.fit(-0.5, 5.0, "sqrt")
-    with pytest.raises(ValueError, match="same shape"):
-        Pipeline(Identity(), torch.zeros(2), torch.ones(3))
-    with pytest.raises(TypeError, match="learned"):
-        Pipeline.fit(0.0, 1.0, "none", learned="yes")
-    with pytest.raises(ValueError, match="finite"):
-        Pipeline.fit(0.0, float("nan"), "none")
-
-
-def test_penalty_mask_thresholds():
-    pipe = Pipeline.fit(0.0, 76.97, "none", learned=True)
-    x = torch.tensor([[0.0, 0.005, 0.0099, 0.0101, 1.0, 76.97]])
-    assert pipe.penalty_mask(x).tolist() == [[False, False, False, True, True, True]]
-    # the thesis' masking set M = [-0.99975, 1] in linearly scaled space (§4.3.5)
-    assert pipe.to_scaled(torch.tensor(0.01)).item() == pytest.approx(-0.99974, abs=1e-5)
-    sq = Pipeline.fit(0.0, 50.0, "sqrt")
-    xs = torch.rand(2, 1, 8, 8, dtype=torch.float64) * 0.03
-    assert torch.equal(sq.penalty_mask(xs), xs > 0.01)
-    pc = Pipeline.fit([0.0, -40.0], [50.0, 40.0], "none")
-    xc = torch.tensor([[[0.005, 1.0]], [[-39.0, 5.0]]]).permute(1, 0, 2)  # (1, 2, 2)
-    mask = pc.penalty_mask(xc, threshold=torch.tensor([0.01, -math.inf]))
-    assert mask.tolist() == [[[False, True], [True, True]]]
-    with pytest.raises(ValueError, match="channels"):
-        pc.penalty_mask(xc, threshold=[0.01, 0.01, 0.01])
-
-
-def test_penalty_through_pipeline_matches_manual():
-    pipe = Pipeline.fit(0.0, 30.0, "sqrt", learned=True)
-    x = torch.tensor([[0.0, 0.0, 0.5, 4.0], [0.02, 9.0, 0.0, 30.0]])
-    s, mask = pipe.to_scaled(x), pipe.penalty_mask(x)
-    manual = -(pipe.learned.log_derivative(s) * mask).sum(1)
-    torch.testing.assert_close(pipe.learned.penalty(s, mask), manual)
-
-
-@pytest.mark.parametrize("key", list(_pipelines()))
-def test_pipeline_config_round_trip(key, tmp_path):
-    pipe = _pipelines()[key]
-    cfg = json.loads(json.dumps(pipe.to_config()))
-    tensors = pipe.state_tensors()
-    if tensors:
-        save_file(tensors, tmp_path / "t.safetensors")
-        tensors = load_file(tmp_path / "t.safetensors")
-    again = Pipeline.from_config(cfg, tensors)
-    assert again.to_config() == pipe.to_config()
-    x = _data(pipe, dtype=torch.float32)
-    assert torch.equal(again.to_diffusion(x), pipe.to_diffusion(x))
-    y = torch.rand(x.shape) * 2 - 1
-    assert torch.equal(again.from_diffusion(y), pipe.from_diffusion(y))
-    assert torch.equal(again.log_abs_det(x), pipe.log_abs_det(x))
-
-
-def test_from_config_errors():
-    cfg = Pipeline.fit(0.0, 1.0, "none", learned=True).to_config()
-    with pytest.raises(ValueError, match="learned"):
-        Pipeline.from_config(cfg, {})
-    with pytest.raises(ValueError, match="lacks"):
-        Pipeline.from_config({"transform": {"name": "none"}}, {})
-
-
 def test_learned_transform_has_its_own_learning_rate():
     """h_ω trains at ``transform_lr_scale`` × lr: Adam's first steps move it ~that much more."""
     from conftest import make_series
@@ -468,7 +313,7 @@ def test_learned_transform_has_its_own_learning_rate():
 
     def moved(scale: float) -> float:
         model = da.diffusion.fit(transform_lr_scale=scale, **fit)
-        state = model.module.learned[0].state_dict()
+        state = model.codec[0].learned.state_dict()
         return sum(float((state[k] - init[k]).abs().sum()) for k in init)
 
     slow, fast = moved(1.0), moved(10.0)
@@ -478,7 +323,7 @@ def test_learned_transform_has_its_own_learning_rate():
     module = model.module.requires_grad_(True)  # the fitted module is the frozen EMA copy
     groups = param_groups(module, 10.0)
     assert [g["lr_scale"] for g in groups] == [1.0, 10.0]
-    n_learned = sum(p.numel() for p in module.learned.parameters())
+    n_learned = sum(p.numel() for p in module.codec.parameters())
     assert sum(p.numel() for p in groups[1]["params"]) == n_learned
     assert len(param_groups(module.net, 10.0)) == 1  # no learned transform: one group
     assert model.config["training"]["transform_lr_scale"] == 10.0

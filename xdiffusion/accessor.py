@@ -1,61 +1,262 @@
 """The ``.diffusion`` accessors on DataArray and Dataset: thin fronts, no maths.
 
-Each method validates its model argument and forwards to a plain function, returning a new
+Each method checks its model argument and forwards to :class:`~xdiffusion.DiffusionModel`
+(or :func:`xdiffusion.fit`, :func:`xdiffusion.diagnostics.evaluate`), returning a new
 object; no state is kept on the accessor (xarray rebuilds accessors for every object).
+The signatures are spelled out so that ``help(da.diffusion.sample)`` and IDEs show them.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 import xarray as xr
 
-from xdiffusion.model import DiffusionModel
+from xdiffusion.diagnostics import evaluate
+from xdiffusion.diagnostics._util import MEMBER_DIM
+from xdiffusion.fitting import fit
+from xdiffusion.model import DiffusionModel, check_model
 
+__all__ = ["DataArrayDiffusionAccessor", "DatasetDiffusionAccessor"]
 
-def _check_model(model: Any) -> DiffusionModel:
-    if not isinstance(model, DiffusionModel):
-        raise TypeError(
-            f"model must be an xdiffusion.DiffusionModel (from .diffusion.fit() or "
-            f"xdiffusion.load()), got {type(model).__name__}"
-        )
-    return model
+Dims = Mapping[str, str] | None
 
 
 class _DiffusionAccessor:
     def __init__(self, obj: xr.DataArray | xr.Dataset) -> None:
         self._obj = obj
 
-    def fit(self, **kwargs: Any) -> DiffusionModel:
-        """Train a model on this object; see :func:`xdiffusion.fit` for the arguments."""
-        from xdiffusion.fitting import fit
+    def fit(
+        self,
+        *,
+        frames: int = 8,
+        transform: Any = "sqrt",
+        steps: int = 2000,
+        batch_size: int = 16,
+        lr: float = 3e-4,
+        warmup: int = 100,
+        ema_decay: float = 0.995,
+        grad_clip: float | None = 1.0,
+        seed: int = 0,
+        device: str | torch.device = "auto",
+        progress: bool = True,
+        dims: Mapping[str, str] | None = None,
+        variables: Sequence[str] | None = None,
+        preset: str = "small",
+        net: Mapping[str, Any] | None = None,
+        val_fraction: float = 0.1,
+        val_every: int = 100,
+        lambda_min: float = -30.0,
+        lambda_max: float = 30.0,
+        min_grad: float = 0.1,
+        dry_threshold: float = 0.01,
+        transform_lr_scale: float = 10.0,
+        sampler: str | None = None,
+        sampling_steps: int | None = None,
+        time_features: Sequence[str] | str | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_every: int = 100,
+        keep_checkpoints: int = 3,
+        resume: bool = False,
+        loader: str = "auto",
+        buffer_chunks: int = 4,
+    ) -> DiffusionModel:
+        """Train a model on this object; see :func:`xdiffusion.fit` for every argument.
 
-        return fit(self._obj, **kwargs)
+        Returns
+        -------
+        DiffusionModel
+            The fitted model (a new object; nothing is kept on the accessor).
+        """
+        return fit(
+            self._obj,
+            frames=frames,
+            transform=transform,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            warmup=warmup,
+            ema_decay=ema_decay,
+            grad_clip=grad_clip,
+            seed=seed,
+            device=device,
+            progress=progress,
+            dims=dims,
+            variables=variables,
+            preset=preset,
+            net=net,
+            val_fraction=val_fraction,
+            val_every=val_every,
+            lambda_min=lambda_min,
+            lambda_max=lambda_max,
+            min_grad=min_grad,
+            dry_threshold=dry_threshold,
+            transform_lr_scale=transform_lr_scale,
+            sampler=sampler,
+            sampling_steps=sampling_steps,
+            time_features=time_features,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            keep_checkpoints=keep_checkpoints,
+            resume=resume,
+            loader=loader,
+            buffer_chunks=buffer_chunks,
+        )
 
-    def sample(self, model: DiffusionModel, n: int = 1, **kwargs: Any):
-        """``n`` unconditional members shaped like this object (the template)."""
-        return _check_model(model).sample(self._obj, n, **kwargs)
+    def sample(
+        self,
+        model: DiffusionModel,
+        n: int = 1,
+        *,
+        steps: int | None = None,
+        sampler: str | None = None,
+        seed: int = 0,
+        context: int | None = None,
+        batch_size: int | None = None,
+        dims: Dims = None,
+        progress: bool = True,
+    ) -> xr.DataArray | xr.Dataset:
+        """Draw ``n`` unconditional samples shaped like this object.
 
-    def interpolate(self, model: DiffusionModel, n: int = 1, **kwargs: Any):
-        """Fill this object's NaN time steps/cells; observed values are kept exactly."""
-        return _check_model(model).interpolate(self._obj, n, **kwargs)
+        This object is ``template`` of :meth:`DiffusionModel.sample`, where every argument is
+        described; returns a new object.
+        """
+        return check_model(model).sample(
+            self._obj,
+            n,
+            steps=steps,
+            sampler=sampler,
+            seed=seed,
+            context=context,
+            batch_size=batch_size,
+            dims=dims,
+            progress=progress,
+        )
 
-    def forecast(self, model: DiffusionModel, lead: int, n: int = 1, **kwargs: Any):
-        """Continue this series ``lead`` steps past its last time step."""
-        return _check_model(model).forecast(self._obj, lead, n, **kwargs)
+    def interpolate(
+        self,
+        model: DiffusionModel,
+        n: int = 1,
+        *,
+        method: str = "guidance",
+        guidance_weight: float | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        seed: int = 0,
+        context: int | None = None,
+        batch_size: int | None = None,
+        dims: Dims = None,
+        progress: bool = True,
+    ) -> xr.DataArray | xr.Dataset:
+        """Fill the NaN time steps and cells of this series of any length.
 
-    def downscale(self, model: DiffusionModel, n: int = 1, **kwargs: Any):
-        """Fine-grid ensemble whose block means match this (coarse) object."""
-        return _check_model(model).downscale(self._obj, n, **kwargs)
+        This object is ``data`` of :meth:`DiffusionModel.interpolate`, where every argument is
+        described; returns a new object.
+        """
+        return check_model(model).interpolate(
+            self._obj,
+            n,
+            method=method,
+            guidance_weight=guidance_weight,
+            steps=steps,
+            sampler=sampler,
+            seed=seed,
+            context=context,
+            batch_size=batch_size,
+            dims=dims,
+            progress=progress,
+        )
 
-    def evaluate(self, reference: xr.DataArray | xr.Dataset, **kwargs: Any) -> xr.Dataset:
+    def forecast(
+        self,
+        model: DiffusionModel,
+        lead: int,
+        n: int = 1,
+        *,
+        context: int | None = None,
+        method: str = "guidance",
+        guidance_weight: float | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
+        dims: Dims = None,
+        progress: bool = True,
+    ) -> xr.DataArray | xr.Dataset:
+        """Continue this series ``lead`` time steps past its end, ``n`` members.
+
+        This object is ``data`` of :meth:`DiffusionModel.forecast`, where every argument is
+        described; returns a new object.
+        """
+        return check_model(model).forecast(
+            self._obj,
+            lead,
+            n,
+            context=context,
+            method=method,
+            guidance_weight=guidance_weight,
+            steps=steps,
+            sampler=sampler,
+            seed=seed,
+            batch_size=batch_size,
+            dims=dims,
+            progress=progress,
+        )
+
+    def downscale(
+        self,
+        model: DiffusionModel,
+        n: int = 1,
+        *,
+        factor: int | None = None,
+        like: xr.DataArray | xr.Dataset | None = None,
+        guidance_weight: float | None = None,
+        project: bool = True,
+        steps: int | None = None,
+        sampler: str | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
+        dims: Dims = None,
+        progress: bool = True,
+    ) -> xr.DataArray | xr.Dataset:
+        """Fine fields whose ``factor`` × ``factor`` block means match ``coarse``.
+
+        This object is ``coarse`` of :meth:`DiffusionModel.downscale`, where every argument is
+        described; returns a new object.
+        """
+        return check_model(model).downscale(
+            self._obj,
+            n,
+            factor=factor,
+            like=like,
+            guidance_weight=guidance_weight,
+            project=project,
+            steps=steps,
+            sampler=sampler,
+            seed=seed,
+            batch_size=batch_size,
+            dims=dims,
+            progress=progress,
+        )
+
+    def evaluate(
+        self,
+        reference: xr.DataArray | xr.Dataset,
+        *,
+        observations: xr.DataArray | None = None,
+        dims: Dims = None,
+        member_dim: str = MEMBER_DIM,
+    ) -> xr.Dataset:
         """Diagnostics of this ensemble against ``reference``.
 
         See :func:`xdiffusion.diagnostics.evaluate` for the arguments and outputs.
         """
-        from xdiffusion.diagnostics import evaluate
-
-        return evaluate(self._obj, reference, **kwargs)
+        return evaluate(
+            self._obj, reference, observations=observations, dims=dims, member_dim=member_dim
+        )
 
 
 @xr.register_dataarray_accessor("diffusion")

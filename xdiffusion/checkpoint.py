@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from xdiffusion._version import __version__
-from xdiffusion.persistence import _atomic_write, _sha256
+from xdiffusion.persistence import atomic_write, sha256_of
 
 FORMAT = "xdiffusion-checkpoint"
 FORMAT_VERSION = 1
@@ -174,14 +174,14 @@ def save_checkpoint(
                 scalars.setdefault(str(idx), {})[k] = v
     stem = _stem(step)
     weights = path / f"{stem}.safetensors"
-    _atomic_write(weights, lambda tmp: save_file(tensors, tmp))
+    atomic_write(weights, lambda tmp: save_file(tensors, tmp))
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "step": int(step),
         "xdiffusion_version": __version__,
         "torch_version": torch.__version__,
-        "sha256": _sha256(weights),
+        "sha256": sha256_of(weights),
         "fingerprint": dict(fingerprint),
         "optimizer": {
             "param_groups": _jsonable_groups(opt["param_groups"]),
@@ -192,7 +192,7 @@ def save_checkpoint(
     }
     text = json.dumps(meta, default=str)
     json_path = path / f"{stem}.json"
-    _atomic_write(json_path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(text))
     _prune(path, int(step), keep)
     return json_path
 
@@ -241,7 +241,7 @@ def _read(path: Path, step: int) -> Checkpoint:
         raise ValueError(f"{js.name} has unsupported format_version {meta.get('format_version')}")
     if not weights.is_file():
         raise ValueError(f"{weights.name} is missing")
-    if _sha256(weights) != meta.get("sha256"):
+    if sha256_of(weights) != meta.get("sha256"):
         raise ValueError(f"{weights.name} does not match the SHA-256 in {js.name} (corrupted)")
     try:
         tensors = load_file(weights)

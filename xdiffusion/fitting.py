@@ -1,7 +1,11 @@
 """``fit``: from a DataArray/Dataset to a trained :class:`~xdiffusion.model.DiffusionModel`.
 
-Set-up reads the data once, as a single streaming reduction (per-variable min/max/mean and
-the static NaN mask); training then reads random windows lazily, batch by batch.
+``fit`` runs named steps: check the arguments (:func:`check_fit_arguments`), read the data
+once as a single streaming reduction (per-variable min/max/mean and the static NaN mask),
+describe each variable and build its codec (:func:`describe_variables`), choose training
+and validation windows (:func:`split_windows`), fingerprint the run for checkpoints
+(:func:`run_fingerprint`), train on :func:`xdiffusion.training.diffusion_objective` with
+windows read lazily batch by batch, and record the configuration (:func:`model_config`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import os
 import platform
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,24 +24,38 @@ import xarray as xr
 
 from xdiffusion._version import __version__
 from xdiffusion.checkpoint import Checkpointer, list_checkpoints, load_checkpoint
-from xdiffusion.core.diffusion import v_loss
+from xdiffusion.codec import Codec, VariableCodec
 from xdiffusion.core.samplers import get_sampler
 from xdiffusion.core.schedule import CosineSchedule
-from xdiffusion.io.convert import channel_stats, prepare
+from xdiffusion.engine import resolve_device
+from xdiffusion.io.convert import Prepared, channel_stats, prepare
 from xdiffusion.io.streaming import check_loader, make_loader
 from xdiffusion.io.timefeatures import check_features, n_features
 from xdiffusion.io.timefeatures import time_features as time_features_of
 from xdiffusion.io.windows import WindowReader, window_starts
-from xdiffusion.model import (
-    SCHEMA_VERSION,
-    Denoiser,
-    DiffusionModel,
-    check_positive_int,
-    resolve_device,
+from xdiffusion.model import SCHEMA_VERSION, Denoiser, DiffusionModel, migrate_state
+from xdiffusion.nets import UNet3D, UNetConfig, unet_config
+from xdiffusion.training import (
+    DiffusionBatch,
+    TrainConfig,
+    diffusion_objective,
+    train,
 )
-from xdiffusion.nets import UNet3D, unet_config
-from xdiffusion.training import TrainConfig, train
-from xdiffusion.transforms import Identity, LearnedMonotone, Pipeline, Transform, get_transform
+from xdiffusion.transforms import Identity, Transform, get_transform
+from xdiffusion.validation import (
+    check_bool,
+    check_int,
+    check_number,
+    check_positive_int,
+    check_seed,
+)
+
+__all__ = ["check_fit_arguments", "describe_variables", "fit", "split_windows"]
+
+#: Fewer candidate windows than this: no validation split (all train).
+MIN_WINDOWS_FOR_VALIDATION = 20
+#: Fixed validation batches, drawn once.
+VALIDATION_BATCHES = 2
 
 
 def _transform_for(spec: Any, name: str) -> tuple[Transform, bool]:
@@ -51,6 +70,235 @@ def _transform_for(spec: Any, name: str) -> tuple[Transform, bool]:
         return get_transform(spec), False
     except ValueError as err:
         raise ValueError(f"transform={spec!r}: {err}; or use 'learned'") from None
+
+
+def check_fit_arguments(
+    *,
+    frames: Any,
+    seed: Any,
+    val_fraction: Any,
+    net: Any,
+    sampler: Any,
+    sampling_steps: Any,
+    min_grad: Any,
+    dry_threshold: Any,
+    lambda_min: Any,
+    lambda_max: Any,
+    progress: Any,
+    checkpoint_dir: Any,
+    checkpoint_every: Any,
+    keep_checkpoints: Any,
+    resume: Any,
+) -> dict[str, Any]:
+    """Check the arguments that need no data; returns them as plain Python values."""
+    out = {
+        "frames": check_positive_int(frames, "frames"),
+        "seed": check_seed(seed),
+        "val_fraction": check_number(val_fraction, "val_fraction", minimum=0.0, maximum=1.0),
+        "sampling_steps": check_positive_int(sampling_steps, "sampling_steps", allow_none=True),
+        "min_grad": check_number(min_grad, "min_grad", minimum=0.0, exclusive_minimum=True),
+        "dry_threshold": check_number(dry_threshold, "dry_threshold"),
+        "lambda_min": check_number(lambda_min, "lambda_min"),
+        "lambda_max": check_number(lambda_max, "lambda_max"),
+        "progress": check_bool(progress, "progress"),
+        "resume": check_bool(resume, "resume"),
+    }
+    if out["val_fraction"] >= 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+    if net is not None and not isinstance(net, Mapping):
+        raise TypeError(
+            f"net must be a mapping of network settings such as {{'width': 32}}, got "
+            f"{type(net).__name__}"
+        )
+    if sampler is not None:
+        get_sampler(sampler)  # fail now rather than at the first sample() after training
+    if checkpoint_dir is None:
+        if out["resume"]:
+            raise ValueError("resume=True needs checkpoint_dir= (the directory to resume from)")
+        return out
+    out["checkpoint_every"] = check_positive_int(checkpoint_every, "checkpoint_every")
+    out["keep_checkpoints"] = check_positive_int(keep_checkpoints, "keep_checkpoints")
+    if not isinstance(checkpoint_dir, str | os.PathLike):
+        raise TypeError(
+            f"checkpoint_dir must be a path (str or os.PathLike), got "
+            f"{type(checkpoint_dir).__name__}"
+        )
+    if os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
+        raise ValueError(f"checkpoint_dir={str(checkpoint_dir)!r} exists and is not a directory")
+    if not out["resume"] and list_checkpoints(checkpoint_dir):
+        raise ValueError(
+            f"checkpoint_dir={str(checkpoint_dir)!r} already holds checkpoints; pass "
+            "resume=True to continue from them, or use an empty directory"
+        )
+    return out
+
+
+def describe_variables(
+    p: Prepared,
+    stats: Mapping[str, np.ndarray],
+    transform: Any,
+    *,
+    min_grad: float,
+    dry_threshold: float,
+) -> tuple[Codec, list[dict[str, Any]]]:
+    """Each variable's codec and description (name, attrs, transform, statistics).
+
+    Raises ValueError for data below a transform's lower bound and constant variables.
+    """
+    codecs, described = [], []
+    for c, name in enumerate(p.variables):
+        tr, is_learned = _transform_for(transform, name)
+        mn, mx = float(stats["min"][c]), float(stats["max"][c])
+        lo = tr.lower
+        if lo is not None and mn < lo:
+            raise ValueError(
+                f"variable {name!r} has values down to {mn:g}, below the lower bound {lo} of "
+                f"transform {tr.name!r}; clip the data first (da.clip(min={lo})) or use "
+                "transform='none'"
+            )
+        if not mx > mn:
+            raise ValueError(
+                f"data variable {name!r} is constant ({mn:g}): zero-variance data cannot be "
+                "scaled; check the variable or the time selection"
+            )
+        codec = VariableCodec.fit(mn, mx, tr, learned=is_learned, min_grad=min_grad)
+        codecs.append(codec)
+        described.append(
+            {
+                "name": name,
+                "attrs": {k: _jsonable(v) for k, v in p.arrays[c].attrs.items()},
+                "transform": tr.to_config(),
+                "learned": bool(is_learned),
+                "codec": codec.to_config(),
+                "min": mn,
+                "max": mx,
+                "mean": float(stats["mean"][c]),
+                "dry_threshold": float(dry_threshold),
+                "min_grad": float(min_grad),
+            }
+        )
+    return Codec(codecs), described
+
+
+def split_windows(
+    starts: np.ndarray, frames: int, val_fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation window starts: held-out windows from the end, not overlapping.
+
+    With fewer than :data:`MIN_WINDOWS_FOR_VALIDATION` windows nothing is held out.
+    """
+    n_val = int(len(starts) * val_fraction) if len(starts) >= MIN_WINDOWS_FOR_VALIDATION else 0
+    train_starts = starts[: len(starts) - n_val - (frames - 1 if n_val else 0)]
+    val_starts = starts[len(starts) - n_val :]
+    if train_starts.size == 0:
+        return starts, starts[:0]
+    return train_starts, val_starts
+
+
+@dataclass
+class _Batches:
+    """Reads windows and turns them into :class:`~xdiffusion.training.DiffusionBatch`."""
+
+    reader: WindowReader
+    codec: Codec
+    valid: torch.Tensor
+    frames: int
+    device: torch.device
+    features: torch.Tensor | None
+
+    def __call__(self, idx: np.ndarray, x: np.ndarray | None = None) -> DiffusionBatch:
+        x = torch.from_numpy(self.reader.read(idx) if x is None else x)
+        finite = torch.isfinite(x)
+        mask = finite & self.valid.cpu()[None, :, None]
+        x = torch.where(finite, x, torch.zeros_like(x))
+        with torch.no_grad():
+            scaled = self.codec.to_scaled(x)
+        cond = None
+        if self.features is not None:
+            cond = torch.stack([self.features[int(s) : int(s) + self.frames] for s in idx])
+            cond = cond.to(self.device)
+        return DiffusionBatch(scaled.to(self.device), mask.to(self.device), cond)
+
+
+def run_fingerprint(
+    p: Prepared,
+    stats: Mapping[str, np.ndarray],
+    described: Sequence[Mapping[str, Any]],
+    net_cfg: UNetConfig,
+    cfg: TrainConfig,
+    args: Mapping[str, Any],
+    *,
+    n_windows: int,
+    features: Sequence[str],
+    loader: Mapping[str, Any],
+) -> dict[str, Any]:
+    """What must be equal for a checkpoint to be resumed by this run."""
+    return {
+        "data_shape": [int(s) for s in p.shape],
+        "variables": list(p.variables),
+        "data_min": [float(v) for v in stats["min"]],
+        "data_max": [float(v) for v in stats["max"]],
+        "frames": args["frames"],
+        "transforms": [{"transform": v["transform"], "learned": v["learned"]} for v in described],
+        "net": net_cfg.to_dict(),
+        "seed": args["seed"],
+        "batch_size": int(cfg.batch_size),
+        "lr": float(cfg.lr),
+        "warmup": int(cfg.warmup),
+        "ema_decay": float(cfg.ema_decay),
+        "grad_clip": cfg.grad_clip,
+        "weight_decay": float(cfg.weight_decay),
+        "lambda": [args["lambda_min"], args["lambda_max"]],
+        "min_grad": args["min_grad"],
+        "dry_threshold": args["dry_threshold"],
+        "val_fraction": args["val_fraction"],
+        "n_windows": int(n_windows),
+        "time_features": list(features),
+        "loader": dict(loader),
+    }
+
+
+def model_config(
+    data: xr.DataArray | xr.Dataset,
+    p: Prepared,
+    described: list[dict[str, Any]],
+    net_cfg: UNetConfig,
+    schedule: CosineSchedule,
+    cfg: TrainConfig,
+    args: Mapping[str, Any],
+    *,
+    sampler: str | None,
+    features: Sequence[str],
+    device: torch.device,
+    seconds: float,
+    n_windows: int,
+    n_val_windows: int,
+    history: Mapping[str, list],
+) -> dict[str, Any]:
+    """The model's ``config`` (schema :data:`~xdiffusion.model.SCHEMA_VERSION`)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "xdiffusion_version": __version__,
+        "frames": args["frames"],
+        "grid": [int(p.shape[2]), int(p.shape[3])],
+        "variables": described,
+        "net": net_cfg.to_dict(),
+        "schedule": schedule.to_dict(),
+        "sampling": {"sampler": sampler, "steps": args["sampling_steps"]},
+        "time_features": list(features),
+        "training": {
+            **cfg.to_dict(),
+            "device": str(device),
+            "seconds": round(seconds, 2),
+            "n_windows": int(n_windows),
+            "n_val_windows": int(n_val_windows),
+            "data_shape": [int(s) for s in p.shape],
+            "data_name": str(getattr(data, "name", None) or ""),
+            "torch_version": torch.__version__,
+            "python": platform.python_version(),
+            "history": dict(history),
+        },
+    }
 
 
 def fit(
@@ -153,57 +401,39 @@ def fit(
         otherwise. Either way batches depend on (seed, step) only, so resuming stays exact.
     """
     t0 = time.perf_counter()
-    if isinstance(frames, bool) or not isinstance(frames, int | np.integer) or frames < 1:
-        raise ValueError(f"frames must be a positive integer, got {frames!r}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if net is not None and not isinstance(net, Mapping):
-        raise TypeError(
-            f"net must be a mapping of network settings such as {{'width': 32}}, got "
-            f"{type(net).__name__}"
-        )
-    check_loader(loader, buffer_chunks)
-    if sampler is not None:
-        get_sampler(sampler)  # fail now rather than at the first sample() after training
-    if sampling_steps is not None:
-        check_positive_int(sampling_steps, "sampling_steps")
-    cfg = TrainConfig(
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        warmup=warmup,
-        ema_decay=ema_decay,
-        grad_clip=grad_clip,
-        val_every=val_every,
+    args = check_fit_arguments(
+        frames=frames,
         seed=seed,
-        transform_lr_scale=transform_lr_scale,
+        val_fraction=val_fraction,
+        net=net,
+        sampler=sampler,
+        sampling_steps=sampling_steps,
+        min_grad=min_grad,
+        dry_threshold=dry_threshold,
+        lambda_min=lambda_min,
+        lambda_max=lambda_max,
+        progress=progress,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        resume=resume,
     )
-    if checkpoint_dir is None:
-        if resume:
-            raise ValueError("resume=True needs checkpoint_dir= (the directory to resume from)")
-    else:
-        for name, v in (
-            ("checkpoint_every", checkpoint_every),
-            ("keep_checkpoints", keep_checkpoints),
-        ):
-            if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not isinstance(checkpoint_dir, str | os.PathLike):
-            raise TypeError(
-                f"checkpoint_dir must be a path (str or os.PathLike), got "
-                f"{type(checkpoint_dir).__name__}"
-            )
-        if os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
-            raise ValueError(
-                f"checkpoint_dir={str(checkpoint_dir)!r} exists and is not a directory"
-            )
-        if not resume and list_checkpoints(checkpoint_dir):
-            raise ValueError(
-                f"checkpoint_dir={str(checkpoint_dir)!r} already holds checkpoints; pass "
-                "resume=True to continue from them, or use an empty directory"
-            )
+    frames, seed = args["frames"], args["seed"]
+    check_loader(loader, buffer_chunks)
+    cfg = TrainConfig(
+        steps=check_positive_int(steps, "steps"),
+        batch_size=check_positive_int(batch_size, "batch_size"),
+        lr=check_number(lr, "lr", minimum=0.0, exclusive_minimum=True),
+        warmup=check_int(warmup, "warmup", minimum=0),
+        ema_decay=check_number(ema_decay, "ema_decay", minimum=0.0, maximum=1.0),
+        grad_clip=check_number(grad_clip, "grad_clip", minimum=0.0, allow_none=True),
+        val_every=check_int(val_every, "val_every", minimum=0),
+        seed=seed,
+        transform_lr_scale=check_number(
+            transform_lr_scale, "transform_lr_scale", minimum=0.0, exclusive_minimum=True
+        ),
+    )
+    schedule = CosineSchedule(args["lambda_min"], args["lambda_max"])
     dev = resolve_device(device)
     p = prepare(data, dims=dims, variables=variables)
     feats = check_features(time_features)
@@ -220,150 +450,67 @@ def fit(
     except (TypeError, ValueError) as err:
         raise type(err)(f"preset={preset!r}, net={dict(net or {})!r}: {err}") from None
     time_coord = p.time
-    starts = window_starts(
-        time_coord if time_coord is not None else np.arange(p.shape[1]), int(frames)
-    )
+    starts = window_starts(time_coord if time_coord is not None else np.arange(p.shape[1]), frames)
     if starts.size == 0:
         raise ValueError(
             f"no window of frames={frames} consecutive regular time steps exists; the time "
             "axis has gaps everywhere: use fewer frames"
         )
     stats = channel_stats(p.data)
-    transforms, pipelines, learned, var_cfg = [], [], [], []
-    for c, name in enumerate(p.variables):
-        tr, is_learned = _transform_for(transform, name)
-        lo = tr.lower
-        if lo is not None and stats["min"][c] < lo:
-            raise ValueError(
-                f"variable {name!r} has values down to {stats['min'][c]:g}, below the lower "
-                f"bound {lo} of transform {tr.name!r}; clip the data first (da.clip(min={lo})) "
-                "or use transform='none'"
-            )
-        if not stats["max"][c] > stats["min"][c]:
-            raise ValueError(
-                f"data variable {name!r} is constant ({stats['min'][c]:g}): zero-variance data "
-                "cannot be scaled; check the variable or the time selection"
-            )
-        pipe = Pipeline.fit(float(stats["min"][c]), float(stats["max"][c]), tr, learned=False)
-        transforms.append(tr)
-        pipelines.append(pipe)
-        learned.append(LearnedMonotone(min_grad=min_grad) if is_learned else None)
-        attrs = {k: _jsonable(v) for k, v in p.arrays[c].attrs.items()}
-        var_cfg.append(
-            {
-                "name": name,
-                "attrs": attrs,
-                "transform": tr.to_config(),
-                "learned": bool(is_learned),
-                "pipeline": pipe.to_config(),
-                "min": float(stats["min"][c]),
-                "max": float(stats["max"][c]),
-                "mean": float(stats["mean"][c]),
-                "dry_threshold": float(dry_threshold),
-                "min_grad": float(min_grad),
-            }
-        )
+    codec, described = describe_variables(
+        p, stats, transform, min_grad=args["min_grad"], dry_threshold=args["dry_threshold"]
+    )
 
     torch.manual_seed(seed)
-    module = Denoiser(UNet3D(net_cfg), learned).to(dev)
-    schedule = CosineSchedule(lambda_min, lambda_max)
+    module = Denoiser(UNet3D(net_cfg), codec).to(dev)
     valid = torch.from_numpy(stats["static_valid"]).to(dev)
-
-    n_val = int(len(starts) * val_fraction) if len(starts) >= 20 else 0
-    # Held-out windows come from the end and must not overlap training windows.
-    train_starts = starts[: len(starts) - n_val - (frames - 1 if n_val else 0)]
-    val_starts = starts[len(starts) - n_val :]
-    if train_starts.size == 0:
-        train_starts, val_starts = starts, starts[:0]
-    reader = WindowReader(p.data, int(frames))
-    thresholds = [pipe.to_scaled(torch.tensor(float(dry_threshold))).item() for pipe in pipelines]
-
+    train_starts, val_starts = split_windows(starts, frames, args["val_fraction"])
+    thresholds = codec.scaled_thresholds([args["dry_threshold"]] * len(codec))
+    batches = _Batches(WindowReader(p.data, frames), codec, valid, frames, dev, feat_table)
     windows = make_loader(
         loader,
         p.data,
-        int(frames),
+        frames,
         train_starts,
-        batch_size=batch_size,
+        batch_size=cfg.batch_size,
         seed=seed,
         buffer_chunks=buffer_chunks,
         total_steps=cfg.steps,
     )
-
-    def load(idx: np.ndarray, x: np.ndarray | None = None):
-        x = torch.from_numpy(reader.read(idx) if x is None else x)
-        finite = torch.isfinite(x)
-        mask = finite & valid.cpu()[None, :, None]
-        x = torch.where(finite, x, torch.zeros_like(x))
-        scaled = torch.cat([pl.to_scaled(x[:, c : c + 1]) for c, pl in enumerate(pipelines)], 1)
-        cond = None
-        if feat_table is not None:
-            cond = torch.stack([feat_table[int(s) : int(s) + frames] for s in idx]).to(dev)
-        return scaled.to(dev), mask.to(dev), cond
-
-    def batch_fn(step: int):
-        return load(*windows.batch(step))
-
     val_batches = []
     if val_starts.size:
         rng = np.random.default_rng([seed, 10**9])
-        for _ in range(2):
-            val_batches.append(load(rng.choice(val_starts, size=batch_size)))
+        for _ in range(VALIDATION_BATCHES):
+            val_batches.append(batches(rng.choice(val_starts, size=cfg.batch_size)))
 
-    def loss_fn(mod: Denoiser, batch, gen: torch.Generator) -> torch.Tensor:
-        scaled, mask, cond = batch
-        parts, penalty = [], torch.zeros((), device=scaled.device)
-        for c in range(scaled.shape[1]):
-            s = scaled[:, c : c + 1]
-            if mod.has_learned(c):
-                h = mod.learned[c]
-                parts.append(h(s))
-                m = mask[:, c : c + 1] & (s > thresholds[c])
-                # eq. 4.15 divided by the number of elements, like the mean v-loss
-                penalty = penalty + h.penalty(s, m).sum() / s.numel()
-            else:
-                parts.append(s)
-        y = torch.cat(parts, 1)
-        kw = {"cond": cond} if cond is not None else None
-        loss = v_loss(mod.net, y, schedule, generator=gen, mask=mask, net_kwargs=kw)
-        return loss.mean() + penalty
+    def loss_fn(mod: Denoiser, batch: DiffusionBatch, gen: torch.Generator) -> torch.Tensor:
+        return diffusion_objective(mod.net, mod.codec, schedule, batch, thresholds, gen)
 
     history: dict[str, list] = {}
     resume_state: dict[str, Any] = {}
     callback = None
     if checkpoint_dir is not None:
-        fingerprint = {
-            "data_shape": [int(s) for s in p.shape],
-            "variables": list(p.variables),
-            "data_min": [float(v) for v in stats["min"]],
-            "data_max": [float(v) for v in stats["max"]],
-            "frames": int(frames),
-            "transforms": [{"transform": v["transform"], "learned": v["learned"]} for v in var_cfg],
-            "net": net_cfg.to_dict(),
-            "seed": int(seed),
-            "batch_size": int(batch_size),
-            "lr": float(lr),
-            "warmup": int(warmup),
-            "ema_decay": float(ema_decay),
-            "grad_clip": grad_clip,
-            "weight_decay": float(cfg.weight_decay),
-            "lambda": [float(lambda_min), float(lambda_max)],
-            "min_grad": float(min_grad),
-            "dry_threshold": float(dry_threshold),
-            "val_fraction": float(val_fraction),
-            "n_windows": len(train_starts),
-            "time_features": list(feats or []),
-            "loader": windows.describe(),
-        }
-        ckpt = load_checkpoint(checkpoint_dir, fingerprint=fingerprint) if resume else None
+        fingerprint = run_fingerprint(
+            p,
+            stats,
+            described,
+            net_cfg,
+            cfg,
+            args,
+            n_windows=len(train_starts),
+            features=feats or [],
+            loader=windows.describe(),
+        )
+        ckpt = load_checkpoint(checkpoint_dir, fingerprint=fingerprint) if args["resume"] else None
         if ckpt is not None and ckpt.step > cfg.steps:
             raise ValueError(
                 f"steps={cfg.steps} is fewer than the {ckpt.step} steps already done by the "
                 f"checkpoint in checkpoint_dir={str(checkpoint_dir)!r}; pass steps >= {ckpt.step}"
             )
         if ckpt is not None:
-            module.load_state_dict(ckpt.module_state)
+            module.load_state_dict(migrate_state(ckpt.module_state))
             ema = copy.deepcopy(module).requires_grad_(False)
-            ema.load_state_dict(ckpt.ema_state)
+            ema.load_state_dict(migrate_state(ckpt.ema_state))
             history = ckpt.history
             resume_state = {
                 "start_step": ckpt.step,
@@ -373,8 +520,8 @@ def fit(
             ckpt.restore_rng()
         callback = Checkpointer(
             checkpoint_dir,
-            every=checkpoint_every,
-            keep=keep_checkpoints,
+            every=args["checkpoint_every"],
+            keep=args["keep_checkpoints"],
             total_steps=cfg.steps,
             fingerprint=fingerprint,
             history=history,
@@ -383,46 +530,38 @@ def fit(
         result = train(
             module,
             loss_fn,
-            batch_fn,
+            lambda step: batches(*windows.batch(step)),
             cfg,
             device=dev,
             val_batches=val_batches,
-            progress=progress,
+            progress=args["progress"],
             callback=callback,
             history=history,
             **resume_state,
         )
     finally:
         windows.close()
-    config = {
-        "schema_version": SCHEMA_VERSION,
-        "xdiffusion_version": __version__,
-        "frames": int(frames),
-        "grid": [int(p.shape[2]), int(p.shape[3])],
-        "variables": var_cfg,
-        "net": net_cfg.to_dict(),
-        "schedule": schedule.to_dict(),
-        "sampling": {"sampler": sampler, "steps": sampling_steps},
-        "time_features": feats,
-        "training": {
-            **cfg.to_dict(),
-            "device": str(dev),
-            "seconds": round(time.perf_counter() - t0, 2),
-            "n_windows": len(train_starts),
-            "n_val_windows": len(val_starts),
-            "data_shape": [int(s) for s in p.shape],
-            "data_name": str(getattr(data, "name", None) or ""),
-            "torch_version": torch.__version__,
-            "python": platform.python_version(),
-            "history": result.history,
-        },
-    }
-    model = DiffusionModel(config, result.ema, pipelines, valid=valid, raw_module=module)
-    model.to(dev)
-    return model
+    config = model_config(
+        data,
+        p,
+        described,
+        net_cfg,
+        schedule,
+        cfg,
+        args,
+        sampler=sampler,
+        features=feats or [],
+        device=dev,
+        seconds=time.perf_counter() - t0,
+        n_windows=len(train_starts),
+        n_val_windows=len(val_starts),
+        history=result.history,
+    )
+    model = DiffusionModel(config, result.ema, valid=valid, raw_module=module)
+    return model.to(dev)
 
 
-def _jsonable(v):
+def _jsonable(v: Any) -> Any:
     if isinstance(v, np.generic):
         return v.item()
     if isinstance(v, np.ndarray):

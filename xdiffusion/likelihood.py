@@ -25,83 +25,94 @@ values below it form one discrete class whose probability is bounded by dequanti
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 import xarray as xr
 from torch import Tensor
 
+from xdiffusion.codec import Codec
 from xdiffusion.core.likelihood import LN2, vlb_terms
+from xdiffusion.engine import Engine
+from xdiffusion.inputs import check_lower, features, prepare_for
 from xdiffusion.io.windows import WindowReader, window_starts
-from xdiffusion.model import DiffusionModel, check_positive_int
-from xdiffusion.transforms import DEFAULT_LOGDET_EPS, Pipeline
+from xdiffusion.validation import check_number, check_positive_int, check_seed, is_number
 
-__all__ = ["log_abs_det", "nll"]
+__all__ = ["default_dry_thresholds", "dry_thresholds", "nll"]
 
 Dims = Mapping[str, str] | None
+#: Per variable (bin lower end, threshold) of the discrete dry class, or None.
+Bins = list[tuple[float, float] | None]
 
 
-def log_abs_det(model: DiffusionModel, x: Tensor, eps: float = DEFAULT_LOGDET_EPS) -> Tensor:
-    """Elementwise log |d encode(x) / dx| of a model's transform chain (eq. 4.3–4.8).
+def _lower_end(codec: Codec, c: int, variable: Mapping) -> float:
+    """The lower end of a variable's data: the transform's bound, else the training minimum."""
+    lower = codec[c].lower
+    return float(lower if lower is not None else variable["min"])
+
+
+def dry_thresholds(
+    codec: Codec,
+    names: Sequence[str],
+    dry_threshold: float | Mapping[str, float] | None,
+    variables: Sequence[Mapping],
+) -> Bins:
+    """Per variable (bin lower end, threshold) from an explicit ``dry_threshold``.
 
     Parameters
     ----------
-    model
-        Fitted model; its learned h_ω (``model.module.learned[c]``) are included.
-    x
-        Physical values, shape (B, C, ...) with C the model's variables.
-    eps
-        Floor above a transform's lower bound where its derivative is infinite (sqrt at 0).
-
-    Returns
-    -------
-    Tensor
-        Same shape as ``x``: log|f'(x)| + log(2 / (hi − lo)) [+ log h_ω'(scaled x)].
+    codec
+        The model's codec (lower bounds).
+    names
+        Variable names.
+    dry_threshold
+        A number (every variable), a mapping variable → number or None, or None.
+    variables
+        The model's per-variable configuration (training ``min``).
     """
-    out = []
-    for c, pipe in enumerate(model.pipelines):
-        xc = x[:, c : c + 1]
-        # the model applies its own h_ω (module.learned) after the pipeline's scaling
-        fixed = Pipeline(pipe.transform, pipe.lo, pipe.hi)
-        ld = fixed.log_abs_det(xc, eps=eps)
-        if model.module.has_learned(c):
-            ld = ld + model.module.learned[c].log_derivative(fixed.to_scaled(xc))
-        out.append(ld)
-    return torch.cat(out, 1)
-
-
-def _thresholds(model: DiffusionModel, dry_threshold) -> list[tuple[float, float] | None]:
-    """Per variable (bin lower end, threshold) of the discrete dry class, or None."""
-    names = model.variables
     if dry_threshold is None:
         return [None] * len(names)
     if isinstance(dry_threshold, Mapping):
         unknown = set(dry_threshold) - set(names)
         if unknown:
             raise ValueError(
-                f"dry_threshold has entries {sorted(unknown)} that are not model variables {names}"
+                f"dry_threshold has entries {sorted(unknown)} that are not model variables "
+                f"{list(names)}"
             )
         values = [dry_threshold.get(n) for n in names]
     else:
         values = [dry_threshold] * len(names)
-    out = []
-    for name, v, pipe, var in zip(names, values, model.pipelines, model.config["variables"]):
+    out: Bins = []
+    for c, (name, v) in enumerate(zip(names, values)):
         if v is None:
             out.append(None)
             continue
-        if isinstance(v, bool) or not isinstance(v, int | float | np.number) or not np.isfinite(v):
+        if not is_number(v) or not np.isfinite(float(v)):
             raise TypeError(
                 f"dry_threshold must be a finite number (data units), a mapping variable → "
-                f"number, or None; got {v!r} for {name!r}"
+                f"number, 'model' or None; got {v!r} for {name!r}"
             )
-        lower = pipe.transform.lower if pipe.transform.lower is not None else var["min"]
+        lower = _lower_end(codec, c, variables[c])
         if not float(v) > lower:
             raise ValueError(
                 f"dry_threshold={v!r} for {name!r} must exceed the lower end {lower:g} of the "
                 "data (the transform's lower bound, else the training minimum)"
             )
-        out.append((float(lower), float(v)))
+        out.append((lower, float(v)))
+    return out
+
+
+def default_dry_thresholds(
+    codec: Codec, thresholds: Sequence[float | None], variables: Sequence[Mapping]
+) -> Bins:
+    """The model's own dry classes: its fit-time threshold for each variable where it lies
+    above the data's lower end (precipitation: yes; a temperature in K: no class)."""
+    out: Bins = []
+    for c, thr in enumerate(thresholds):
+        lower = _lower_end(codec, c, variables[c])
+        ok = thr is not None and is_number(thr) and np.isfinite(thr) and thr > lower
+        out.append((lower, float(thr)) if ok else None)
     return out
 
 
@@ -123,7 +134,7 @@ def _starts(p, frames: int) -> np.ndarray:
 
 
 def nll(
-    model: DiffusionModel,
+    engine: Engine,
     data: xr.DataArray | xr.Dataset,
     *,
     n_lambda: int = 32,
@@ -131,15 +142,18 @@ def nll(
     dims: Dims = None,
     batch_size: int = 8,
     lambda_rec: float | None = None,
-    dry_threshold: float | Mapping[str, float] | None = None,
+    bins: Bins | None = None,
     terms: bool = True,
 ) -> xr.Dataset | float:
-    """Bound on the negative log-likelihood of ``data`` under ``model``, in bits per element.
+    """Bound on the negative log-likelihood of ``data`` under a model, in bits per element.
+
+    ``DiffusionModel.nll`` resolves the dry classes (by default the model's own) and calls
+    this with its engine.
 
     Parameters
     ----------
-    model
-        A fitted :class:`~xdiffusion.model.DiffusionModel`; a model conditioned on time
+    engine
+        The model's :class:`~xdiffusion.engine.Engine`; a model conditioned on time
         features gets each window's features from the time coordinate of ``data``.
     data
         (time, y, x) DataArray, or Dataset with the model's variables, on the model's grid
@@ -159,13 +173,13 @@ def nll(
         valid bound; for a continuous density the optimal network's bound is tight as
         λ_rec grows, but a small network is least accurate at large λ (rarely seen in
         training), and a lower value (e.g. 10) can give the tighter bound.
-    dry_threshold
-        If given (data units, or a mapping variable → threshold), values below it are one
-        discrete "dry" class: each such element is replaced by a uniform draw in
-        [lower, threshold) (lower = the transform's lower bound, else the training
-        minimum) and log(threshold − lower) is subtracted, which bounds −log of the
-        probability of that class (dequantisation). Needed for zero-inflated data such as
-        precipitation, whose exact zeros have no density.
+    bins
+        Per variable (lower, threshold) of a discrete "dry" class, or None (see
+        :func:`dry_thresholds`, :func:`default_dry_thresholds`): each value below the
+        threshold is replaced by a uniform draw in [lower, threshold) and
+        log(threshold − lower) is subtracted, which bounds −log of the probability of that
+        class (dequantisation). Needed for zero-inflated data such as precipitation, whose
+        exact zeros have no density.
     terms
         Return the Dataset of terms (default); ``False`` returns only the data-space bound
         in bits per element as a float.
@@ -186,27 +200,20 @@ def nll(
         Wrong grid or variables, too short, values below a transform's lower bound, or no
         complete window.
     """
-    from xdiffusion.generate import _check_lower, _prepare
-
-    if not isinstance(model, DiffusionModel):
-        raise TypeError(f"model must be an xdiffusion.DiffusionModel, got {type(model).__name__}")
     n_lambda = check_positive_int(n_lambda, "n_lambda")
     batch_size = check_positive_int(batch_size, "batch_size")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if lambda_rec is not None and (
-        isinstance(lambda_rec, bool) or not isinstance(lambda_rec, int | float | np.number)
-    ):
-        raise TypeError(f"lambda_rec must be a number or None, got {lambda_rec!r}")
-    bins = _thresholds(model, dry_threshold)
-    p = _prepare(model, data, dims, "data")
+    seed = check_seed(seed)
+    lambda_rec = check_number(lambda_rec, "lambda_rec", allow_none=True)
+    if bins is None:
+        bins = [None] * len(engine.variables)
+    p = prepare_for(engine, data, dims, "data")
     # (T, K) time-coordinate features for models conditioned on season / hour, else None
-    feats = model.features_for(p.time) if model.time_features else None
-    frames = model.frames
+    feats = features(engine, p.time)
+    frames = engine.frames
     starts = _starts(p, frames)
     reader = WindowReader(p.data, frames)
-    dev = model.device
-    valid = model.valid.to(dev)[None, :, None]  # (1, C, 1, H, W)
+    dev = engine.device
+    valid = engine.valid.to(dev)[None, :, None]  # (1, C, 1, H, W)
     gen = torch.Generator(device=dev).manual_seed(int(seed))
     rows: list[dict[str, float]] = []
     used: list[int] = []
@@ -226,25 +233,25 @@ def nll(
         x, idx = x[complete], idx[complete.cpu().numpy()]
         mask = valid.expand_as(x)
         x = torch.where(mask, x, torch.zeros_like(x))
-        _check_lower(model, x.transpose(0, 1).flatten(1, 2).cpu(), "data")
+        check_lower(engine, x.transpose(0, 1).flatten(1, 2).cpu(), "data")
         x, dq_nats = _dequantize(x, mask, bins, gen)
         net_kwargs = None
         if feats is not None:
             frame_idx = torch.as_tensor(idx)[:, None] + torch.arange(frames)
             net_kwargs = {"cond": feats[frame_idx].to(dev, x.dtype)}
         with torch.no_grad():
-            y = model.encode(x)
+            y = engine.codec.encode(x)
             t = vlb_terms(
-                model.module.net,
+                engine.net,
                 y,
-                model.schedule,
+                engine.schedule,
                 n_lambda=n_lambda,
                 lambda_rec=lambda_rec,
                 mask=mask,
                 generator=gen,
                 net_kwargs=net_kwargs,
             )
-            ld = torch.where(mask, log_abs_det(model, x).to(torch.float64), 0.0)
+            ld = torch.where(mask, engine.codec.log_abs_det(x).to(torch.float64), 0.0)
             ld = ld.flatten(1).sum(1)
         for b in range(x.shape[0]):
             d = float(t["dims"][b]) * LN2
@@ -265,7 +272,7 @@ def nll(
             f"NaN (outside the model's static mask); {skipped} window(s) had missing values"
         )
     return _result(
-        model,
+        engine,
         p,
         rows,
         used,
@@ -308,7 +315,7 @@ _LONG_NAMES = {
 }
 
 
-def _result(model, p, rows, used, skipped, terms, *, n_lambda, seed, lambda_rec, bins):
+def _result(engine, p, rows, used, skipped, terms, *, n_lambda, seed, lambda_rec, bins):
     arr = {k: np.array([r[k] for r in rows]) for k in rows[0]}
     w = arr["dims"] / arr["dims"].sum()  # element-weighted means (equal without a mask)
     parts = ("prior", "diffusion", "reconstruction", "log_det", "dequantization")
@@ -345,7 +352,7 @@ def _result(model, p, rows, used, skipped, terms, *, n_lambda, seed, lambda_rec,
             "units": "bit",
         },
     )
-    lam_rec = model.schedule.lambda_max if lambda_rec is None else float(lambda_rec)
+    lam_rec = engine.schedule.lambda_max if lambda_rec is None else float(lambda_rec)
     attrs = {
         "title": "xdiffusion negative log-likelihood bound (bits per element)",
         "comment": (
@@ -353,13 +360,13 @@ def _result(model, p, rows, used, skipped, terms, *, n_lambda, seed, lambda_rec,
             "lambda_rec) plus the change of variables of the transform (eq. 4.10); averaged "
             "over non-overlapping windows of `frames` steps"
         ),
-        "variables": ", ".join(model.variables),
-        "frames": model.frames,
+        "variables": ", ".join(engine.variables),
+        "frames": engine.frames,
         "n_windows": n,
         "n_skipped_windows": int(skipped),
         "elements_per_window": float(arr["dims"].mean()),
         "n_lambda": int(n_lambda),
-        "lambda_min": float(model.schedule.lambda_min),
+        "lambda_min": float(engine.schedule.lambda_min),
         "lambda_rec": lam_rec,
         "seed": int(seed),
         "dry_threshold": ", ".join("none" if b is None else f"{b[1]:g}" for b in bins),

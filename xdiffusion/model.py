@@ -1,14 +1,17 @@
-"""``DiffusionModel``: configuration, network, transforms; generation on DataArrays.
+"""``DiffusionModel``: configuration + weights + small helpers, and ``load``.
 
-The model owns the EMA weights of the denoiser (and of learned transforms), one transform
-pipeline per variable, and the description of the grid it was trained on. Its methods take
-and return xarray objects; the tensor work is delegated to ``core/`` and the xarray work to
-``io/``.
+The model holds what was fitted: the configuration (variables, grid, schedule, network,
+training provenance), a :class:`Denoiser` with the EMA weights of the network and of the
+codec's learned transforms, and the mask of cells that were never observed. Its
+generating methods resolve the sampling settings once (:mod:`xdiffusion.settings`) and
+hand off to :mod:`xdiffusion.generate` and :mod:`xdiffusion.likelihood`, which convert
+xarray objects and run the tensor :class:`~xdiffusion.engine.Engine`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -16,72 +19,62 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from xdiffusion.core.diffusion import make_denoiser
-from xdiffusion.core.noise import MemberNoise
-from xdiffusion.core.samplers import get_sampler, run_sampler
+from xdiffusion import generate, likelihood
+from xdiffusion.codec import Codec
 from xdiffusion.core.schedule import CosineSchedule
-from xdiffusion.core.sequences import complete
+from xdiffusion.engine import Engine, resolve_device
 from xdiffusion.nets import UNet3D, UNetConfig
-from xdiffusion.transforms import LearnedMonotone, Pipeline
+from xdiffusion.persistence import bad_model, read_model, write_model
+from xdiffusion.settings import SamplingSettings, resolve_sampling
 
-SCHEMA_VERSION = 1
-DEFAULT_SAMPLER = "dpmpp_2m"
-#: (sampler, steps) used when neither the call nor ``fit(sampler=...)`` names a sampler,
-#: each the cheapest setting its benchmark supports (docs/samplers.md, docs/conditional.md):
-#: ``sample``: dpmpp_2m with 20 λ steps, the fewest evaluations that stay as close to
-#: 1000-step ancestral samples as two sets of real windows are to each other
-#: (benchmarks/samplers.py); ``forecast``: the stochastic 2M solver at 25, whose CRPS is
-#: 5–20 % lower than deterministic 2M's at every lead (the deterministic map with guidance
-#: is over-dispersed); ``interpolate`` and ``downscale``: dpmpp_2m at 25, as benchmarked
-#: in benchmarks/conditional.py.
-TASK_DEFAULTS: dict[str, tuple[str, int]] = {
-    "sample": (DEFAULT_SAMPLER, 20),
-    "interpolate": (DEFAULT_SAMPLER, 25),
-    "downscale": (DEFAULT_SAMPLER, 25),
-    "forecast": ("dpmpp_2m_sde", 25),
-}
+__all__ = ["SCHEMA_VERSION", "Denoiser", "DiffusionModel", "check_model", "load"]
 
+#: Version of ``config.json``. 2: one codec per variable (``codec`` entries, h_ω under
+#: ``codec.variables.<c>.learned.*``); 1 (read and migrated): ``pipeline`` entries and
+#: h_ω under ``learned.<c>.*``.
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMAS = (1, 2)
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; other strings as torch understands them."""
-    if isinstance(device, torch.device):
-        return device
-    if not isinstance(device, str):
-        raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {device!r}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"device={device!r} is not a valid torch device: {err}") from None
-    if dev.type == "cuda":
-        # torch only fails later, deep inside, with an AssertionError or a CUDA error
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} but CUDA is not available; use 'auto' or 'cpu'")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist; "
-                "use 'cuda:0' or 'auto'"
-            )
-    return dev
+WEIGHTS = "ema.safetensors"
+RAW_WEIGHTS = "weights.safetensors"
+VALID = "valid"
+
+Dims = Mapping[str, str] | None
 
 
 class Denoiser(nn.Module):
-    """Everything that is trained: the network and, per variable, an optional learned h_ω."""
+    """Everything that is trained: the network and the codec (with any learned h_ω)."""
 
-    def __init__(self, net: UNet3D, learned: Sequence[LearnedMonotone | None]) -> None:
+    def __init__(self, net: UNet3D, codec: Codec) -> None:
         super().__init__()
         self.net = net
-        self.learned = nn.ModuleList([m if m is not None else nn.Identity() for m in learned])
-
-    def has_learned(self, c: int) -> bool:
-        return isinstance(self.learned[c], LearnedMonotone)
+        self.codec = codec
 
 
-def check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+def migrate_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename schema-1 tensor names (``learned.<c>.*``) to ``codec.variables.<c>.learned.*``."""
+    out = {}
+    for k, v in state.items():
+        if k.startswith("learned."):
+            c, rest = k[len("learned.") :].split(".", 1)
+            k = f"codec.variables.{c}.learned.{rest}"
+        out[k] = v
+    return out
+
+
+def _migrate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 → 2: each variable's ``pipeline`` (and ``learned`` flag) becomes ``codec``."""
+    if config.get("schema_version") != 1:
+        return config
+    variables = []
+    for v in config["variables"]:
+        v = dict(v)
+        pipe = dict(v.pop("pipeline"))
+        if v.get("learned"):
+            pipe["learned"] = {"hidden": 16, "min_grad": float(v.get("min_grad", 0.1))}
+        v["codec"] = pipe
+        variables.append(v)
+    return {**config, "variables": variables, "schema_version": SCHEMA_VERSION}
 
 
 class DiffusionModel:
@@ -91,20 +84,23 @@ class DiffusionModel:
     :func:`xdiffusion.load`. Its generating methods take DataArrays/Datasets and return new
     ones; the ``.diffusion`` accessor forwards to them.
 
-    Attributes
+    Parameters
     ----------
-    config : dict
+    config
         JSON-serialisable description (schema version, network, schedule, variables with
-        their transforms and scaling, grid, training provenance).
-    module : Denoiser
-        EMA weights used for generation.
+        their codecs, grid, sampling choice, training provenance).
+    module
+        The EMA weights used for generation (network + codec).
+    valid
+        Boolean (C, H, W): False where a cell was NaN at every training time step.
+    raw_module
+        The raw (non-averaged) weights, kept so that training can be continued.
     """
 
     def __init__(
         self,
         config: dict,
         module: Denoiser,
-        pipelines: Sequence[Pipeline],
         *,
         valid: Tensor | None = None,
         raw_module: Denoiser | None = None,
@@ -112,7 +108,6 @@ class DiffusionModel:
         self.config = config
         self.module = module.eval().requires_grad_(False)
         self.raw_module = raw_module
-        self.pipelines = list(pipelines)
         self.schedule = CosineSchedule.from_dict(config["schedule"])
         c, ny, nx = len(self.variables), *self.grid
         self.valid = valid if valid is not None else torch.ones(c, ny, nx, dtype=torch.bool)
@@ -132,34 +127,47 @@ class DiffusionModel:
     @property
     def grid(self) -> tuple[int, int]:
         """(ny, nx) of the training grid."""
-        return tuple(self.config["grid"])  # type: ignore[return-value]
+        ny, nx = self.config["grid"]
+        return int(ny), int(nx)
 
     @property
     def net_config(self) -> UNetConfig:
+        """The network's configuration."""
         return UNetConfig.from_dict(self.config["net"])
+
+    @property
+    def codec(self) -> Codec:
+        """Physical ↔ diffusion space, one :class:`~xdiffusion.codec.VariableCodec` each."""
+        return self.module.codec
 
     @property
     def time_features(self) -> list[str]:
         """Names of the time-coordinate features the network is conditioned on."""
-        return list(self.config.get("time_features", []))
+        return list(self.config.get("time_features") or [])
 
-    def features_for(self, time) -> Tensor | None:
-        """Per-frame conditioning features (T, K) for time stamps, or None if unused."""
-        if not self.time_features:
-            return None
-        if time is None:
-            raise ValueError(
-                "this model is conditioned on time features "
-                f"{self.time_features}: the input needs a time coordinate"
-            )
-        from xdiffusion.io.timefeatures import time_features
-
-        return torch.from_numpy(time_features(time, self.time_features))
+    @property
+    def dry_thresholds(self) -> list[float | None]:
+        """Per variable threshold (data units) below which a value is "dry", or None."""
+        return [v.get("dry_threshold") for v in self.config["variables"]]
 
     @property
     def history(self) -> dict[str, list[float]]:
         """Training and validation loss history."""
         return self.config.get("training", {}).get("history", {})
+
+    @property
+    def engine(self) -> Engine:
+        """The tensor engine over this model's weights, on :attr:`device`."""
+        return Engine(
+            self.module.net,
+            self.module.codec,
+            self.schedule,
+            self.frames,
+            self.valid,
+            self.device,
+            variables=self.variables,
+            time_features=self.time_features,
+        )
 
     def __repr__(self) -> str:
         n = sum(p.numel() for p in self.module.parameters())
@@ -178,42 +186,45 @@ class DiffusionModel:
         self.device = resolve_device(device)
         self.module.to(self.device)
         self.valid = self.valid.to(self.device)
-        for p in self.pipelines:
-            p.to(self.device)
         return self
 
-    # ----------------------------------------------------------------- transforms
-    def encode(self, x: Tensor) -> Tensor:
-        """Physical (B, C, F, H, W) → diffusion space (fixed transform, scaling, learned h)."""
-        out = []
-        for c, pipe in enumerate(self.pipelines):
-            s = pipe.to_scaled(x[:, c : c + 1])
-            out.append(self.module.learned[c](s))
-        return torch.cat(out, 1)
+    def sampling(
+        self,
+        task: str,
+        *,
+        sampler: str | None = None,
+        steps: int | None = None,
+        method: str | None = None,
+        guidance_weight: float | None = None,
+    ) -> SamplingSettings:
+        """The settings a call of ``task`` with these arguments runs.
 
-    def decode(self, y: Tensor) -> Tensor:
-        """Diffusion space → physical units: exact inverse, then physical clipping."""
-        out = []
-        for c, pipe in enumerate(self.pipelines):
-            s = y[:, c : c + 1].clamp(-1.0, 1.0)
-            if self.module.has_learned(c):
-                s = self.module.learned[c].inverse(s)
-            x = pipe.from_scaled(s)
-            lower = pipe.transform.lower
-            out.append(x if lower is None else x.clamp(min=lower))
-        return torch.cat(out, 1)
+        Call arguments win over the model's fit-time choice (``fit(sampler=...,
+        sampling_steps=...)``), which wins over the task default
+        (:data:`xdiffusion.settings.TASK_DEFAULTS`); see
+        :func:`xdiffusion.settings.resolve_sampling`.
+        """
+        return resolve_sampling(
+            task,
+            sampler=sampler,
+            steps=steps,
+            method=method,
+            guidance_weight=guidance_weight,
+            fitted=self.config.get("sampling"),
+        )
 
     def transform_curve(self, variable: str | None = None, n: int = 201) -> xr.DataArray:
         """The learned transform h_ω over scaled data [−1, 1] as a DataArray (Fig. 4.9)."""
         c = self.variables.index(variable) if variable is not None else 0
-        if not self.module.has_learned(c):
+        h = self.codec[c].learned
+        if h is None:
             raise ValueError(
                 f"variable {self.variables[c]!r} has no learned transform; "
                 "fit with transform='learned'"
             )
-        x, h = self.module.learned[c].curve(n)
+        x, y = h.curve(n)
         return xr.DataArray(
-            h.cpu().numpy(),
+            y.cpu().numpy(),
             dims="scaled_value",
             coords={
                 "scaled_value": (
@@ -226,165 +237,389 @@ class DiffusionModel:
             attrs={"long_name": "learned monotone transform h(x)", "units": "1"},
         )
 
-    def sampling_defaults(
-        self, sampler: str | None, steps: int | None, task: str = "sample"
-    ) -> tuple[str, int | None]:
-        """Fill ``sampler``/``steps`` when None.
-
-        The model's own setting (``fit(sampler=..., sampling_steps=...)``) comes first, then
-        the library default of ``task`` (:data:`TASK_DEFAULTS`). With an explicit sampler
-        and ``steps=None``, the sampler's registry default applies (``None`` is returned).
-        """
-        if task not in TASK_DEFAULTS:
-            raise ValueError(f"task must be one of {sorted(TASK_DEFAULTS)}, got {task!r}")
-        cfg = self.config.get("sampling", {})
-        if sampler is None:
-            if cfg.get("sampler"):
-                sampler = cfg["sampler"]
-                steps = cfg.get("steps") if steps is None else steps
-            else:
-                sampler = TASK_DEFAULTS[task][0]
-                if steps is None:
-                    steps = cfg.get("steps") or TASK_DEFAULTS[task][1]
-        return sampler, steps
-
-    # ----------------------------------------------------------------- tensor engine
-    def _window_fn(
-        self,
-        *,
-        seed: int,
-        members: Sequence[int],
-        sampler: str,
-        steps: int | None,
-        method: str,
-        weight: float | None,
-        cond: Tensor | None = None,
-        operator=None,
-        y: Tensor | None = None,
-        progress: bool = False,
-    ):
-        """A :data:`~xdiffusion.core.sequences.WindowFn` for one batch of members."""
-        from xdiffusion.core.conditioning import (
-            DEFAULT_GUIDANCE_WEIGHT,
-            finalize,
-            guidance,
-            imputation,
-        )
-
-        weight = DEFAULT_GUIDANCE_WEIGHT if weight is None else weight
-
-        net = self.module.net
-        dev = self.device
-        micro = 1 if dev.type == "cpu" else None
-
-        def window(x_known: Tensor, mask: Tensor, stream: int, start: int = 0) -> Tensor:
-            shape = x_known.shape[1:]
-            kwargs = None
-            if cond is not None:  # (T, K) features of the whole series → this window's
-                c = cond[start : start + shape[1]].to(dev)
-                kwargs = {"cond": c[None].expand(x_known.shape[0], *c.shape)}
-            base = make_denoiser(net, net_kwargs=kwargs, microbatch=micro)
-            noise = MemberNoise(seed, members, shape, device=dev, stream=2 * stream)
-            extra = MemberNoise(seed, members, shape, device=dev, stream=2 * stream + 1)
-            den = base
-            if operator is not None:
-                den = guidance(base, y, None, weight=weight, operator=operator)
-            elif bool(mask.any()):
-                if method == "guidance":
-                    den = guidance(base, x_known, mask, weight=weight, noise=extra)
-                elif method == "imputation":
-                    den = imputation(base, x_known, mask, noise=extra)
-                else:
-                    raise ValueError(f"method must be 'guidance' or 'imputation', got {method!r}")
-            with torch.inference_mode(False):
-                out = run_sampler(
-                    sampler, den, noise(), self.schedule, steps, noise=noise, progress=progress
-                )
-            return finalize(out, x_known, mask) if bool(mask.any()) else out
-
-        return window
-
-    def _complete(
-        self,
-        x: Tensor,
-        mask: Tensor,
-        *,
-        n: int,
-        seed: int,
-        sampler: str | None,
-        steps: int | None,
-        method: str = "guidance",
-        weight: float | None = None,
-        context: int | None = None,
-        batch_size: int | None = None,
-        progress: bool = True,
-        cond: Tensor | None = None,
-        task: str = "sample",
-    ) -> Tensor:
-        """Complete one series (C, T, H, W) in diffusion space for ``n`` members.
-
-        ``cond``: per-frame features (T, K) of the series when the model uses them;
-        ``task`` picks the default sampler (:meth:`sampling_defaults`).
-        """
-        sampler, steps = self.sampling_defaults(sampler, steps, task)
-        get_sampler(sampler)
-        bs = n if batch_size is None else check_positive_int(batch_size, "batch_size")
-        out = []
-        for start in range(0, n, bs):
-            members = list(range(start, min(n, start + bs)))
-            fn = self._window_fn(
-                seed=seed,
-                members=members,
-                sampler=sampler,
-                steps=steps,
-                method=method,
-                weight=weight,
-                cond=cond,
-            )
-            xb = x[None].expand(len(members), *x.shape).to(self.device)
-            mb = mask[None].to(self.device)
-            out.append(
-                complete(
-                    fn, xb.clone(), mb, self.frames, context=context, progress=progress and n > 1
-                )
-            )
-        return torch.cat(out)
-
     # ----------------------------------------------------------------- persistence
-    def save(self, path) -> None:
-        """Write the model directory (config.json + safetensors, :mod:`xdiffusion.persistence`)."""
-        from xdiffusion.persistence import save_model
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model directory: ``config.json`` + safetensors (EMA and raw weights).
 
-        save_model(self, path)
+        Files are written atomically and ``config.json`` records their SHA-256; see
+        :func:`load`.
+        """
+        ema = dict(self.module.state_dict())
+        ema[VALID] = self.valid.detach().cpu().to(torch.uint8)
+        files = {WEIGHTS: ema}
+        if self.raw_module is not None:
+            files[RAW_WEIGHTS] = dict(self.raw_module.state_dict())
+        config = {**self.config, "schema_version": SCHEMA_VERSION}
+        write_model(path, config, files)
 
     # ----------------------------------------------------------------- generation
-    def sample(self, template, n: int = 1, **kwargs):
-        """Unconditional ensemble like ``template``; see :func:`xdiffusion.generate.sample`."""
-        from xdiffusion.generate import sample
+    def sample(
+        self,
+        template: xr.DataArray | xr.Dataset,
+        n: int = 1,
+        *,
+        steps: int | None = None,
+        sampler: str | None = None,
+        seed: int = 0,
+        context: int | None = None,
+        batch_size: int | None = None,
+        dims: Dims = None,
+        progress: bool = True,
+    ) -> xr.DataArray | xr.Dataset:
+        """Draw ``n`` unconditional samples shaped like ``template``.
 
-        return sample(self, template, n, **kwargs)
+        Parameters
+        ----------
+        template
+            DataArray or Dataset on the model's grid whose coordinates, length and
+            metadata the output takes (its values are not used). Longer than
+            :attr:`frames`: extended autoregressively, each window conditioned on the last
+            ``context`` frames (seed 001 §4.4).
+        n
+            Ensemble members (dimension ``realization``).
+        steps, sampler
+            Sampler and step count; None: the model's fit-time choice, else the task
+            default (dpmpp_2m, 20 steps). See :meth:`sampling`.
+        seed
+            Member k's sample depends only on (seed, k) (and the time position).
+        context
+            Frames of context for autoregressive extension (default ``frames // 2``).
+        batch_size
+            Members generated at once (default all); does not change the numbers.
+        dims
+            Axis overrides, e.g. ``{"T": "time", "Y": "rlat", "X": "rlon"}``.
+        progress
+            Show progress bars.
 
-    def interpolate(self, data, n: int = 1, **kwargs):
-        """Fill NaN gaps; see :func:`xdiffusion.generate.interpolate`."""
-        from xdiffusion.generate import interpolate
+        Returns
+        -------
+        xr.DataArray or xr.Dataset
+            Like ``template`` with a leading ``realization`` dimension; ``history`` and
+            ``sampling`` attributes record the settings that ran.
+        """
+        settings = self.sampling("sample", sampler=sampler, steps=steps)
+        return generate.sample(
+            self.engine,
+            template,
+            n,
+            settings,
+            seed=seed,
+            context=context,
+            batch_size=batch_size,
+            dims=dims,
+            progress=progress,
+        )
 
-        return interpolate(self, data, n, **kwargs)
+    def interpolate(
+        self,
+        data: xr.DataArray | xr.Dataset,
+        n: int = 1,
+        *,
+        method: str = "guidance",
+        guidance_weight: float | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        seed: int = 0,
+        context: int | None = None,
+        batch_size: int | None = None,
+        dims: Dims = None,
+        progress: bool = True,
+    ) -> xr.DataArray | xr.Dataset:
+        """Fill the NaN time steps and cells of a series of any length.
 
-    def forecast(self, data, lead: int, n: int = 1, **kwargs):
-        """Continue past the end; see :func:`xdiffusion.generate.forecast`."""
-        from xdiffusion.generate import forecast
+        Windows of :attr:`frames` frames are placed so that a gap sees known frames on
+        both sides where it fits (seed 001 §2.7.10). Observed values are returned
+        bit-exact; cells that were NaN at every training step stay NaN.
 
-        return forecast(self, data, lead, n, **kwargs)
+        Parameters
+        ----------
+        data
+            Series with NaN where values are missing, on the model's grid.
+        n
+            Ensemble members.
+        method
+            ``"guidance"`` (reconstruction guidance, eq. 2.116) or ``"imputation"``
+            (eq. 2.106).
+        guidance_weight
+            w_r of eq. 2.116 for a per-sample sum (default 3; see
+            :data:`xdiffusion.core.conditioning.DEFAULT_GUIDANCE_WEIGHT`).
+        steps, sampler
+            Default dpmpp_2m with 25 steps (see :meth:`sampling`).
+        seed, context, batch_size, dims, progress
+            As for :meth:`sample`.
 
-    def downscale(self, coarse, n: int = 1, **kwargs):
-        """Coarse → fine ensemble; see :func:`xdiffusion.generate.downscale`."""
-        from xdiffusion.generate import downscale
+        Returns
+        -------
+        xr.DataArray or xr.Dataset
+            With ``realization`` and a ``<name>_status`` flag (observed / generated).
+        """
+        settings = self.sampling(
+            "interpolate",
+            sampler=sampler,
+            steps=steps,
+            method=method,
+            guidance_weight=guidance_weight,
+        )
+        return generate.interpolate(
+            self.engine,
+            data,
+            n,
+            settings,
+            seed=seed,
+            context=context,
+            batch_size=batch_size,
+            dims=dims,
+            progress=progress,
+        )
 
-        return downscale(self, coarse, n, **kwargs)
+    def forecast(
+        self,
+        data: xr.DataArray | xr.Dataset,
+        lead: int,
+        n: int = 1,
+        *,
+        context: int | None = None,
+        method: str = "guidance",
+        guidance_weight: float | None = None,
+        steps: int | None = None,
+        sampler: str | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
+        dims: Dims = None,
+        progress: bool = True,
+    ) -> xr.DataArray | xr.Dataset:
+        """Continue a series ``lead`` time steps past its end, ``n`` members.
+
+        Parameters
+        ----------
+        data
+            The series; its last ``context`` steps are the initial condition.
+        lead
+            Time steps to generate; the time coordinate continues the input's calendar and
+            step (cftime calendars too).
+        n
+            Ensemble members.
+        context
+            Known frames per window (default ``frames // 2``, the seed's 5 of 10).
+        method, guidance_weight
+            As for :meth:`interpolate`.
+        steps, sampler
+            Default dpmpp_2m_sde with 25 steps (see :meth:`sampling`).
+        seed, batch_size, dims, progress
+            As for :meth:`sample`.
+
+        Returns
+        -------
+        xr.DataArray or xr.Dataset
+            The ``lead`` new time steps only, with ``realization``.
+        """
+        settings = self.sampling(
+            "forecast",
+            sampler=sampler,
+            steps=steps,
+            method=method,
+            guidance_weight=guidance_weight,
+        )
+        return generate.forecast(
+            self.engine,
+            data,
+            lead,
+            n,
+            settings,
+            seed=seed,
+            context=context,
+            batch_size=batch_size,
+            dims=dims,
+            progress=progress,
+        )
+
+    def downscale(
+        self,
+        coarse: xr.DataArray | xr.Dataset,
+        n: int = 1,
+        *,
+        factor: int | None = None,
+        like: xr.DataArray | xr.Dataset | None = None,
+        guidance_weight: float | None = None,
+        project: bool = True,
+        steps: int | None = None,
+        sampler: str | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
+        dims: Dims = None,
+        progress: bool = True,
+    ) -> xr.DataArray | xr.Dataset:
+        """Fine fields whose ``factor`` × ``factor`` block means match ``coarse``.
+
+        The model must have been fitted on the fine grid. Sampling uses reconstruction
+        guidance on ‖y − A x̂‖² with A the block mean in physical units, whitened by its
+        linearised covariance (eq. 2.112); ``project=True`` then makes the block means
+        exact (multiplicatively for bounded variables such as precipitation).
+
+        Parameters
+        ----------
+        coarse
+            Coarse series, finite, on a grid ``factor`` times coarser than the model's.
+        n
+            Ensemble members.
+        factor, like
+            The refinement factor, or a fine template whose grid coordinates the output
+            takes (one of the two).
+        guidance_weight
+            Weight of the whitened guidance (default 1; keep it below 2).
+        project
+            Make the block means exact at the end.
+        steps, sampler
+            Default dpmpp_2m with 25 steps (see :meth:`sampling`).
+        seed, batch_size, dims, progress
+            As for :meth:`sample`.
+        """
+        settings = self.sampling(
+            "downscale", sampler=sampler, steps=steps, guidance_weight=guidance_weight
+        )
+        return generate.downscale(
+            self.engine,
+            coarse,
+            n,
+            settings,
+            factor=factor,
+            like=like,
+            project=project,
+            seed=seed,
+            batch_size=batch_size,
+            dims=dims,
+            progress=progress,
+        )
 
     # ----------------------------------------------------------------- likelihood
-    def nll(self, data, **kwargs):
-        """Bound on −log p(data) in bits per element; see :func:`xdiffusion.likelihood.nll`."""
-        from xdiffusion.likelihood import nll
+    def nll(
+        self,
+        data: xr.DataArray | xr.Dataset,
+        *,
+        n_lambda: int = 32,
+        seed: int = 0,
+        dims: Dims = None,
+        batch_size: int = 8,
+        lambda_rec: float | None = None,
+        dry_threshold: float | Mapping[str, float] | str | None = "model",
+        terms: bool = True,
+    ) -> xr.Dataset | float:
+        """Bound on −log p(data) in bits per element, in data space (eq. 4.10).
 
-        return nll(self, data, **kwargs)
+        Parameters
+        ----------
+        data
+            Series on the model's grid, at least :attr:`frames` long.
+        n_lambda
+            λ strata (network evaluations) per window.
+        seed
+            Seed of λ, ε and dequantisation noise.
+        dims
+            Axis overrides.
+        batch_size
+            Windows per network call.
+        lambda_rec
+            Log-SNR of the Gaussian decoder (default λmax).
+        dry_threshold
+            ``"model"`` (default): the threshold the model was fitted with
+            (:attr:`dry_thresholds`) for each variable whose data domain it lies in;
+            a number or mapping variable → number in data units; None: no dry class.
+        terms
+            Return the Dataset of terms (default), or only the bound as a float.
+
+        See :func:`xdiffusion.likelihood.nll` for the terms and the dry class.
+        """
+        if isinstance(dry_threshold, str):
+            if dry_threshold != "model":
+                raise ValueError(
+                    f"dry_threshold must be 'model', a number, a mapping or None, got "
+                    f"{dry_threshold!r}"
+                )
+            thresholds = likelihood.default_dry_thresholds(
+                self.codec, self.dry_thresholds, self.config["variables"]
+            )
+        else:
+            thresholds = likelihood.dry_thresholds(
+                self.codec, self.variables, dry_threshold, self.config["variables"]
+            )
+        return likelihood.nll(
+            self.engine,
+            data,
+            n_lambda=n_lambda,
+            seed=seed,
+            dims=dims,
+            batch_size=batch_size,
+            lambda_rec=lambda_rec,
+            bins=thresholds,
+            terms=terms,
+        )
+
+
+def _build(config: dict, tensors: dict[str, Tensor], path, name: str) -> Denoiser:
+    try:
+        module = Denoiser(
+            UNet3D(UNetConfig.from_dict(config["net"])),
+            Codec.from_config([v["codec"] for v in config["variables"]]),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise bad_model(path, f"malformed configuration ({err})") from None
+    try:
+        module.load_state_dict(migrate_state(tensors), strict=True)
+    except RuntimeError as err:
+        msg = str(err).splitlines()
+        raise bad_model(
+            path,
+            f"{name} does not fit the configured network: {msg[0]} "
+            f"{' '.join(m.strip() for m in msg[1:3])}",
+        ) from None
+    return module
+
+
+def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> DiffusionModel:
+    """Load a model directory written by :meth:`DiffusionModel.save`.
+
+    Refuses, with ValueError, a missing or malformed ``config.json``, an unknown schema
+    version, weight files whose SHA-256 differs from the recorded one, and tensors with
+    missing/unexpected names or changed shapes. Only safetensors and JSON are read.
+    Schema-1 files (xdiffusion before the codec) are migrated on reading.
+
+    Parameters
+    ----------
+    path
+        The model directory.
+    device
+        Where to put the weights (``"auto"``, ``"cpu"``, ``"cuda"``, …).
+    """
+    dev = resolve_device(device)  # a bad device fails before any file is read
+    config, files = read_model(
+        path,
+        schema_versions=SUPPORTED_SCHEMAS,
+        required=("frames", "grid", "variables", "net", "schedule"),
+    )
+    if WEIGHTS not in files:
+        raise bad_model(path, f"no {WEIGHTS} recorded")
+    try:
+        config = _migrate_config(config)
+    except (KeyError, TypeError) as err:
+        raise bad_model(path, f"malformed configuration ({err})") from None
+    ema = dict(files[WEIGHTS])
+    valid = ema.pop(VALID, None)
+    if valid is None:
+        raise bad_model(path, f"{WEIGHTS} lacks the {VALID!r} mask tensor")
+    expected = (len(config["variables"]), *np.asarray(config["grid"]).tolist())
+    if tuple(valid.shape) != tuple(expected):
+        raise bad_model(path, f"the {VALID!r} mask has shape {tuple(valid.shape)}, not {expected}")
+    module = _build(config, ema, path, WEIGHTS)
+    raw = _build(config, files[RAW_WEIGHTS], path, RAW_WEIGHTS) if RAW_WEIGHTS in files else None
+    model = DiffusionModel(config, module, valid=valid.bool(), raw_module=raw)
+    return model.to(dev)
+
+
+def check_model(model: Any, name: str = "model") -> DiffusionModel:
+    """``model`` if it is a :class:`DiffusionModel`, else a TypeError saying where to get one."""
+    if not isinstance(model, DiffusionModel):
+        raise TypeError(
+            f"{name} must be an xdiffusion.DiffusionModel (from .diffusion.fit() or "
+            f"xdiffusion.load()), got {type(model).__name__}"
+        )
+    return model

@@ -17,8 +17,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from xdiffusion.codec import Codec
+from xdiffusion.core.diffusion import v_loss
+from xdiffusion.core.schedule import CosineSchedule
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch, torch.Generator], torch.Tensor]
@@ -99,6 +103,68 @@ class TrainResult:
     steps: int = 0
 
 
+@dataclass(frozen=True)
+class DiffusionBatch:
+    """One training batch: scaled data, the mask of elements in the loss, conditioning.
+
+    Attributes
+    ----------
+    scaled
+        (B, C, F, H, W) data scaled to [−1, 1] by the codec (no h_ω yet), zero where
+        ``mask`` is False.
+    mask
+        Boolean (B, C, F, H, W): finite values in cells the model learns.
+    cond
+        (B, F, K) per-frame features, or None.
+    """
+
+    scaled: Tensor
+    mask: Tensor
+    cond: Tensor | None = None
+
+
+def diffusion_objective(
+    net: nn.Module,
+    codec: Codec,
+    schedule: CosineSchedule,
+    batch: DiffusionBatch,
+    scaled_thresholds: Sequence[float],
+    generator: torch.Generator,
+) -> Tensor:
+    """The training loss: v-loss on h_ω(x) plus the h_ω log-determinant (eq. 2.68, 4.15).
+
+    Per sample b, with N_b the number of valid elements over all channels,
+
+        L_b = (Σ_valid ‖v − v̂‖² − Σ_{valid, above dry threshold} log h_ω'(x_i)) / N_b,
+
+    i.e. both terms normalised by the same count, so their balance is that of eq. 4.15
+    whatever the number of variables or the masked fraction; the result is the mean of
+    L_b over the batch. Without learned transforms it is the masked mean v-loss.
+
+    Parameters
+    ----------
+    net
+        The v-network.
+    codec
+        The codec (its h_ω are trained through this loss).
+    schedule
+        Noise schedule (t ~ U(0, 1)).
+    batch
+        Scaled data, mask and conditioning.
+    scaled_thresholds
+        Per channel dry threshold in scaled units (the mask set M of eq. 4.14).
+    generator
+        Draws t and ε.
+    """
+    y = codec.encode_scaled(batch.scaled)
+    kw = {"cond": batch.cond} if batch.cond is not None else None
+    loss = v_loss(net, y, schedule, generator=generator, mask=batch.mask, net_kwargs=kw)
+    if codec.has_learned:
+        count = batch.mask.expand_as(y).flatten(1).sum(1).clamp_min(1).to(loss.dtype)
+        loss = loss + codec.penalty(batch.scaled, batch.mask, scaled_thresholds) / count
+    return loss.mean()
+
+
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
     """The generator for t and ε at one step: a function of (seed, step) only."""
     g = torch.Generator(device=device)
@@ -123,8 +189,12 @@ def autocast_context(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
+def _is_transform_parameter(name: str) -> bool:
+    return name.startswith("codec.")
+
+
 def param_groups(module: nn.Module, transform_lr_scale: float) -> list[dict]:
-    """Optimiser groups: the learned transforms (``learned.*``) at a scaled rate, the rest.
+    """Optimiser groups: the learned transforms (``codec.*``) at a scaled rate, the rest.
 
     Each group carries ``lr_scale``, the multiplier of the scheduled learning rate. A module
     without learned transforms gives a single group, as before this option existed.
@@ -132,7 +202,7 @@ def param_groups(module: nn.Module, transform_lr_scale: float) -> list[dict]:
     rest, learned = [], []
     for name, p in module.named_parameters():
         if p.requires_grad:
-            (learned if name.startswith("learned.") else rest).append(p)
+            (learned if _is_transform_parameter(name) else rest).append(p)
     groups = [{"params": rest, "lr_scale": 1.0}]
     if learned:
         groups.append({"params": learned, "lr_scale": float(transform_lr_scale)})

@@ -8,8 +8,9 @@ each conditioning method works with every sampler in :mod:`xdiffusion.core.sampl
 - :func:`guidance` (eq. 2.116): imputation plus the reconstruction-guidance gradient, or,
   with an ``operator`` A, guidance towards y = A x (downscaling, where no element of x is
   known directly);
-- :func:`projection`: the exact data-consistency projection onto {x : A x = y} for the
-  block-mean operator A of :func:`block_mean`; :func:`downscaling` combines both.
+- :func:`data_consistency`: the exact orthogonal projection onto {x : A x = y} for the
+  block-mean operator A of :func:`block_mean`; :func:`project_block_means` the final,
+  bound-preserving projection of downscaled fields.
 
 Masks are boolean, True where a value is known, and broadcast against z of shape
 (B, C, F, H, W); a mask over (F, H, W) applies to every member and channel. Values of
@@ -18,7 +19,7 @@ Masks are boolean, True where a value is known, and broadcast against z of shape
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -149,8 +150,9 @@ def guidance(
 
     with known elements of x̂ᶜ set to ``x_known``. With a linear ``operator`` A nothing is
     imputed and x̂ᶜ = x̂ − (w_r α_t / 2) ∇_z ‖y − A x̂(z)‖² with y = ``x_known``; note that
-    this plain norm ignores the covariance AAᵀ of eq. 2.112 for y (for the block mean use
-    :func:`downscaling`, which accounts for it and adds the exact projection).
+    this plain norm ignores the covariance AAᵀ of eq. 2.112 for y (for the block mean,
+    whiten the residual as :func:`xdiffusion.engine.block_mean_operator` does, or scale
+    ``weight`` by factor²).
 
     The squared norm is a **sum** over the known elements of each sample, so the gradient,
     and hence ``weight``, does not depend on the batch size (the denoiser must treat batch
@@ -265,64 +267,71 @@ def data_consistency(
     return x_hat + resid.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
 
 
-def projection(
-    denoise: Denoiser, y: Tensor, factor: int, *, mask: Tensor | None = None
-) -> Denoiser:
-    """Denoiser whose x̂ is projected onto {x : block_mean(x, factor) = y} at every step."""
-    if not isinstance(y, Tensor):
-        raise TypeError("y must be a tensor of coarse values")
-    if mask is not None:
-        mask = _bool_mask(mask)
-        y = _known(y, mask, name="y")
-
-    def denoise_c(z: Tensor, lam: Tensor) -> Tensor:
-        return data_consistency(denoise(z, lam), y, factor, mask=mask)
-
-    return denoise_c
+#: Below this block excess over the lower bound (in units of the channel's data scale) the
+#: multiplicative correction of :func:`project_block_means` is not used: a block the sample
+#: left at float residue (~1e-10) would have that residue multiplied by up to 1e9 into a
+#: noise-shaped field. Float32 residue of decoded data is ~1e-7 of the scale; real
+#: structure is far above 1e-5 of it.
+PROJECTION_FLOOR = 1e-5
 
 
-def downscaling(
-    denoise: Denoiser,
+def project_block_means(
+    x: Tensor,
     y: Tensor,
     factor: int,
-    *,
-    weight: float = DEFAULT_GUIDANCE_WEIGHT,
-    mask: Tensor | None = None,
-    project: bool = True,
-) -> Denoiser:
-    """Conditional denoiser for y = block_mean(x, factor): guidance, then exact projection.
+    lower: Sequence[float | None],
+    scale: Sequence[float] | None = None,
+) -> Tensor:
+    """Make the block means of ``x`` (B, C, …, H, W) equal ``y`` (B, C, …, h, w) exactly.
 
-    Eq. 2.112 written for y = A x gives q(y | z_t) ≈ N(A x̂, (σ_t²/α_t²) AAᵀ), and for the
-    block mean AAᵀ = I / factor², so the guidance term is :func:`guidance` with ``operator``
-    A on ‖y − A x̂‖² at weight ``weight · factor²``: the same ``weight`` then means the same
-    thing as for masked conditioning. Near λmax, where x̂ ≈ z, that step multiplies the
-    block residual by (1 − weight), so without ``project`` a weight above 2 diverges; the
-    projection of :func:`data_consistency` after it removes the residual at every step.
+    Channels without a lower bound get the orthogonal projection x + Aᵀ(AAᵀ)⁻¹(y − A x)
+    (:func:`data_consistency`). Channels with one (e.g. precipitation ≥ 0) are scaled
+    multiplicatively around it, which keeps them above it and keeps dry cells dry; where a
+    block's excess over the bound is below ``PROJECTION_FLOOR × scale`` (the sample left it
+    dry or at float residue) there is no structure worth scaling, and the block gets the
+    additive projection instead, clipped at the bound and renormalised (multiplying by a
+    ratio ≤ 1) so that its mean is still exact. An exactly dry block with a wet target
+    therefore becomes the constant target (the only field the block mean determines).
 
     Parameters
     ----------
-    denoise
-        Unconditional, differentiable ``denoise(z, lam) -> x_hat``.
+    x
+        Fine fields; H and W divisible by ``factor``.
     y
-        Coarse observation broadcastable to ``block_mean(z, factor)``; ignored (may be NaN)
-        where ``mask`` is False.
+        Coarse targets, broadcastable to ``block_mean(x, factor)``.
     factor
-        Coarsening factor; the fine H and W must be divisible by it.
-    weight
-        Guidance weight w_r ≥ 0 (0: projection only).
-    mask
-        Optional boolean over y, True where observed.
-    project
-        Apply the exact data-consistency projection to x̂ at every step.
+        Block size.
+    lower
+        Per channel lower bound or None.
+    scale
+        Per channel data scale for the floor (default 1).
     """
-    _check_weight(weight)
-    _check_factor(torch.empty(factor, factor), factor)
-    den = denoise
-    if weight != 0:
-        den = guidance(
-            denoise, y, mask, weight=weight * factor**2, operator=lambda x: block_mean(x, factor)
-        )
-    return projection(den, y, factor, mask=mask) if project else den
+    _check_factor(x, factor)
+    if len(lower) != x.shape[1]:
+        raise ValueError(f"lower needs one entry per channel ({x.shape[1]}), got {len(lower)}")
+    scale = [1.0] * len(lower) if scale is None else list(scale)
+
+    def up(a: Tensor) -> Tensor:
+        return a.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+
+    out = []
+    for c, lo in enumerate(lower):
+        xc, yc = x[:, c : c + 1], y[:, c : c + 1].to(x)
+        if lo is None:
+            out.append(data_consistency(xc, yc, factor))
+            continue
+        m = block_mean(xc, factor)
+        excess, target = m - lo, (yc - lo).clamp_min(0).expand_as(m)
+        scalable = excess > PROJECTION_FLOOR * float(scale[c])
+        ratio = torch.where(scalable, target / excess.clamp_min(1e-30), torch.zeros_like(m))
+        mult = lo + (xc - lo) * up(ratio)
+        # additive fallback: orthogonal correction, clipped at the bound, renormalised
+        add = (data_consistency(xc, yc, factor) - lo).clamp_min(0)
+        add_mean = block_mean(add, factor)
+        shrink = torch.where(add_mean > 0, target / add_mean.clamp_min(1e-30), torch.zeros_like(m))
+        add = lo + add * up(shrink)
+        out.append(torch.where(up(scalable), mult, add))
+    return torch.cat(out, 1)
 
 
 def finalize(x: Tensor, x_known: Tensor, mask: Tensor) -> Tensor:

@@ -85,6 +85,7 @@ def wrap(
     coords: Mapping[str, xr.DataArray] | None = None,
     title: str | None = None,
     global_attrs: Mapping | None = None,
+    extra_attrs: Mapping[str, str] | None = None,
 ) -> xr.DataArray | xr.Dataset:
     """Build the CF output of a generating method.
 
@@ -115,6 +116,9 @@ def wrap(
         Global title for Dataset outputs.
     global_attrs
         Attributes of the input Dataset; its ``history`` is continued.
+    extra_attrs
+        Attributes to add to each generated variable and to a Dataset's global attributes
+        (e.g. ``sampling``: the settings that ran).
     """
     line = history_line(method, arguments)
     lead = ("realization",) if members is not None else ()
@@ -124,7 +128,7 @@ def wrap(
         if members is not None:
             cs["realization"] = realization_coord(members)
         vals = values[:, c] if members is not None else values[c]
-        attrs = variable_attrs(tmpl.attrs, cs)
+        attrs = {**variable_attrs(tmpl.attrs, cs), **(extra_attrs or {})}
         if not as_dataset:
             attrs["history"] = append_history(tmpl.attrs, line)
         da = xr.DataArray(vals, dims=lead + tuple(dims), coords=cs, name=name, attrs=attrs)
@@ -159,5 +163,6 @@ def wrap(
         "title": title or f"xdiffusion {method} output",
         "source": f"xdiffusion {__version__}",
         "history": append_history(global_attrs or {}, line),
+        **(extra_attrs or {}),
     }
     return ds

@@ -1,0 +1,540 @@
+"""The generation engine: series of tensors in, series of tensors out. No xarray.
+
+Everything a fitted model generates goes through :class:`Engine`: unconditional samples of
+any length, gap filling, forecasts (a series whose future is unknown) and downscaling (a
+series observed only through block means). The xarray layers above convert, call the
+engine and wrap; the archive and distributed drivers schedule its units of work.
+
+Units of work
+-------------
+A task is planned as a list of :class:`Window` (start, length) over the time axis
+(:meth:`Engine.plan`), and run as :class:`WorkUnit` = (window range × member range):
+:meth:`Engine.run` takes the series of those members (known values and everything earlier
+units produced), generates the unit's windows in order and returns the completed series.
+Windows of a completion plan may depend on earlier ones (forecasts, long samples); the
+windows of :meth:`Engine.downscale` are independent. Members are always independent.
+
+Noise keys
+----------
+Member k's noise in the window that starts at absolute time position t (``time_offset`` +
+start within the series) is drawn from the streams (seed, k, 2t) and (seed, k, 2t + 1)
+(:class:`~xdiffusion.core.noise.MemberNoise`): it does not depend on the batch, the
+member range, the unit split or the device. On CPU the network is evaluated one member at
+a time, so members are also bit-identical whatever batch they are drawn in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from xdiffusion.codec import Codec
+from xdiffusion.core.conditioning import (
+    block_mean,
+    finalize,
+    guidance,
+    imputation,
+    project_block_means,
+)
+from xdiffusion.core.diffusion import make_denoiser
+from xdiffusion.core.noise import MemberNoise
+from xdiffusion.core.samplers import run_sampler
+from xdiffusion.core.schedule import CosineSchedule
+from xdiffusion.core.sequences import plan_windows
+from xdiffusion.nets import UNet3D
+from xdiffusion.settings import SamplingSettings
+from xdiffusion.validation import check_int, check_positive_int
+
+__all__ = [
+    "Engine",
+    "Window",
+    "WorkUnit",
+    "block_mean_operator",
+    "member_units",
+    "resolve_device",
+]
+
+#: Floor of the whitening variance of :func:`block_mean_operator`: cells clipped at the
+#: data range have a zero Jacobian, and an all-dry block would otherwise divide by zero.
+WHITENING_FLOOR = 1e-4
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; other strings as torch understands them."""
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device={device!r} is not a valid torch device: {err}") from None
+    if dev.type == "cuda":
+        # torch only fails later, deep inside, with an AssertionError or a CUDA error
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but CUDA is not available; use 'auto' or 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist; "
+                "use 'cuda:0' or 'auto'"
+            )
+    return dev
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window of the plan: frames ``start`` to ``start + length`` of the series."""
+
+    start: int
+    length: int
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.length
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """(window range × member range): the schedulable piece of a task.
+
+    Attributes
+    ----------
+    windows
+        Indices into the task's plan, run in order.
+    members
+        Member indices (not positions in a batch): they key the noise.
+    """
+
+    windows: range
+    members: range
+
+
+def member_units(n_windows: int, n: int, batch_size: int | None = None) -> list[WorkUnit]:
+    """All windows × member blocks of ``batch_size`` (default all ``n`` at once)."""
+    n = check_positive_int(n, "n")
+    bs = n if batch_size is None else check_positive_int(batch_size, "batch_size")
+    return [WorkUnit(range(n_windows), range(b, min(n, b + bs))) for b in range(0, n, bs)]
+
+
+def block_mean_operator(codec: Codec, y: Tensor, factor: int, scale: Tensor) -> Callable:
+    """Guidance operator for y = A(x) = block_mean(decode(x)) / scale, whitened per block.
+
+    Eq. 2.112 for a nonlinear observation, linearised at x̂: q(y | z_t) ≈ N(A(x̂),
+    (σ_t²/α_t²) A J Jᵀ Aᵀ) with J = ∂decode/∂x̂ / scale (diagonal: the transform acts cell
+    by cell) and A the block mean, so A J Jᵀ Aᵀ is diagonal with entries mean_block(J²) /
+    factor². Returning y − (y − A(x̂)) / sqrt(that) (the root held fixed) makes the plain
+    squared norm of :func:`~xdiffusion.core.conditioning.guidance` the whitened one.
+    Without whitening, the factor² of A Aᵀ and the square-root transform's J ∝ sqrt(rain)
+    left the default weight 0.2–0.002 of what it should be: the block residual before the
+    final projection stayed at ~90 % of the signal (benchmarks/conditional.py). Whitened,
+    weight 1 makes each x̂ consistent with y to first order once x̂ ≈ z/α (high λ), where
+    the block residual is multiplied by (1 − weight): weights above 2 diverge.
+
+    Parameters
+    ----------
+    codec
+        The model's codec (its differentiable decode is A's nonlinear part).
+    y
+        Coarse observation divided by ``scale``, (B, C, F, h, w).
+    factor
+        Block size.
+    scale
+        Per channel data scale, broadcastable to y.
+    """
+
+    def operator(x_hat: Tensor) -> Tensor:
+        with torch.enable_grad():
+            leaf = x_hat.detach().requires_grad_(True)
+            (jac,) = torch.autograd.grad(codec.decode_differentiable(leaf).sum(), leaf)
+        root = block_mean((jac / scale) ** 2, factor).clamp_min(WHITENING_FLOOR).sqrt() / factor
+        pred = block_mean(codec.decode_differentiable(x_hat), factor) / scale
+        return y - (y - pred) / root
+
+    return operator
+
+
+class Engine:
+    """Generates series in diffusion space with one network, codec and schedule.
+
+    Parameters
+    ----------
+    net
+        The v-prediction network (EMA weights, eval mode).
+    codec
+        Physical ↔ diffusion space, one channel per variable.
+    schedule
+        The noise schedule the network was trained with.
+    frames
+        Window length of the network.
+    valid
+        Boolean (C, H, W): False where a cell was NaN at every training step (generated
+        there as anything, then masked by the caller).
+    device
+        Where the work runs (the network must be there).
+    variables
+        Channel names (default ``var0``, ``var1``, …), for messages and the layers above.
+    time_features
+        Names of the per-frame features the network is conditioned on (``cond``).
+    """
+
+    def __init__(
+        self,
+        net: UNet3D,
+        codec: Codec,
+        schedule: CosineSchedule,
+        frames: int,
+        valid: Tensor,
+        device: torch.device,
+        *,
+        variables: Sequence[str] | None = None,
+        time_features: Sequence[str] = (),
+    ) -> None:
+        self.net = net
+        self.codec = codec
+        self.schedule = schedule
+        self.frames = int(frames)
+        self.valid = valid
+        self.device = torch.device(device)
+        self.variables = (
+            list(variables) if variables is not None else [f"var{c}" for c in range(len(codec))]
+        )
+        self.time_features = list(time_features)
+
+    @property
+    def channels(self) -> int:
+        return len(self.codec)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return int(self.valid.shape[-2]), int(self.valid.shape[-1])
+
+    # -- planning -------------------------------------------------------------------------
+
+    def plan(self, mask: Tensor, context: int | None = None) -> list[Window]:
+        """Windows that complete a series with known elements ``mask`` (C, T, H, W).
+
+        A gap short enough to have known frames on both sides is centred in its window;
+        longer gaps (forecasts, long samples) are generated autoregressively, each window
+        conditioned on ``context`` frames before it (default ``frames // 2``; seed 001 §4.4).
+        """
+        t = mask.shape[1]
+        context = self.frames // 2 if context is None else int(context)
+        if not 0 <= context < self.frames:
+            raise ValueError(
+                f"context must be in [0, frames - 1] = [0, {self.frames - 1}], got {context}"
+            )
+        frame_known = mask.transpose(0, 1).reshape(t, -1).all(1)
+        return [Window(s, f) for s, f in plan_windows(frame_known, self.frames, context)]
+
+    def tiles(self, t: int) -> list[Window]:
+        """Independent windows covering ``t`` frames: 0, f, 2f, … and a last one ending at t."""
+        f = min(self.frames, t)
+        starts = list(range(0, max(t - f, 0) + 1, f))
+        if starts[-1] + f < t:
+            starts.append(t - f)
+        return [Window(s, f) for s in starts]
+
+    # -- one window -----------------------------------------------------------------------
+
+    def _denoiser(self, cond: Tensor | None, window: Window, batch: int):
+        kwargs = None
+        if cond is not None:  # (T, K) features of the whole series → this window's
+            c = cond[window.start : window.stop].to(self.device)
+            kwargs = {"cond": c[None].expand(batch, *c.shape)}
+        micro = 1 if self.device.type == "cpu" else None
+        return make_denoiser(self.net, net_kwargs=kwargs, microbatch=micro)
+
+    def _noise(self, seed: int, members: Sequence[int], shape, key: int):
+        main = MemberNoise(seed, members, shape, device=self.device, stream=2 * key)
+        extra = MemberNoise(seed, members, shape, device=self.device, stream=2 * key + 1)
+        return main, extra
+
+    def window(
+        self,
+        x_known: Tensor,
+        mask: Tensor,
+        settings: SamplingSettings,
+        *,
+        seed: int,
+        members: Sequence[int],
+        window: Window,
+        time_offset: int = 0,
+        cond: Tensor | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Sample one window for a batch of members, conditioned on its known elements.
+
+        Parameters
+        ----------
+        x_known, mask
+            (B, C, F, H, W) diffusion-space values and a boolean mask of known elements
+            (all False: unconditional). ``mask`` may have a leading batch dimension of 1.
+        settings
+            Resolved sampler, steps, method and guidance weight.
+        seed, members
+            Noise key: member indices, one per batch row.
+        window
+            Where the window sits in the series (its start keys the noise).
+        time_offset
+            Absolute time position of the series' first frame (archive chunks).
+        cond
+            (T, K) per-frame conditioning features of the whole series, or None.
+
+        Returns
+        -------
+        Tensor
+            (B, C, F, H, W); known elements equal ``x_known``.
+        """
+        b, shape = x_known.shape[0], x_known.shape[1:]
+        base = self._denoiser(cond, window, b)
+        noise, extra = self._noise(seed, members, shape, time_offset + window.start)
+        conditioned = bool(mask.any())
+        den = base
+        if conditioned:
+            if settings.method == "guidance":
+                den = guidance(base, x_known, mask, weight=settings.guidance_weight, noise=extra)
+            elif settings.method == "imputation":
+                den = imputation(base, x_known, mask, noise=extra)
+            else:
+                raise ValueError(
+                    f"known values need method 'guidance' or 'imputation', not {settings.method!r}"
+                )
+        with torch.inference_mode(False):
+            out = run_sampler(
+                settings.sampler,
+                den,
+                noise(),
+                self.schedule,
+                settings.steps,
+                noise=noise,
+                progress=progress,
+            )
+        return finalize(out, x_known, mask) if conditioned else out
+
+    # -- completion tasks: sample, interpolate, forecast ------------------------------------
+
+    def run(
+        self,
+        unit: WorkUnit,
+        plan: Sequence[Window],
+        x: Tensor,
+        mask: Tensor,
+        settings: SamplingSettings,
+        *,
+        seed: int,
+        time_offset: int = 0,
+        cond: Tensor | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Run one unit of a completion plan: generate its windows, in order, for its members.
+
+        Parameters
+        ----------
+        unit
+            Window range (into ``plan``) × member range.
+        plan
+            From :meth:`plan` for this ``mask``.
+        x
+            (len(unit.members), C, T, H, W) or (C, T, H, W): the series in diffusion space;
+            it must hold the output of every earlier window the unit depends on.
+        mask
+            (C, T, H, W) boolean: elements known before the plan ran.
+        settings, seed, time_offset, cond
+            As for :meth:`window`.
+
+        Returns
+        -------
+        Tensor
+            (len(unit.members), C, T, H, W): ``x`` with the unit's windows generated.
+        """
+        members = list(unit.members)
+        if x.ndim == 4:
+            x = x[None].expand(len(members), *x.shape)
+        out = torch.where(mask.to(x.device), x, torch.zeros((), dtype=x.dtype)).to(self.device)
+        known = mask.to(self.device).clone()
+        for w in plan[: unit.windows.start]:  # earlier windows' output counts as known
+            known[:, w.start : w.stop] = True
+        windows = [plan[i] for i in unit.windows]
+        bar = tqdm(windows, disable=not progress or len(windows) < 2, desc=settings.task)
+        for w in bar:
+            xs, ms = out[:, :, w.start : w.stop], known[None, :, w.start : w.stop]
+            gen = self.window(
+                xs,
+                ms,
+                settings,
+                seed=seed,
+                members=members,
+                window=w,
+                time_offset=time_offset,
+                cond=cond,
+            )
+            out[:, :, w.start : w.stop] = torch.where(ms, xs, gen)
+            known[:, w.start : w.stop] = True
+        return out
+
+    def complete(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        settings: SamplingSettings,
+        *,
+        n: int,
+        seed: int,
+        context: int | None = None,
+        batch_size: int | None = None,
+        time_offset: int = 0,
+        cond: Tensor | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Complete one series (C, T, H, W) in diffusion space for members 0 … n − 1.
+
+        Plans the windows (:meth:`plan`) and runs every member block as one
+        :class:`WorkUnit` (:func:`member_units`). Returns (n, C, T, H, W) with the known
+        elements of ``x`` unchanged.
+        """
+        plan = self.plan(mask, context)
+        units = member_units(len(plan), n, batch_size)
+        out = [
+            self.run(
+                u,
+                plan,
+                x,
+                mask,
+                settings,
+                seed=seed,
+                time_offset=time_offset,
+                cond=cond,
+                progress=progress and i == 0,
+            )
+            for i, u in enumerate(units)
+        ]
+        return torch.cat(out)
+
+    # -- downscaling ----------------------------------------------------------------------
+
+    def data_scale(self) -> Tensor:
+        """Per channel physical magnitude at the top of the scaled range, (C,) ≥ 1e-12."""
+        ones = torch.ones(1, 1)
+        return torch.tensor(
+            [float(v.from_scaled(ones).abs().max()) for v in self.codec], device=self.device
+        ).clamp_min(1e-12)
+
+    def downscale_unit(
+        self,
+        unit: WorkUnit,
+        windows: Sequence[Window],
+        y_phys: Tensor,
+        factor: int,
+        settings: SamplingSettings,
+        *,
+        seed: int,
+        time_offset: int = 0,
+        cond: Tensor | None = None,
+        project: bool = True,
+        progress: bool = False,
+    ) -> Tensor:
+        """Fine physical fields for one unit of a downscaling task.
+
+        Parameters
+        ----------
+        unit
+            Window range (into ``windows``, from :meth:`tiles`) × member range.
+        y_phys
+            Coarse physical values of the whole series, (C, T, h, w), finite.
+        factor
+            Block size: (h, w) × factor must be the model's grid.
+        settings
+            Resolved settings (guidance weight of the whitened operator).
+        project
+            Make the block means exact at the end (:func:`project_block_means`).
+
+        Returns
+        -------
+        Tensor
+            (len(unit.members), C, T_unit, H, W) in physical units, covering frames
+            ``windows[unit.windows.start].start`` to ``windows[unit.windows.stop - 1].stop``.
+        """
+        factor = check_int(factor, "factor", minimum=1)
+        members = list(unit.members)
+        y_phys = y_phys.to(self.device)
+        c = y_phys.shape[0]
+        chosen = [windows[i] for i in unit.windows]
+        t0, t1 = chosen[0].start, chosen[-1].stop
+        scale = self.data_scale()
+        scale_b = scale[None, :, None, None, None]
+        out = torch.empty(len(members), c, t1 - t0, *self.grid, device=self.device)
+        for k, w in enumerate(chosen):
+            yw = y_phys[None, :, w.start : w.stop] / scale_b
+            operator = block_mean_operator(self.codec, yw, factor, scale_b)
+            b = len(members)
+            base = self._denoiser(cond, w, b)
+            den = guidance(
+                base,
+                yw.expand(b, *yw.shape[1:]),
+                None,
+                weight=settings.guidance_weight,
+                operator=operator,
+            )
+            shape = (c, w.length, *self.grid)
+            noise, _ = self._noise(seed, members, shape, time_offset + w.start)
+            with torch.inference_mode(False):
+                z = run_sampler(
+                    settings.sampler,
+                    den,
+                    noise(),
+                    self.schedule,
+                    settings.steps,
+                    noise=noise,
+                    progress=progress and k == 0,
+                )
+            with torch.no_grad():
+                out[:, :, w.start - t0 : w.stop - t0] = self.codec.decode(z)
+        if project:
+            y = y_phys[None, :, t0:t1].expand(len(members), c, t1 - t0, *y_phys.shape[2:])
+            out = project_block_means(out, y, factor, self.codec.lower, scale.tolist())
+        return out
+
+    def downscale(
+        self,
+        y_phys: Tensor,
+        factor: int,
+        settings: SamplingSettings,
+        *,
+        n: int,
+        seed: int,
+        batch_size: int | None = None,
+        time_offset: int = 0,
+        cond: Tensor | None = None,
+        project: bool = True,
+        progress: bool = False,
+    ) -> Tensor:
+        """Fine physical fields (n, C, T, H, W) for coarse physical ``y_phys`` (C, T, h, w).
+
+        Windows tile the time axis (:meth:`tiles`) and are independent; each member block
+        is one :class:`WorkUnit` over all of them.
+        """
+        windows = self.tiles(y_phys.shape[1])
+        units = member_units(len(windows), n, batch_size)
+        return torch.cat(
+            [
+                self.downscale_unit(
+                    u,
+                    windows,
+                    y_phys,
+                    factor,
+                    settings,
+                    seed=seed,
+                    time_offset=time_offset,
+                    cond=cond,
+                    project=project,
+                    progress=progress and i == 0,
+                )
+                for i, u in enumerate(units)
+            ]
+        )

@@ -1,0 +1,160 @@
+"""Argument checks shared by every layer: one message style, numpy scalars accepted.
+
+Each check returns the value converted to a plain Python ``int``/``float``/``bool`` (so a
+``numpy.int64`` from an array or a ``numpy.float32`` from a reduction works wherever a Python
+number does) or raises ``ValueError``/``TypeError`` naming the argument and what it accepts.
+``bool`` is refused where a number is expected: ``steps=True`` is a mistake, not 1.
+
+Pure Python and numpy: imported by ``core/`` as well as the xarray layers.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Collection
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "check_bool",
+    "check_choice",
+    "check_int",
+    "check_number",
+    "check_positive_int",
+    "check_seed",
+    "is_int",
+    "is_number",
+]
+
+
+def is_int(value: Any) -> bool:
+    """True for Python and numpy integers, False for ``bool`` (and everything else)."""
+    return isinstance(value, numbers.Integral | np.integer) and not isinstance(
+        value, bool | np.bool_
+    )
+
+
+def is_number(value: Any) -> bool:
+    """True for real Python/numpy numbers (integers and floats), False for ``bool``."""
+    return isinstance(value, numbers.Real | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
+
+
+def check_int(
+    value: Any,
+    name: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    allow_none: bool = False,
+) -> int | None:
+    """An integer in ``[minimum, maximum]`` (either end optional), as a Python ``int``.
+
+    Parameters
+    ----------
+    value
+        The argument as given.
+    name
+        Its name, used in the message.
+    minimum, maximum
+        Inclusive bounds; None for unbounded.
+    allow_none
+        Accept (and return) ``None``.
+    """
+    if value is None and allow_none:
+        return None
+    if (
+        not is_int(value)
+        or (minimum is not None and value < minimum)
+        or (maximum is not None and value > maximum)
+    ):
+        if minimum == 1 and maximum is None:
+            what = "a positive integer"
+        elif minimum == 0 and maximum is None:
+            what = "a non-negative integer"
+        elif minimum is not None and maximum is not None:
+            what = f"an integer in [{minimum}, {maximum}]"
+        elif minimum is not None:
+            what = f"an integer ≥ {minimum}"
+        elif maximum is not None:
+            what = f"an integer ≤ {maximum}"
+        else:
+            what = "an integer"
+        if allow_none:
+            what += " or None"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def check_positive_int(value: Any, name: str, *, allow_none: bool = False) -> int | None:
+    """An integer ≥ 1 (``n``, ``steps``, ``batch_size``, ``frames`` …)."""
+    return check_int(value, name, minimum=1, allow_none=allow_none)
+
+
+def check_seed(value: Any, name: str = "seed") -> int:
+    """A non-negative integer seed."""
+    return check_int(value, name, minimum=0)  # type: ignore[return-value]
+
+
+def check_number(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+    allow_none: bool = False,
+    allow_inf: bool = False,
+) -> float | None:
+    """A real number (finite unless ``allow_inf``) in the given range, as a Python float.
+
+    Parameters
+    ----------
+    value
+        The argument as given.
+    name
+        Its name, used in the message.
+    minimum, maximum
+        Inclusive bounds (``minimum`` exclusive with ``exclusive_minimum``); None for none.
+    allow_none
+        Accept (and return) ``None``.
+    allow_inf
+        Accept ±inf.
+    """
+    if value is None and allow_none:
+        return None
+    ok = is_number(value) and not math.isnan(float(value))
+    if ok and not allow_inf:
+        ok = math.isfinite(float(value))
+    if ok and minimum is not None:
+        ok = float(value) > minimum if exclusive_minimum else float(value) >= minimum
+    if ok and maximum is not None:
+        ok = float(value) <= maximum
+    if not ok:
+        what = "a finite number" if not allow_inf else "a number"
+        if minimum is not None:
+            what += f" {'>' if exclusive_minimum else '≥'} {minimum:g}"
+        if maximum is not None:
+            what += f"{' and' if minimum is not None else ''} ≤ {maximum:g}"
+        if allow_none:
+            what += " or None"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return float(value)
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """``True``/``False`` (numpy booleans too); a number or string is refused."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_choice(value: Any, name: str, choices: Collection[str]) -> str:
+    """One of ``choices``; the message lists them."""
+    if not isinstance(value, str) or value not in choices:
+        valid = ", ".join(repr(c) for c in sorted(choices))
+        raise ValueError(f"{name} must be one of {valid}, got {value!r}")
+    return value
