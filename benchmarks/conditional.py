@@ -38,7 +38,7 @@ import xarray as xr
 from scipy.ndimage import zoom
 
 from xdiffusion import diagnostics as dg
-from xdiffusion.generate import block_mean, project_block_means
+from xdiffusion.core.conditioning import block_mean, project_block_means
 
 try:
     from benchmarks import _common as C
@@ -240,6 +240,7 @@ def downscaling_task(model, held, starts, *, factor, n, weights, sampler, steps,
                 y.flatten(0, 1)[:, None],
                 factor,
                 [0.0],
+                [float(model.engine.data_scale()[0])],
             )[:, 0]
             .reshape(raw.shape)
             .numpy()

@@ -91,7 +91,7 @@ def generate(
             z = run_sampler(
                 sampler, den, noise(), model.schedule, steps, noise=noise, spacing=spacing
             )
-            out.append(model.decode(z)[:, 0].numpy())
+            out.append(model.codec.decode(z)[:, 0].numpy())
     seconds = time.perf_counter() - t
     return np.concatenate(out), seconds, counts["forward"] // n
 

@@ -185,8 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
         res["seconds_fit"] = round(t_fit, 1)
         res["final_loss"] = float(np.mean(model.history.get("loss", [np.nan])[-20:]))
-        if model.module.has_learned(0):
-            x, h = model.module.learned[0].curve(9)
+        if model.codec[0].has_learned:
+            x, h = model.codec[0].learned.curve(9)
             res["learned_curve"] = {f"{a:.2f}": round(float(b), 4) for a, b in zip(x, h)}
         result["models"][name] = res
         _log(f"[{name}] {json.dumps({k: v for k, v in res.items() if 'terms' not in k})}")

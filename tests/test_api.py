@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import TINY_NET, CountingScheduler, make_series
+from conftest import TINY_NET, CountingScheduler, as_dataset, make_series
 
 import xdiffusion as xd
 from xdiffusion.io.convert import channel_stats, prepare
@@ -238,26 +238,66 @@ def test_load_refuses_changed_shape_missing_key_and_pickle(tiny_model, tmp_path)
         xd.load(path)
 
 
-def test_sampling_defaults_by_task(tiny_model, series, monkeypatch):
-    fitted_steps = tiny_model.config["sampling"]["steps"]  # fit(sampling_steps=...) of conftest
+def test_sampling_settings_resolved_once(tiny_model, monkeypatch):
+    """Task default ← fit-time choice ← call; a step count stays with its sampler."""
+
+    def resolved(task, **kw):
+        st = tiny_model.sampling(task, **kw)
+        return st.sampler, st.steps
+
+    fitted_steps = tiny_model.config["sampling"]["steps"]  # fit(sampling_steps=3) of conftest
+    assert fitted_steps == 3
     monkeypatch.setitem(tiny_model.config, "sampling", {"sampler": None, "steps": None})
-    assert tiny_model.sampling_defaults(None, None) == ("dpmpp_2m", 20)
-    assert tiny_model.sampling_defaults(None, None, task="interpolate") == ("dpmpp_2m", 25)
-    assert tiny_model.sampling_defaults(None, None, task="downscale") == ("dpmpp_2m", 25)
-    assert tiny_model.sampling_defaults("dpmpp_3m", None) == ("dpmpp_3m", None)
+    assert resolved("sample") == ("dpmpp_2m", 20)
+    assert resolved("sample", sampler="dpmpp_2m") == ("dpmpp_2m", 20)  # not the registry's 25
+    assert resolved("interpolate") == ("dpmpp_2m", 25)
+    assert resolved("downscale") == ("dpmpp_2m", 25)
+    assert resolved("sample", sampler="dpmpp_3m") == ("dpmpp_3m", 25)  # registry default
     with pytest.raises(ValueError, match="task must be one of"):
-        tiny_model.sampling_defaults(None, None, task="nowcast")
-    assert tiny_model.sampling_defaults(None, None, task="forecast") == ("dpmpp_2m_sde", 25)
-    assert tiny_model.sampling_defaults(None, 7, task="forecast") == ("dpmpp_2m_sde", 7)
-    assert tiny_model.sampling_defaults("ddim", None, task="forecast") == ("ddim", None)
-    # A sampler chosen at fit time wins over the task default.
+        tiny_model.sampling("nowcast")
+    assert resolved("forecast") == ("dpmpp_2m_sde", 25)
+    assert resolved("forecast", sampler="dpmpp_2m_sde") == ("dpmpp_2m_sde", 25)  # not 50
+    assert resolved("forecast", steps=7) == ("dpmpp_2m_sde", 7)
+    assert resolved("forecast", sampler="ddim") == ("ddim", 50)
+    assert tiny_model.sampling("forecast").guidance_weight == 3.0
+    assert tiny_model.sampling("downscale").guidance_weight == 1.0
+    assert tiny_model.sampling("interpolate", method="imputation").guidance_weight is None
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        tiny_model.sampling("sample", steps=0)
+    assert resolved("sample", steps=np.int64(4)) == ("dpmpp_2m", 4)  # numpy integers work
+    # A sampler chosen at fit time wins over the task default; its steps go with it.
     monkeypatch.setitem(tiny_model.config, "sampling", {"sampler": "dpmpp_3m", "steps": 9})
-    assert tiny_model.sampling_defaults(None, None, task="forecast") == ("dpmpp_3m", 9)
+    assert resolved("forecast") == ("dpmpp_3m", 9)
+    assert resolved("forecast", sampler="dpmpp_3m") == ("dpmpp_3m", 9)
+    assert resolved("forecast", sampler="dpmpp_2m_sde") == ("dpmpp_2m_sde", 25)
+    # fit(sampling_steps=) without a sampler applies to each task's default sampler
     monkeypatch.undo()
-    assert tiny_model.sampling_defaults(None, None, task="forecast") == (
-        "dpmpp_2m_sde",
-        fitted_steps or 25,
-    )
+    assert resolved("forecast") == ("dpmpp_2m_sde", 3)
+    assert resolved("sample") == ("dpmpp_2m", 3)
+    assert resolved("sample", sampler="dpmpp_2m") == ("dpmpp_2m", 3)
+
+
+def test_default_sampler_named_or_not_gives_identical_members(tiny_model, series):
+    """``sample()`` and ``sample(sampler=<its default>)`` run the same settings, and the
+    outputs record what ran (history line and ``sampling`` attribute)."""
+    tmpl = series.isel(time=slice(0, 6))
+    kw = {"n": 2, "seed": 5, "progress": False}
+    a = tmpl.diffusion.sample(tiny_model, **kw)
+    b = tmpl.diffusion.sample(tiny_model, sampler="dpmpp_2m", **kw)
+    np.testing.assert_array_equal(a.values, b.values)
+    assert a.attrs["sampling"] == "sampler=dpmpp_2m steps=3 method=guidance guidance_weight=3"
+    last = a.attrs["history"].splitlines()[-1]
+    assert "sample(" in last and "sampler='dpmpp_2m'" in last and "steps=3" in last
+    assert "None" not in last
+    ds = as_dataset(tmpl).diffusion.sample(tiny_model, **kw)
+    assert ds.attrs["sampling"] == a.attrs["sampling"] == ds["pr"].attrs["sampling"]
+    fc = tmpl.diffusion.forecast(tiny_model, lead=2, n=1, progress=False)
+    assert fc.attrs["sampling"].startswith("sampler=dpmpp_2m_sde steps=3 method=guidance")
+    assert "guidance_weight=3.0" in fc.attrs["history"].splitlines()[-1]
+
+
+def test_forecast_default_is_the_stochastic_solver(tiny_model, series):
+    fitted_steps = tiny_model.config["sampling"]["steps"]
     # forecast() without sampler= is the stochastic 2M solver (25 steps unless fit set some).
     hist = series.isel(time=slice(0, 6))
     kw = {"lead": 2, "n": 2, "seed": 3, "progress": False}

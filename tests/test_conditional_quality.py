@@ -18,8 +18,8 @@ import xarray as xr
 from scipy.ndimage import zoom
 
 from xdiffusion import diagnostics as dg
+from xdiffusion.core.conditioning import block_mean
 from xdiffusion.datasets import synthetic_precipitation
-from xdiffusion.generate import block_mean
 
 WIND = (50.0, 16.7)  # km/h: 2 and 0.7 cells of 25 km per hourly step
 DX_KM = 25.0

@@ -221,6 +221,13 @@ def test_nll_defaults_to_the_models_dry_threshold(tiny_model, series):
         tiny_model.nll(series, dry_threshold="fitted", **kw)
 
 
+def test_models_dry_threshold_only_where_it_took_part(gauss_model):
+    """A Gaussian variable with transform 'none' gets no dry class by default."""
+    assert gauss_model.codec[0].lower is None and not gauss_model.codec[0].has_learned
+    r = gauss_model.nll(gaussian_series(nt=40, seed=2), n_lambda=2)
+    assert float(r.dequantization) == 0.0 and r.attrs["dry_threshold"] == "none"
+
+
 def test_learned_transform_log_det_matches_autograd(series):
     model = series.diffusion.fit(
         frames=4, steps=2, batch_size=2, transform="learned", progress=False, device="cpu", net=NET
@@ -236,7 +243,7 @@ def test_learned_transform_log_det_matches_autograd(series):
     torch.testing.assert_close(ld[wet], grad.log()[wet], rtol=1e-4, atol=1e-4)
     learned_part = h.log_derivative(model.codec[0].to_scaled(x.detach()))
     assert float(learned_part.abs().max()) > 0.1  # the learned h_ω really enters
-    r = model.nll(series, n_lambda=2, terms=True)
+    r = model.nll(series, n_lambda=2, terms=True, dry_threshold=None)
     n = r.attrs["n_windows"] * 4
     xs = torch.from_numpy(series.values[None, None, :n].copy())
     assert float(r.log_det) == pytest.approx(-float(log_abs_det(model, xs).mean()) / LN2, rel=1e-5)

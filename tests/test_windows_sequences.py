@@ -6,7 +6,7 @@ import torch
 import xarray as xr
 
 from xdiffusion.core.noise import MemberNoise
-from xdiffusion.core.sequences import complete, plan_windows
+from xdiffusion.core.sequences import plan_windows
 from xdiffusion.io.axes import find_axes
 from xdiffusion.io.windows import WindowReader, regular_step, window_starts
 
@@ -76,23 +76,6 @@ def test_plan_windows_gap_centred_and_forecast():
     known[4:] = False
     plan = plan_windows(known, 8, 4)
     assert plan[0] == (0, 8) and plan[-1][0] + plan[-1][1] == 12
-
-
-def test_complete_keeps_known_and_fills_all():
-    calls = []
-
-    def window(x, mask, stream, start):
-        calls.append(stream)
-        return torch.full_like(x, 7.0)
-
-    x = torch.randn(2, 1, 30, 3, 3)
-    mask = torch.ones_like(x, dtype=torch.bool)
-    mask[:, :, 5:7] = False
-    mask[:, :, 20:] = False
-    out = complete(window, x, mask, 8, context=4)
-    assert torch.equal(out[mask], x[mask])
-    assert torch.all(out[~mask] == 7.0)
-    assert calls == list(range(len(calls)))
 
 
 def test_member_noise_independent_of_batching():

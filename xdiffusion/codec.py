@@ -1,6 +1,6 @@
 """The codec: physical values ↔ diffusion space, one :class:`VariableCodec` per variable.
 
-For one variable the chain is (seed 001, §4.2–§4.3)::
+For one variable the chain is (Herbert (2023), §4.2–§4.3)::
 
     physical x ──f──▶ f(x) ──affine──▶ s ∈ [−1, 1] ──h_ω (optional)──▶ diffusion space y
 
@@ -236,6 +236,17 @@ class VariableCodec(nn.Module):
             return torch.zeros_like(s)
         return self._h(s, "derivative").log()
 
+    def penalty(self, s: Tensor, mask: Tensor) -> Tensor:
+        """−Σᵢ log h_ω'(sᵢ) m(sᵢ) per sample for scaled ``s`` (B, ...), eq. 4.15.
+
+        :meth:`LearnedMonotone.penalty` in float32/64 with autocast off; zeros without h_ω.
+        """
+        if self.learned is None:
+            return torch.zeros(s.shape[0], dtype=torch.float32, device=s.device)
+        dtype = s.dtype if s.dtype in (torch.float32, torch.float64) else torch.float32
+        with torch.autocast(device_type=s.device.type, enabled=False):
+            return self.learned.penalty(s.to(dtype), mask)
+
     def scaled_threshold(self, threshold: float) -> float:
         """A physical threshold (e.g. the dry threshold) in scaled units; −inf stays −inf."""
         if threshold == -math.inf:
@@ -245,7 +256,7 @@ class VariableCodec(nn.Module):
     def penalty_mask(self, x: Tensor, threshold: float = 0.01) -> Tensor:
         """m(xᵢ) of eq. 4.14: True where the physical value is above ``threshold``.
 
-        With the thesis' linear scaling by a 76.97 mm/h maximum, 0.01 mm/h scales to
+        With Herbert (2023)'s linear scaling by a 76.97 mm/h maximum, 0.01 mm/h scales to
         −0.99974, i.e. M ≈ [−0.99975, 1]: "dry" cells do not pull h_ω's gradient (§4.3.5).
         ``-inf`` disables masking.
         """
@@ -388,12 +399,9 @@ class Codec(nn.Module):
         dtype = s.dtype if s.dtype == torch.float64 else torch.float32
         out = torch.zeros(s.shape[0], dtype=dtype, device=s.device)
         for c, v in enumerate(self):
-            if not v.has_learned:
-                continue
-            sc = s[:, c : c + 1]
-            m = mask[:, c : c + 1] & (sc > scaled_thresholds[c])
-            logd = v.log_derivative_scaled(sc)
-            out = out - torch.where(m, logd, torch.zeros_like(logd)).flatten(1).sum(1)
+            if v.has_learned:
+                sc = s[:, c : c + 1]
+                out = out + v.penalty(sc, mask[:, c : c + 1] & (sc > scaled_thresholds[c]))
         return out
 
     def to_config(self) -> list[dict[str, Any]]:

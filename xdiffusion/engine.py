@@ -221,7 +221,7 @@ class Engine:
 
         A gap short enough to have known frames on both sides is centred in its window;
         longer gaps (forecasts, long samples) are generated autoregressively, each window
-        conditioned on ``context`` frames before it (default ``frames // 2``; seed 001 §4.4).
+        conditioned on ``context`` frames before it (default ``frames // 2``; Herbert (2023) §4.4).
         """
         t = mask.shape[1]
         context = self.frames // 2 if context is None else int(context)
@@ -356,10 +356,11 @@ class Engine:
         members = list(unit.members)
         if x.ndim == 4:
             x = x[None].expand(len(members), *x.shape)
-        out = torch.where(mask.to(x.device), x, torch.zeros((), dtype=x.dtype)).to(self.device)
         known = mask.to(self.device).clone()
         for w in plan[: unit.windows.start]:  # earlier windows' output counts as known
             known[:, w.start : w.stop] = True
+        x = x.to(self.device)
+        out = torch.where(known, x, torch.zeros((), dtype=x.dtype))
         windows = [plan[i] for i in unit.windows]
         bar = tqdm(windows, disable=not progress or len(windows) < 2, desc=settings.task)
         for w in bar:

@@ -344,7 +344,7 @@ def fit(
         (time, y, x) DataArray, or Dataset whose ``variables`` are learned jointly as
         channels. May be dask-backed: it is never loaded whole.
     frames
-        Window length in time steps (the seed used 10).
+        Window length in time steps (Herbert (2023) used 10).
     transform
         ``"none"``, ``"sqrt"``, ``"log1p"``, ``"learned"`` (eq. 4.13–4.15), a
         :class:`~xdiffusion.transforms.Transform`, or a mapping variable → one of these.

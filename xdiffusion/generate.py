@@ -177,7 +177,13 @@ def forecast(
     n, seed = _common(n, seed, batch_size, progress)
     lead = check_positive_int(lead, "lead")
     ctx = engine.frames // 2 if context is None else context
-    ctx = check_int(ctx, "context", minimum=1, maximum=engine.frames - 1)
+    ctx = check_int(
+        ctx,
+        "context",
+        minimum=1,
+        maximum=engine.frames - 1,
+        what=f"an integer in [1, frames - 1 = {engine.frames - 1}]",
+    )
     p = prepare_for(engine, data, dims, "data")
     if p.shape[1] < ctx:
         raise ValueError(f"data has {p.shape[1]} time steps, fewer than context={ctx}")

@@ -3,7 +3,7 @@
 The series is cut into non-overlapping windows of ``model.frames`` frames (windows never span
 a gap in the time axis; a trailing remainder shorter than a window is left out). For each
 window the variational bound of :func:`xdiffusion.core.likelihood.vlb_terms` is computed in
-diffusion space, and the change of variables (seed 001, eq. 4.2–4.10)
+diffusion space, and the change of variables (Herbert (2023), eq. 4.2–4.10)
 
     −log p(x) ≤ L̃(h(x)) − Σᵢ log |h'(xᵢ)|
 
@@ -106,12 +106,19 @@ def dry_thresholds(
 def default_dry_thresholds(
     codec: Codec, thresholds: Sequence[float | None], variables: Sequence[Mapping]
 ) -> Bins:
-    """The model's own dry classes: its fit-time threshold for each variable where it lies
-    above the data's lower end (precipitation: yes; a temperature in K: no class)."""
+    """The model's own dry classes.
+
+    A variable gets its fit-time threshold as a dry class when that threshold took part
+    in the model: its fixed transform has a lower bound (``sqrt``, ``log1p``: the
+    transforms for zero-inflated data such as precipitation) or it has a learned h_ω
+    (whose mask set M of eq. 4.14 the threshold defined), and the threshold lies above the
+    data's lower end. A ``"none"`` transform (a temperature, a Gaussian) gets none.
+    """
     out: Bins = []
     for c, thr in enumerate(thresholds):
         lower = _lower_end(codec, c, variables[c])
-        ok = thr is not None and is_number(thr) and np.isfinite(thr) and thr > lower
+        used = codec[c].lower is not None or codec[c].has_learned
+        ok = used and thr is not None and is_number(thr) and np.isfinite(thr) and thr > lower
         out.append((lower, float(thr)) if ok else None)
     return out
 
@@ -356,7 +363,7 @@ def _result(engine, p, rows, used, skipped, terms, *, n_lambda, seed, lambda_rec
     attrs = {
         "title": "xdiffusion negative log-likelihood bound (bits per element)",
         "comment": (
-            "variational bound in diffusion space (Herbert 2023 eq. 2.77, Gaussian decoder at "
+            "variational bound in diffusion space (Herbert (2023) eq. 2.77, Gaussian decoder at "
             "lambda_rec) plus the change of variables of the transform (eq. 4.10); averaged "
             "over non-overlapping windows of `frames` steps"
         ),

@@ -274,7 +274,7 @@ class DiffusionModel:
             DataArray or Dataset on the model's grid whose coordinates, length and
             metadata the output takes (its values are not used). Longer than
             :attr:`frames`: extended autoregressively, each window conditioned on the last
-            ``context`` frames (seed 001 §4.4).
+            ``context`` frames (Herbert (2023) §4.4).
         n
             Ensemble members (dimension ``realization``).
         steps, sampler
@@ -328,7 +328,7 @@ class DiffusionModel:
         """Fill the NaN time steps and cells of a series of any length.
 
         Windows of :attr:`frames` frames are placed so that a gap sees known frames on
-        both sides where it fits (seed 001 §2.7.10). Observed values are returned
+        both sides where it fits (Herbert (2023) §2.7.10). Observed values are returned
         bit-exact; cells that were NaN at every training step stay NaN.
 
         Parameters
@@ -400,7 +400,7 @@ class DiffusionModel:
         n
             Ensemble members.
         context
-            Known frames per window (default ``frames // 2``, the seed's 5 of 10).
+            Known frames per window (default ``frames // 2``, Herbert (2023)'s 5 of 10).
         method, guidance_weight
             As for :meth:`interpolate`.
         steps, sampler
@@ -522,8 +522,10 @@ class DiffusionModel:
             Log-SNR of the Gaussian decoder (default λmax).
         dry_threshold
             ``"model"`` (default): the threshold the model was fitted with
-            (:attr:`dry_thresholds`) for each variable whose data domain it lies in;
-            a number or mapping variable → number in data units; None: no dry class.
+            (:attr:`dry_thresholds`) for each variable with a bounded transform
+            (``sqrt``, ``log1p``) or a learned one (see
+            :func:`xdiffusion.likelihood.default_dry_thresholds`); a number or mapping
+            variable → number in data units; None: no dry class.
         terms
             Return the Dataset of terms (default), or only the bound as a float.
 

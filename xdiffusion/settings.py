@@ -50,7 +50,7 @@ TASK_DEFAULTS: dict[str, tuple[str, int]] = {
 }
 TASKS = tuple(TASK_DEFAULTS)
 
-#: Conditioning methods of the gap-filling tasks (seed 001 eq. 2.116 and 2.106).
+#: Conditioning methods of the gap-filling tasks (Herbert (2023) eq. 2.116 and 2.106).
 METHODS = ("guidance", "imputation")
 
 #: Default guidance weight of ``downscale``, for the whitened block-mean residual (see
@@ -151,7 +151,7 @@ def resolve_sampling(
             steps = int(SAMPLERS[sampler]["default_steps"])
     if task == "sample":
         # windows after the first of a long sample condition on the frames before them
-        # (seed 001 §4.4) by reconstruction guidance at the default weight
+        # (Herbert (2023) §4.4) by reconstruction guidance at the default weight
         if method is not None or weight is not None:
             raise ValueError("sample() is unconditional: it takes no method or guidance_weight")
         return SamplingSettings(task, sampler, steps, "guidance", DEFAULT_GUIDANCE_WEIGHT)

@@ -50,6 +50,7 @@ def check_int(
     minimum: int | None = None,
     maximum: int | None = None,
     allow_none: bool = False,
+    what: str | None = None,
 ) -> int | None:
     """An integer in ``[minimum, maximum]`` (either end optional), as a Python ``int``.
 
@@ -71,7 +72,9 @@ def check_int(
         or (minimum is not None and value < minimum)
         or (maximum is not None and value > maximum)
     ):
-        if minimum == 1 and maximum is None:
+        if what is not None:
+            pass
+        elif minimum == 1 and maximum is None:
             what = "a positive integer"
         elif minimum == 0 and maximum is None:
             what = "a non-negative integer"
@@ -134,11 +137,14 @@ def check_number(
     if ok and maximum is not None:
         ok = float(value) <= maximum
     if not ok:
-        what = "a finite number" if not allow_inf else "a number"
-        if minimum is not None:
-            what += f" {'>' if exclusive_minimum else '≥'} {minimum:g}"
-        if maximum is not None:
-            what += f"{' and' if minimum is not None else ''} ≤ {maximum:g}"
+        if minimum == 0 and maximum is None:
+            what = "a positive number" if exclusive_minimum else "a non-negative number"
+        else:
+            what = "a finite number" if not allow_inf else "a number"
+            if minimum is not None:
+                what += f" {'>' if exclusive_minimum else '≥'} {minimum:g}"
+            if maximum is not None:
+                what += f"{' and' if minimum is not None else ''} ≤ {maximum:g}"
         if allow_none:
             what += " or None"
         raise ValueError(f"{name} must be {what}, got {value!r}")
@@ -155,6 +161,7 @@ def check_bool(value: Any, name: str) -> bool:
 def check_choice(value: Any, name: str, choices: Collection[str]) -> str:
     """One of ``choices``; the message lists them."""
     if not isinstance(value, str) or value not in choices:
-        valid = ", ".join(repr(c) for c in sorted(choices))
-        raise ValueError(f"{name} must be one of {valid}, got {value!r}")
+        names = [repr(c) for c in choices]
+        valid = " or ".join(names) if len(names) == 2 else "one of " + ", ".join(sorted(names))
+        raise ValueError(f"{name} must be {valid}, got {value!r}")
     return value
