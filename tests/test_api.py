@@ -307,3 +307,49 @@ def test_forecast_default_is_the_stochastic_solver(tiny_model, series):
     other = hist.diffusion.forecast(tiny_model, sampler="dpmpp_2m", steps=steps, **kw)
     np.testing.assert_array_equal(default.values, explicit.values)
     assert not np.array_equal(default.values, other.values)
+
+
+def test_schema_1_model_files_are_migrated(series, tmp_path):
+    """Model files from before the codec (schema 1: ``pipeline`` entries, h_ω under
+    ``learned.<c>.*``) load and generate the same members as the model that wrote them."""
+    import hashlib
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    model = series.diffusion.fit(
+        frames=4,
+        steps=3,
+        batch_size=2,
+        transform="learned",
+        progress=False,
+        device="cpu",
+        net=TINY_NET,
+    )
+    path = tmp_path / "v1"
+    model.save(path)
+    cfg = json.loads((path / "config.json").read_text())
+    assert cfg["schema_version"] == 2
+    for name in list(cfg["files"]):
+        tensors = load_file(path / name)
+        renamed = {
+            k.replace("codec.variables.0.learned.", "learned.0."): v for k, v in tensors.items()
+        }
+        assert any(k.startswith("learned.0.") for k in renamed)
+        save_file(renamed, path / name)
+        cfg["files"][name] = hashlib.sha256((path / name).read_bytes()).hexdigest()
+    for v in cfg["variables"]:
+        codec = v.pop("codec")
+        v["pipeline"] = {**codec, "learned": None}
+    cfg["schema_version"] = 1
+    (path / "config.json").write_text(json.dumps(cfg))
+    old = xd.load(path)
+    assert old.codec[0].has_learned and old.config["schema_version"] == 2
+    tmpl = series.isel(time=slice(0, 4))
+    kw = {"n": 2, "seed": 1, "steps": 3, "progress": False}
+    a, b = tmpl.diffusion.sample(model, **kw), tmpl.diffusion.sample(old, **kw)
+    np.testing.assert_array_equal(a.values, b.values)
+    cfg["schema_version"] = 7
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="schema_version 7 is not supported"):
+        xd.load(path)
