@@ -353,3 +353,30 @@ def test_schema_1_model_files_are_migrated(series, tmp_path):
     (path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="schema_version 7 is not supported"):
         xd.load(path)
+
+
+@pytest.mark.parametrize("method", ["sample", "interpolate", "forecast", "downscale"])
+def test_accessor_signatures_are_explicit_and_match_the_model(method):
+    """``help(da.diffusion.sample)`` shows every argument: the accessor spells out the
+    model method's signature (its first argument is the object itself)."""
+    import inspect
+
+    acc = inspect.signature(getattr(xr.DataArray.diffusion, method))
+    mod = inspect.signature(getattr(xd.DiffusionModel, method))
+    acc_params = list(acc.parameters.values())[2:]  # self, model
+    mod_params = list(mod.parameters.values())[2:]  # self, the data argument
+    assert [(p.name, p.kind, p.default) for p in acc_params] == [
+        (p.name, p.kind, p.default) for p in mod_params
+    ]
+    names = {p.name for p in acc_params}
+    assert {"seed", "steps", "sampler", "dims", "n"} <= names
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in acc_params)
+    assert "Parameters" in (getattr(xd.DiffusionModel, method).__doc__ or "")
+
+
+def test_fit_accessor_signature_matches_fit():
+    import inspect
+
+    acc = list(inspect.signature(xr.DataArray.diffusion.fit).parameters.values())[1:]
+    fit = list(inspect.signature(xd.fit).parameters.values())[1:]
+    assert [(p.name, p.default) for p in acc] == [(p.name, p.default) for p in fit]

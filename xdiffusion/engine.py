@@ -96,6 +96,7 @@ class Window:
 
     @property
     def stop(self) -> int:
+        """One past the window's last frame."""
         return self.start + self.length
 
 
@@ -207,11 +208,8 @@ class Engine:
         self.time_features = list(time_features)
 
     @property
-    def channels(self) -> int:
-        return len(self.codec)
-
-    @property
     def grid(self) -> tuple[int, int]:
+        """(ny, nx) of the network's grid."""
         return int(self.valid.shape[-2]), int(self.valid.shape[-1])
 
     # -- planning -------------------------------------------------------------------------

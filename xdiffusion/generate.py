@@ -48,11 +48,7 @@ def _wrap(
     coords: dict | None = None,
 ) -> xr.DataArray | xr.Dataset:
     dims = [p.axes[a] for a in ("T", "Y", "X") if a in p.axes]
-    resolved = {"sampler": settings.sampler, "steps": settings.steps}
-    if settings.method is not None:
-        resolved["method"] = settings.method
-    if settings.guidance_weight is not None:
-        resolved["guidance_weight"] = settings.guidance_weight
+    resolved = {k: v for k, v in settings.as_dict().items() if k != "task" and v is not None}
     return wrap(
         values,
         templates=p.arrays,
