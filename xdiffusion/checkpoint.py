@@ -42,6 +42,18 @@ from torch import nn
 from xdiffusion._version import __version__
 from xdiffusion.persistence import atomic_write, sha256_of
 
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "Checkpointer",
+    "list_checkpoints",
+    "load_checkpoint",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
+
 FORMAT = "xdiffusion-checkpoint"
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^ckpt-(\d{9})\.(json|safetensors)$")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import xarray as xr
 
+__all__ = ["build_parser", "main"]
+
 
 def _open(path: str, var: str | None) -> xr.DataArray | xr.Dataset:
     p = Path(path)

@@ -1,7 +1,7 @@
 """Synthetic data generators and a registry of real sample data.
 
 :func:`synthetic_precipitation` makes hourly precipitation that looks, statistically, like
-the UKCP18 convection-permitting data of the seed (Herbert 2023, §4.1: 8.8 km cells, about
+the UKCP18 convection-permitting data of Herbert (2023) (§4.1: 8.8 km cells, about
 80 % of cells nearly dry, a heavy upper tail of tens of mm/h): a Gaussian random field with
 a power-law spectrum that is advected by a wind and evolves by scale-dependent AR(1)
 updates in Fourier space (the STEPS/pysteps recipe), thresholded and exponentiated.
@@ -26,6 +26,8 @@ import pooch
 import scipy.fft as sfft
 import xarray as xr
 from scipy.special import ndtri
+
+from xdiffusion.validation import is_int, is_number
 
 __all__ = ["gaussian_blobs", "list_samples", "open_sample", "synthetic_precipitation"]
 
@@ -54,7 +56,7 @@ _ENV_DIR = "XDIFFUSION_DATA_DIR"
 
 # --- argument checks -------------------------------------------------------------------------
 def _check_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+    if not is_int(value):
         raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
@@ -62,7 +64,7 @@ def _check_int(name: str, value: Any, minimum: int = 1) -> int:
 
 
 def _check_float(name: str, value: Any, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+    if not is_number(value):
         raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
     value = float(value)
     if not math.isfinite(value) or (positive and value <= 0):

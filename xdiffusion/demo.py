@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+__all__ = ["run_demo"]
+
 
 def _nc(obj: xr.DataArray | xr.Dataset, path: Path) -> str:
     ds = obj if isinstance(obj, xr.Dataset) else obj.to_dataset()

@@ -1,4 +1,4 @@
-"""Matplotlib figures of the diagnostics (Figs. 4.1–4.4 and 4.12 of the seed).
+"""Matplotlib figures of the diagnostics (Figs. 4.1–4.4 and 4.12 of Herbert (2023)).
 
 matplotlib is an optional dependency (``pip install 'xdiffusion[plot]'``): it is imported
 inside the functions, so ``import xdiffusion.plot`` works without it. Figures are built with
@@ -7,7 +7,7 @@ function takes ``ax=`` to draw into existing axes and returns the Figure.
 
 Inputs are the outputs of :mod:`xdiffusion.diagnostics`: a DataArray, the Dataset of
 :func:`~xdiffusion.diagnostics.evaluate` (sample and reference drawn together), or a
-mapping ``{label: DataArray}`` to compare several models as in the seed's figures.
+mapping ``{label: DataArray}`` to compare several models as in Herbert (2023)'s figures.
 """
 
 from __future__ import annotations
@@ -20,6 +20,16 @@ import numpy as np
 import xarray as xr
 
 from xdiffusion.io.axes import find_axes
+
+__all__ = [
+    "plot_bias_map",
+    "plot_fields",
+    "plot_histogram",
+    "plot_psd",
+    "plot_qq",
+    "plot_rank_histogram",
+    "plot_report",
+]
 
 _PAIR = ("sample", "reference")
 
@@ -90,7 +100,7 @@ def plot_histogram(
     low_end
         With a Dataset, draw the low-end histograms (``histogram_low_*``).
     log
-        Logarithmic density axis, as in the seed. log10 densities are drawn as densities.
+        Logarithmic density axis, as in Herbert (2023). log10 densities are drawn as densities.
     ax
         Axes to draw into; default a new Figure.
 

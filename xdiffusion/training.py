@@ -10,7 +10,6 @@ from any step by replaying nothing.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +22,20 @@ from tqdm.auto import tqdm
 from xdiffusion.codec import Codec
 from xdiffusion.core.diffusion import v_loss
 from xdiffusion.core.schedule import CosineSchedule
+from xdiffusion.validation import check_int, check_number, check_positive_int, check_seed, is_number
+
+__all__ = [
+    "DiffusionBatch",
+    "TrainConfig",
+    "TrainResult",
+    "autocast_context",
+    "diffusion_objective",
+    "ema_update",
+    "param_groups",
+    "step_generator",
+    "train",
+    "validation_loss",
+]
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch, torch.Generator], torch.Tensor]
@@ -73,21 +86,26 @@ class TrainConfig:
     transform_lr_scale: float = 10.0
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
+        # Stored back as plain Python numbers: numpy scalars are accepted, and to_dict()
+        # stays JSON-serialisable.
+        self.steps = check_positive_int(self.steps, "steps")  # type: ignore[assignment]
+        self.batch_size = check_positive_int(self.batch_size, "batch_size")  # type: ignore[assignment]
+        self.lr = check_number(  # type: ignore[assignment]
+            self.lr, "lr", minimum=0.0, exclusive_minimum=True
+        )
+        self.weight_decay = check_number(  # type: ignore[assignment]
+            self.weight_decay, "weight_decay", minimum=0.0
+        )
+        self.warmup = check_int(self.warmup, "warmup", minimum=0)  # type: ignore[assignment]
+        self.grad_clip = check_number(self.grad_clip, "grad_clip", minimum=0.0, allow_none=True)
+        if not (is_number(self.ema_decay) and 0.0 <= self.ema_decay < 1.0):
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
-        if self.warmup < 0 or self.val_every < 0:
-            raise ValueError("warmup and val_every must be non-negative integers")
-        scale = self.transform_lr_scale
-        if isinstance(scale, bool) or not (
-            isinstance(scale, int | float) and math.isfinite(scale) and scale > 0
-        ):
-            raise ValueError(f"transform_lr_scale must be a positive number, got {scale!r}")
+        self.ema_decay = float(self.ema_decay)
+        self.val_every = check_int(self.val_every, "val_every", minimum=0)  # type: ignore[assignment]
+        self.seed = check_seed(self.seed)
+        self.transform_lr_scale = check_number(  # type: ignore[assignment]
+            self.transform_lr_scale, "transform_lr_scale", minimum=0.0, exclusive_minimum=True
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,4 +1,4 @@
-"""Monotone input transforms between physical data and diffusion space (seed 001, §4.2–§4.3).
+"""Monotone input transforms between physical data and diffusion space (Herbert (2023), §4.2–§4.3).
 
 The chain applied before training, and inverted exactly after sampling, is::
 
@@ -26,6 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from xdiffusion.validation import check_number, check_positive_int
 
 __all__ = [
     "DEFAULT_LOGDET_EPS",
@@ -194,10 +196,9 @@ class Log1p(Transform):
     lower = 0.0
 
     def __init__(self, scale: float = 1.0) -> None:
-        scale = float(scale)
-        if not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"log1p scale must be a positive finite number, got {scale!r}")
-        self.scale = scale
+        self.scale: float = check_number(  # type: ignore[assignment]
+            scale, "log1p scale", minimum=0.0, exclusive_minimum=True
+        )
 
     def _params(self) -> dict[str, Any]:
         return {"scale": self.scale}
@@ -279,18 +280,17 @@ class LearnedMonotone(nn.Module):
     Parameters
     ----------
     hidden
-        Width of both hidden layers (thesis: 16).
+        Width of both hidden layers (Herbert (2023): 16).
     min_grad
         Coefficient of the minimum-gradient term (> 0).
     """
 
     def __init__(self, hidden: int = 16, min_grad: float = 0.1) -> None:
         super().__init__()
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-            raise ValueError(f"hidden must be a positive integer, got {hidden!r}")
-        min_grad = float(min_grad)
-        if not (math.isfinite(min_grad) and min_grad > 0):
-            raise ValueError(f"min_grad must be a positive finite number, got {min_grad!r}")
+        hidden = check_positive_int(hidden, "hidden")  # type: ignore[assignment]
+        min_grad = check_number(  # type: ignore[assignment]
+            min_grad, "min_grad", minimum=0.0, exclusive_minimum=True
+        )
         self.hidden = hidden
         self.min_grad = min_grad
         gen = torch.Generator().manual_seed(0)

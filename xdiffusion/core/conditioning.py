@@ -1,4 +1,4 @@
-"""Conditioning an unconditional model at sampling time (seed 001, §2.7.9–2.7.10).
+"""Conditioning an unconditional model at sampling time (Herbert (2023), §2.7.9–2.7.10).
 
 Everything here wraps a denoiser ``denoise(z, lam) -> x_hat`` into another denoiser, so
 each conditioning method works with every sampler in :mod:`xdiffusion.core.samplers`:
@@ -26,6 +26,18 @@ from torch import Tensor
 
 from xdiffusion.core.diffusion import Denoiser
 from xdiffusion.core.schedule import _expand, alpha_sigma
+from xdiffusion.validation import check_number, check_positive_int
+
+__all__ = [
+    "DEFAULT_GUIDANCE_WEIGHT",
+    "PROJECTION_FLOOR",
+    "block_mean",
+    "data_consistency",
+    "finalize",
+    "guidance",
+    "imputation",
+    "project_block_means",
+]
 
 NoiseFn = Callable[[], Tensor]
 Operator = Callable[[Tensor], Tensor]
@@ -184,7 +196,7 @@ def guidance(
     Denoiser
         ``denoise_c(z, lam) -> x_hat_c``.
     """
-    _check_weight(weight)
+    weight = _check_weight(weight)
     if operator is None:
         if mask is None:
             raise ValueError("mask is required for guidance without an operator")
@@ -194,7 +206,7 @@ def guidance(
     else:
         mask = torch.ones((), dtype=torch.bool) if mask is None else _bool_mask(mask)
     x_known = _known(x_known, mask)
-    half_w = 0.5 * float(weight)
+    half_w = 0.5 * weight
 
     def denoise_c(z: Tensor, lam: Tensor) -> Tensor:
         if torch.is_inference_mode_enabled():
@@ -226,7 +238,7 @@ def guidance(
 
 def block_mean(x: Tensor, factor: int) -> Tensor:
     """Coarsening operator A: mean over non-overlapping factor×factor blocks of (…, H, W)."""
-    h, w = _check_factor(x, factor)
+    factor, h, w = _check_factor(x, factor)
     lead = x.shape[:-2]
     return x.reshape(*lead, h // factor, factor, w // factor, factor).mean(dim=(-3, -1))
 
@@ -251,7 +263,7 @@ def data_consistency(
     mask
         Optional boolean over y: blocks where False (e.g. missing y) are left unchanged.
     """
-    _check_factor(x_hat, factor)
+    factor, _, _ = _check_factor(x_hat, factor)
     coarse = block_mean(x_hat, factor)
     try:
         torch.broadcast_shapes(y.shape, coarse.shape)
@@ -306,7 +318,7 @@ def project_block_means(
     scale
         Per channel data scale for the floor (default 1).
     """
-    _check_factor(x, factor)
+    factor, _, _ = _check_factor(x, factor)
     if len(lower) != x.shape[1]:
         raise ValueError(f"lower needs one entry per channel ({x.shape[1]}), got {len(lower)}")
     scale = [1.0] * len(lower) if scale is None else list(scale)
@@ -340,14 +352,14 @@ def finalize(x: Tensor, x_known: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, x_known.to(x), x)
 
 
-def _check_weight(weight: float) -> None:
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-        raise ValueError(f"weight must be a non-negative number, got {weight!r}")
+def _check_weight(weight: float) -> float:
+    """A finite weight ≥ 0 as a Python float (numpy scalars accepted, bool refused)."""
+    return check_number(weight, "weight", minimum=0.0)  # type: ignore[return-value]
 
 
-def _check_factor(x: Tensor, factor: int) -> tuple[int, int]:
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
-        raise ValueError(f"factor must be a positive integer, got {factor!r}")
+def _check_factor(x: Tensor, factor: int) -> tuple[int, int, int]:
+    """``(factor, H, W)``: the factor as a Python int, checked to divide x's grid."""
+    factor = check_positive_int(factor, "factor")  # type: ignore[assignment]
     if x.ndim < 2:
         raise ValueError("x must have at least two (spatial) dimensions (…, H, W)")
     h, w = x.shape[-2:]
@@ -356,4 +368,4 @@ def _check_factor(x: Tensor, factor: int) -> tuple[int, int]:
             f"the spatial shape ({h}, {w}) is not divisible by factor={factor}; crop or pad "
             "the fine grid to a multiple of the factor"
         )
-    return h, w
+    return factor, h, w

@@ -1,4 +1,7 @@
-"""Forward process, v-prediction parameterisation and training loss (seed 001, §2.7.5–2.7.6)."""
+"""Forward process, v-prediction parameterisation and training loss.
+
+Herbert (2023), §2.7.5–2.7.6.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,17 @@ import torch
 from torch import Tensor
 
 from xdiffusion.core.schedule import CosineSchedule, _expand, alpha_sigma
+
+__all__ = [
+    "Denoiser",
+    "VNet",
+    "diffuse",
+    "eps_from_v",
+    "make_denoiser",
+    "v_loss",
+    "v_target",
+    "x_from_v",
+]
 
 #: The network contract: ``v_hat = net(z, lam)`` with z (B, C, F, H, W) and lam (B,).
 VNet = Callable[[Tensor, Tensor], Tensor]
@@ -99,7 +113,7 @@ def make_denoiser(
 ) -> Denoiser:
     """Wrap a v-network as ``denoise(z, lam) -> x_hat`` (eq. 2.69), clipping x̂ to ±clip.
 
-    Clipping to the data range [−1, 1] is the "static thresholding" of the seed's sampler.
+    Clipping to the data range [−1, 1] is the "static thresholding" of Herbert (2023)'s sampler.
     ``microbatch=1`` evaluates the network one member at a time: CPU convolution kernels
     round differently for different batch sizes, so this is what makes a member's sample
     bit-identical whatever the batch it is drawn in.

@@ -1,4 +1,4 @@
-"""Variational bound on −log p(x) in diffusion space (seed 001, eq. 2.76–2.80, 4.9–4.10).
+"""Variational bound on −log p(x) in diffusion space (Herbert (2023), eq. 2.76–2.80, 4.9–4.10).
 
 For x ∈ R^D, the VP schedule and a reconstruction level λ_rec ≤ λmax,
 
@@ -37,6 +37,7 @@ from torch import Tensor
 
 from xdiffusion.core.diffusion import VNet, diffuse, v_target
 from xdiffusion.core.schedule import CosineSchedule, _expand, alpha_sigma
+from xdiffusion.validation import check_number, check_positive_int
 
 __all__ = ["bits_per_dim", "prior_kl", "reconstruction_nats", "stratified_lambdas", "vlb_terms"]
 
@@ -117,10 +118,10 @@ def vlb_terms(
         ``prior``, ``diffusion``, ``reconstruction`` (float64, shape (B,), nats, summed over
         the included elements), ``total`` (their sum) and ``dims`` (included elements).
     """
-    if isinstance(n_lambda, bool) or not isinstance(n_lambda, int) or n_lambda < 1:
-        raise ValueError(f"n_lambda must be a positive integer, got {n_lambda!r}")
+    n_lambda = check_positive_int(n_lambda, "n_lambda")  # type: ignore[assignment]
+    lambda_rec = check_number(lambda_rec, "lambda_rec", allow_none=True)
     lam_min = schedule.lambda_min
-    lam_rec = schedule.lambda_max if lambda_rec is None else float(lambda_rec)
+    lam_rec = schedule.lambda_max if lambda_rec is None else lambda_rec
     if not (math.isfinite(lam_rec) and lam_min < lam_rec <= schedule.lambda_max):
         raise ValueError(
             f"lambda_rec must lie in (lambda_min, lambda_max] = ({lam_min}, "

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+__all__ = ["MemberNoise", "member_seed"]
+
 
 def member_seed(seed: int, member: int, stream: int = 0) -> int:
     """A 63-bit seed for one member's stream, independent of batch size and chunking."""

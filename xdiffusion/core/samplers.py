@@ -17,6 +17,21 @@ from tqdm.auto import tqdm
 
 from xdiffusion.core.diffusion import Denoiser
 from xdiffusion.core.schedule import CosineSchedule, posterior
+from xdiffusion.validation import check_number, check_positive_int
+
+__all__ = [
+    "SAMPLERS",
+    "SPACINGS",
+    "TRUNC_RANGE",
+    "get_sampler",
+    "lambda_steps",
+    "run_sampler",
+    "sample_ancestral",
+    "sample_ddim",
+    "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
+    "sample_dpmpp_3m",
+]
 
 NoiseFn = Callable[[], Tensor]
 
@@ -68,8 +83,7 @@ def lambda_steps(
         ``"lambda_trunc"``: uniform in log-SNR over :data:`TRUNC_RANGE` (clipped to the
         schedule), with λmin and λmax added as first and last points.
     """
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    steps = check_positive_int(steps, "steps")
     if spacing == "t":
         t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
         lam = schedule.lam(t)
@@ -150,9 +164,7 @@ def _step(lam_t: float, lam_s: float) -> tuple[float, float, float, float]:
 
 
 def _check_eta(eta: float, name: str = "eta") -> float:
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {eta!r}")
-    return float(eta)
+    return check_number(eta, name, minimum=0.0, maximum=1.0)  # type: ignore[return-value]
 
 
 @torch.no_grad()
@@ -372,8 +384,6 @@ def sample_dpmpp_3m(
         desc="dpmpp_3m",
     )
 
-
-Sampler = Callable[..., Tensor]
 
 #: Registered samplers, by name; ``default_steps`` is used when ``steps=None``.
 SAMPLERS: dict[str, dict] = {

@@ -1,4 +1,4 @@
-"""Truncated continuous-time α-cosine noise schedule (seed 001, eq. 2.59–2.65).
+"""Truncated continuous-time α-cosine noise schedule (Herbert (2023), eq. 2.59–2.65).
 
 Everything is expressed through the log signal-to-noise ratio λ = log(α²/σ²), so that
 α and σ are computed as sqrt(sigmoid(±λ)); this stays finite in float32 at both ends of
@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
+
+__all__ = ["CosineSchedule", "alpha_sigma", "posterior"]
 
 
 @dataclass(frozen=True)

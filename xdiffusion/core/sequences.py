@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+__all__ = ["plan_windows"]
+
 
 def plan_windows(frame_known: Tensor, frames: int, context: int) -> list[tuple[int, int]]:
     """Choose window positions that complete a series, as (start, length) pairs.

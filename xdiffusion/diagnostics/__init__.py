@@ -1,4 +1,4 @@
-"""Diagnostics of generated fields against a reference: the evaluation of Chapter 4 of the seed.
+"""Diagnostics of generated fields against a reference: Herbert (2023), Chapter 4.
 
 xarray in, xarray out; no torch. Everything that can stay lazy on dask input does (spectra,
 histograms with given bins, quantiles, bias, scores); what cannot is said in the docstring.
@@ -17,7 +17,7 @@ Conventions
   ±f, up to and including the Nyquist frequency. The coordinates ``wavenumber_modes`` and
   ``frequency_modes`` count the modes of each ring, so Σ_r P(r) · modes(r) gives back
   N · var(x) (up to the spatial corners beyond the last ring).
-- Quantiles (Fig. 4.4): the seed's set Q = {1 − 10^−n1 + n2 · 10^−(n1+1)}, n1 = 1 … 7,
+- Quantiles (Fig. 4.4): Herbert (2023)'s set Q = {1 − 10^−n1 + n2 · 10^−(n1+1)}, n1 = 1 … 7,
   n2 = 1 … 9 (0.91 … 0.9999999, as in the reference notebooks), linear interpolation.
 """
 

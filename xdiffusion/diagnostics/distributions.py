@@ -1,5 +1,5 @@
-"""Distributions: frequency-density histograms, quantiles on the seed's set Q (QQ), and the
-mean-normalised bias map (Figs. 4.2, 4.4, 4.5 of the seed).
+"""Distributions: frequency-density histograms, quantiles on Herbert (2023)'s set Q (QQ), and the
+mean-normalised bias map (Figs. 4.2, 4.4, 4.5 of Herbert (2023)).
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ from xdiffusion.diagnostics._util import (
     _with_units,
 )
 from xdiffusion.io.axes import find_axes
+from xdiffusion.validation import is_int
+
+__all__ = ["histogram", "mean_normalised_bias", "qq", "seed_quantiles"]
 
 
 def _bin_edges(
@@ -29,7 +32,7 @@ def _bin_edges(
     low_end: bool,
     value_range: tuple[float, float] | None,
 ) -> np.ndarray:
-    if bins is not None and not isinstance(bins, int | np.integer):
+    if bins is not None and not is_int(bins):
         edges = np.asarray(bins, dtype=float)
         if edges.ndim != 1 or edges.size < 2 or not np.all(np.isfinite(edges)):
             raise ValueError("bins= must be an int or a 1-D sequence of at least 2 finite edges")
@@ -67,7 +70,7 @@ def histogram(
     value_range: tuple[float, float] | None = None,
     dims: Mapping[str, str] | None = None,
 ) -> xr.DataArray:
-    """Frequency density of all values of ``da`` (Fig. 4.2 of the seed).
+    """Frequency density of all values of ``da`` (Fig. 4.2 of Herbert (2023)).
 
     Parameters
     ----------
@@ -79,7 +82,7 @@ def histogram(
         Return log10 of the density (units ``1``; empty bins are NaN, not −inf).
     low_end
         Fine view of the low end: bins over [0, 0.5] in the data's units (0.5 mm h-1 for
-        precipitation in mm h-1), where the seed sees sampling noise (Fig. 4.2a).
+        precipitation in mm h-1), where Herbert (2023) sees sampling noise (Fig. 4.2a).
     value_range
         (low, high) of equal-width bins; default [0, 0.5] with ``low_end``, else the data's
         minimum and maximum (computed at once, even for dask input).
@@ -131,10 +134,10 @@ def histogram(
 
 
 def seed_quantiles(max_order: int = 7) -> np.ndarray:
-    """The seed's quantile set Q = {1 − 10^−n1 + n2 · 10^−(n1+1)} (Fig. 4.4).
+    """Herbert (2023)'s quantile set Q = {1 − 10^−n1 + n2 · 10^−(n1+1)} (Fig. 4.4).
 
     n1 = 1 … ``max_order`` and n2 = 1 … 9: 0.91, 0.92, …, 0.99, 0.991, …, 1 − 10^−(max_order+1)
-    (63 levels by default, as in the seed's notebooks).
+    (63 levels by default, as in Herbert (2023)'s notebooks).
     """
     if int(max_order) < 1:
         raise ValueError(f"max_order={max_order} must be at least 1")
@@ -170,7 +173,7 @@ def qq(
     *,
     dims: Mapping[str, str] | None = None,
 ) -> xr.Dataset:
-    """Quantiles of all values of ``da`` and ``reference`` (Fig. 4.4 of the seed).
+    """Quantiles of all values of ``da`` and ``reference`` (Fig. 4.4 of Herbert (2023)).
 
     Parameters
     ----------
@@ -265,10 +268,10 @@ def mean_normalised_bias(
     *,
     dims: Mapping[str, str] | None = None,
 ) -> xr.Dataset:
-    """Mean-normalised bias per cell (Fig. 4.12 of the seed) and its mean absolute value.
+    """Mean-normalised bias per cell (Fig. 4.12 of Herbert (2023)) and its mean absolute value.
 
     b = (mean_sample − mean_reference) / mean_reference, the means over every dimension
-    but Y and X (time, ``realization``, ...). The seed reports a mean |b| of 0.31 (square
+    but Y and X (time, ``realization``, ...). Herbert (2023) reports a mean |b| of 0.31 (square
     root transform) and 0.23 (learned transform) on UKCP18.
 
     Parameters

@@ -17,6 +17,8 @@ from xdiffusion.diagnostics._util import (
     _with_units,
 )
 
+__all__ = ["crps", "rank_histogram", "spread_skill"]
+
 
 def _check_ensemble(
     ens: xr.DataArray, obs: xr.DataArray, member_dim: str

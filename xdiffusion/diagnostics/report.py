@@ -26,6 +26,8 @@ from xdiffusion.diagnostics.spectra import _spacing, _time_step_hours, spatial_p
 from xdiffusion.io.axes import find_axes
 from xdiffusion.io.cf import CONVENTIONS, history_line
 
+__all__ = ["evaluate"]
+
 # -------------------------------------------------------------------------- evaluate
 
 

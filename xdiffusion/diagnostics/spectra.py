@@ -1,4 +1,4 @@
-"""Radially averaged spatial and temporal power spectra (Fig. 4.3 of the seed).
+"""Radially averaged spatial and temporal power spectra (Fig. 4.3 of Herbert (2023)).
 
 Convention: pysteps' ``rapsd``; see :mod:`xdiffusion.diagnostics`.
 """
@@ -24,6 +24,8 @@ from xdiffusion.diagnostics._util import (
     _with_units,
 )
 from xdiffusion.io.axes import find_axes
+
+__all__ = ["spatial_psd", "temporal_psd"]
 
 
 def _grid_spacing_km(da: xr.DataArray, dim: str) -> float | None:

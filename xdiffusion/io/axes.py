@@ -11,6 +11,8 @@ from collections.abc import Mapping
 import cf_xarray  # noqa: F401  (registers the .cf accessor)
 import xarray as xr
 
+__all__ = ["AXES", "find_axes"]
+
 AXES = ("T", "Y", "X")
 
 # Tried in order after cf-xarray's axis detection; the first hit that is a dimension wins.

@@ -15,6 +15,17 @@ import xarray as xr
 
 from xdiffusion._version import __version__
 
+__all__ = [
+    "CONVENTIONS",
+    "KEPT_ATTRS",
+    "append_history",
+    "history_line",
+    "realization_coord",
+    "template_coords",
+    "variable_attrs",
+    "wrap",
+]
+
 CONVENTIONS = "CF-1.8"
 KEPT_ATTRS = (
     "units",

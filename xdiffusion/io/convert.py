@@ -17,6 +17,8 @@ import xarray as xr
 
 from xdiffusion.io.axes import find_axes
 
+__all__ = ["Prepared", "channel_stats", "prepare"]
+
 
 @dataclass
 class Prepared:

@@ -39,6 +39,17 @@ import dask
 import numpy as np
 
 from xdiffusion.io.windows import WindowReader
+from xdiffusion.validation import check_int, check_positive_int, check_seed
+
+__all__ = [
+    "LOADERS",
+    "MAX_BLOCK_BYTES",
+    "ChunkedWindows",
+    "RandomWindows",
+    "block_edges",
+    "check_loader",
+    "make_loader",
+]
 
 LOADERS = ("auto", "random", "chunked")
 # Blocks larger than this are split (a single time chunk spanning the whole archive must not
@@ -47,12 +58,6 @@ MAX_BLOCK_BYTES = 128 * 2**20
 # Tags that keep the seeds of block permutations and window permutations apart from each
 # other and from the per-step seeds ``[seed, step]`` used elsewhere.
 _BLOCK_TAG, _WINDOW_TAG = 0xB10C, 0x817D
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _check_starts(starts, n_time: int, frames: int) -> np.ndarray:
@@ -99,7 +104,7 @@ def block_edges(
         Increasing edges ``e`` with ``e[0] == 0`` and ``e[-1] == sum(time_chunks)``; block
         ``k`` is ``[e[k], e[k + 1])``.
     """
-    frames = _positive_int(frames, "frames")
+    frames = check_positive_int(frames, "frames")
     min_steps = 4 * frames
     edges = [0]
     for n in (int(c) for c in time_chunks):
@@ -144,9 +149,9 @@ class RandomWindows:
     kind = "random"
 
     def __init__(self, data, frames: int, starts, *, batch_size: int, seed: int) -> None:
-        self.frames = _positive_int(frames, "frames")
-        self.batch_size = _positive_int(batch_size, "batch_size")
-        self.seed = int(seed)
+        self.frames = check_positive_int(frames, "frames")
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.seed = check_seed(seed)
         self.starts = _check_starts(starts, int(data.shape[1]), self.frames)
         self.reader = WindowReader(data, self.frames)
         self.wait_seconds = 0.0
@@ -237,9 +242,9 @@ class ChunkedWindows:
             shape = getattr(data, "shape", None)
             raise ValueError(f"data must be a (channel, time, y, x) array, got shape {shape}")
         self.data = data
-        self.frames = _positive_int(frames, "frames")
-        self.batch_size = _positive_int(batch_size, "batch_size")
-        self.seed = int(seed)
+        self.frames = check_positive_int(frames, "frames")
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.seed = check_seed(seed)
         self.is_dask = dask.is_dask_collection(data)
         n_time = int(data.shape[1])
         self.starts = _check_starts(starts, n_time, self.frames)
@@ -249,16 +254,18 @@ class ChunkedWindows:
             chunks,
             self.frames,
             step_bytes=step_bytes,
-            max_block_bytes=_positive_int(max_block_bytes, "max_block_bytes"),
+            max_block_bytes=check_positive_int(max_block_bytes, "max_block_bytes"),
         )
         owner = np.searchsorted(self.edges, self.starts, side="right") - 1
         self.eligible, first = np.unique(owner, return_index=True)  # blocks with windows
         self._by_block = dict(zip(self.eligible.tolist(), np.split(self.starts, first[1:])))
-        self.buffer_chunks = min(_positive_int(buffer_chunks, "buffer_chunks"), len(self.eligible))
+        self.buffer_chunks = min(
+            check_positive_int(buffer_chunks, "buffer_chunks"), len(self.eligible)
+        )
         if steps_per_round is None:
             per_block = len(self.starts) / len(self.eligible)
             steps_per_round = max(1, math.ceil(self.buffer_chunks * per_block / self.batch_size))
-        self.steps_per_round = _positive_int(steps_per_round, "steps_per_round")
+        self.steps_per_round = check_positive_int(steps_per_round, "steps_per_round")
         self.total_steps = None if total_steps is None else int(total_steps)
         self.wait_seconds = 0.0  # time batch() spent waiting for reads
         self.blocks_read = 0
@@ -353,10 +360,9 @@ class ChunkedWindows:
             Training step (non-negative); the result depends on ``(seed, step)`` and the
             loader's settings only.
         """
-        if isinstance(step, bool) or not isinstance(step, int | np.integer) or step < 0:
-            raise ValueError(f"step must be a non-negative integer, got {step!r}")
+        step = check_int(step, "step", minimum=0)  # type: ignore[assignment]
         t0 = time.perf_counter()
-        starts, owner, rnd = self._draw(int(step))
+        starts, owner, rnd = self._draw(step)
         f = self.frames
         c, _, ny, nx = self.data.shape
         out = np.empty((len(starts), c, f, ny, nx), dtype=np.float32)
@@ -447,4 +453,4 @@ def check_loader(loader: str, buffer_chunks: int) -> None:
     """Raise ValueError for a bad ``loader=`` or ``buffer_chunks=`` (before any data is read)."""
     if not isinstance(loader, str) or loader not in LOADERS:
         raise ValueError(f"loader must be one of {list(LOADERS)}, got {loader!r}")
-    _positive_int(buffer_chunks, "buffer_chunks")
+    check_positive_int(buffer_chunks, "buffer_chunks")

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+__all__ = ["TIME_FEATURES", "check_features", "n_features", "time_features"]
+
 #: Feature name → number of columns it adds.
 TIME_FEATURES = {"season": 2, "hour": 2}
 

@@ -14,6 +14,8 @@ import dask
 import numpy as np
 import xarray as xr
 
+__all__ = ["WindowReader", "regular_step", "time_steps", "window_starts"]
+
 
 def time_steps(time: xr.DataArray | np.ndarray | Sequence) -> np.ndarray:
     """Differences between consecutive time stamps, in seconds (datetime64 or cftime)."""

@@ -17,6 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+__all__ = [
+    "SPATIAL_ATTENTION_KINDS",
+    "Downsample",
+    "LambdaEmbedding",
+    "Pointwise",
+    "ResBlock",
+    "SpatialAttention",
+    "TemporalAttention",
+    "Upsample",
+    "relative_index",
+]
+
 SPATIAL_ATTENTION_KINDS = ("none", "linear", "full")
 
 

@@ -1,7 +1,7 @@
 """Spatio-temporal U-Net v̂_θ(z_t, λ_t) for video diffusion (pure torch, no xarray).
 
 The network predicts v = α ε − σ x (seed eq. 2.67) from a noisy video z_t and its log-SNR
-λ_t. Layout follows the reference video U-Net (Herbert 2023, after Ho et al.'s video
+λ_t. Layout follows the reference video U-Net (Herbert (2023), after Ho et al.'s video
 diffusion models): (1, 3, 3) convolutional ResNet blocks with GroupNorm and FiLM
 conditioning on a Fourier embedding of λ, spatial-only down/up-sampling with skip
 connections, temporal attention with learned relative-position biases and spatial attention at
@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +32,9 @@ from xdiffusion.nets.layers import (
     TemporalAttention,
     Upsample,
 )
+from xdiffusion.validation import check_bool, check_int, check_number, is_int, is_number
+
+__all__ = ["PAD_MODES", "UNet3D", "UNetConfig", "unet_config"]
 
 PAD_MODES = ("replicate", "reflect", "zeros")
 
@@ -116,14 +120,17 @@ class UNetConfig:
         self._validate()
 
     def _validate(self) -> None:
+        # Every number is stored back as a plain Python int/float/bool, so a config built
+        # from numpy scalars still serialises with to_dict().
         def pos_int(name: str, allow_zero: bool = False) -> None:
-            v = getattr(self, name)
-            ok = (
-                isinstance(v, int) and not isinstance(v, bool) and (v >= 0 if allow_zero else v > 0)
-            )
-            if not ok:
-                kind = "a non-negative" if allow_zero else "a positive"
-                raise ValueError(f"UNetConfig.{name} must be {kind} integer, got {v!r}")
+            v = check_int(getattr(self, name), f"UNetConfig.{name}", minimum=0 if allow_zero else 1)
+            setattr(self, name, v)
+
+        def flag(name: str, value: Any) -> bool:
+            try:
+                return check_bool(value, name)
+            except TypeError as err:  # a malformed config is a ValueError, as elsewhere
+                raise ValueError(str(err)) from None
 
         for name in (
             "channels",
@@ -142,12 +149,13 @@ class UNetConfig:
         if not (
             isinstance(self.mults, tuple)
             and self.mults
-            and all(isinstance(m, int) and not isinstance(m, bool) and m > 0 for m in self.mults)
+            and all(is_int(m) and m > 0 for m in self.mults)
         ):
             raise ValueError(
                 f"UNetConfig.mults must be a non-empty sequence of positive integers, "
                 f"got {self.mults!r}"
             )
+        self.mults = tuple(int(m) for m in self.mults)
         levels = len(self.mults)
         sa, ta = self.spatial_attention, self.temporal_attention
         if not (
@@ -160,22 +168,23 @@ class UNetConfig:
                 f"level ({levels} levels), got {sa!r}"
             )
         if not (
-            isinstance(ta, tuple) and len(ta) == levels and all(isinstance(t, bool) for t in ta)
+            isinstance(ta, tuple)
+            and len(ta) == levels
+            and all(isinstance(t, bool | np.bool_) for t in ta)
         ):
             raise ValueError(
                 f"UNetConfig.temporal_attention must list one bool per level ({levels} levels), "
                 f"got {ta!r}"
             )
+        self.temporal_attention = tuple(bool(t) for t in ta)
         if self.mid_spatial_attention not in SPATIAL_ATTENTION_KINDS:
             raise ValueError(
                 f"UNetConfig.mid_spatial_attention must be one of {SPATIAL_ATTENTION_KINDS}, "
                 f"got {self.mid_spatial_attention!r}"
             )
-        if not isinstance(self.mid_temporal_attention, bool):
-            raise ValueError(
-                f"UNetConfig.mid_temporal_attention must be a bool, "
-                f"got {self.mid_temporal_attention!r}"
-            )
+        self.mid_temporal_attention = flag(
+            "UNetConfig.mid_temporal_attention", self.mid_temporal_attention
+        )
         if self.fourier_dim % 2:
             raise ValueError(f"UNetConfig.fourier_dim must be even, got {self.fourier_dim}")
         for c in self.level_channels:
@@ -194,16 +203,12 @@ class UNetConfig:
                     f"UNetConfig.head_dim={self.head_dim} must divide every level's channels "
                     f"{self.level_channels}; change head_dim or set it to None and use heads"
                 )
-        for name in ("lam_scale",):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0:
-                raise ValueError(f"UNetConfig.{name} must be a positive number, got {v!r}")
-        if (
-            isinstance(self.dropout, bool)
-            or not isinstance(self.dropout, int | float)
-            or not (0 <= self.dropout < 1)
-        ):
+        self.lam_scale = check_number(  # type: ignore[assignment]
+            self.lam_scale, "UNetConfig.lam_scale", minimum=0.0, exclusive_minimum=True
+        )
+        if not (is_number(self.dropout) and 0 <= self.dropout < 1):
             raise ValueError(f"UNetConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        self.dropout = float(self.dropout)
         if self.pad_mode not in PAD_MODES:
             raise ValueError(
                 f"UNetConfig.pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}"
