@@ -118,6 +118,7 @@ class _DiffusionAccessor:
         batch_size: int | None = None,
         dims: Dims = None,
         progress: bool = True,
+        memory_budget: int | str | None = None,
     ) -> xr.DataArray | xr.Dataset:
         """Draw ``n`` unconditional samples shaped like this object.
 
@@ -134,6 +135,7 @@ class _DiffusionAccessor:
             batch_size=batch_size,
             dims=dims,
             progress=progress,
+            memory_budget=memory_budget,
         )
 
     def interpolate(
@@ -150,6 +152,7 @@ class _DiffusionAccessor:
         batch_size: int | None = None,
         dims: Dims = None,
         progress: bool = True,
+        memory_budget: int | str | None = None,
     ) -> xr.DataArray | xr.Dataset:
         """Fill the NaN time steps and cells of this series of any length.
 
@@ -168,6 +171,7 @@ class _DiffusionAccessor:
             batch_size=batch_size,
             dims=dims,
             progress=progress,
+            memory_budget=memory_budget,
         )
 
     def forecast(
@@ -185,6 +189,7 @@ class _DiffusionAccessor:
         batch_size: int | None = None,
         dims: Dims = None,
         progress: bool = True,
+        memory_budget: int | str | None = None,
     ) -> xr.DataArray | xr.Dataset:
         """Continue this series ``lead`` time steps past its end, ``n`` members.
 
@@ -204,6 +209,7 @@ class _DiffusionAccessor:
             batch_size=batch_size,
             dims=dims,
             progress=progress,
+            memory_budget=memory_budget,
         )
 
     def downscale(
@@ -221,6 +227,7 @@ class _DiffusionAccessor:
         batch_size: int | None = None,
         dims: Dims = None,
         progress: bool = True,
+        memory_budget: int | str | None = None,
     ) -> xr.DataArray | xr.Dataset:
         """Fine fields whose ``factor`` × ``factor`` block means match ``coarse``.
 
@@ -240,6 +247,7 @@ class _DiffusionAccessor:
             batch_size=batch_size,
             dims=dims,
             progress=progress,
+            memory_budget=memory_budget,
         )
 
     def evaluate(

@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import dask
+import torch
 import xarray as xr
 
 __all__ = ["build_parser", "main"]
 
 
-def _open(path: str, var: str | None) -> xr.DataArray | xr.Dataset:
+def _open(path: str, var: str | None, chunks: int | None = None) -> xr.DataArray | xr.Dataset:
     p = Path(path)
     if not p.exists():
         raise SystemExit(f"error: input file {path!r} does not exist")
-    ds = xr.open_zarr(p) if p.is_dir() else xr.open_dataset(p)
+    if p.is_dir():
+        ds = xr.open_zarr(p)
+        if chunks is not None:
+            ds = ds.chunk({d: chunks for d in ds.dims if d == _time_dim(ds)})
+    else:
+        ds = xr.open_dataset(p, chunks=None if chunks is None else {})
+        if chunks is not None:
+            ds = ds.chunk({_time_dim(ds): chunks})
     if var is None:
         return ds
     if var not in ds.data_vars:
@@ -25,24 +36,83 @@ def _open(path: str, var: str | None) -> xr.DataArray | xr.Dataset:
     return ds[[var]]
 
 
-def _write(obj: xr.DataArray | xr.Dataset, out: str) -> None:
+def _time_dim(ds: xr.Dataset) -> str:
+    from xdiffusion.io.axes import find_axes
+
+    first = next(iter(ds.data_vars.values()))
+    return find_axes(first).get("T", "time")
+
+
+def _write(
+    obj: xr.DataArray | xr.Dataset, out: str, job: dict | None = None, progress: bool = True
+) -> None:
     ds = obj if isinstance(obj, xr.Dataset) else obj.to_dataset()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
+    if out.rstrip("/").endswith(".zarr"):
+        from xdiffusion.archive import write_zarr
+
+        done = write_zarr(ds, out, job=job, progress=progress)
+        print(f"wrote {out} ({done['written']} regions written, {done['skipped']} resumed)")
+        return
     ds.to_netcdf(out)
     print(f"wrote {out}")
+
+
+@contextlib.contextmanager
+def _scheduler(spec: str | None):
+    """threads | processes | local:N (a LocalCluster of N worker processes) | address."""
+    if spec is None or spec in ("threads", "processes", "synchronous"):
+        with dask.config.set(scheduler=spec or "threads"):
+            yield
+        return
+    from distributed import Client, LocalCluster
+
+    if spec.startswith("local:"):
+        n = int(spec.split(":", 1)[1])
+        # one torch thread per worker core: oversubscribed cores collapse throughput
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
+        with (
+            LocalCluster(
+                n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            Client(cluster),
+        ):
+            yield
+        return
+    with Client(spec):
+        yield
 
 
 def _gen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model directory written by `xdiffusion fit`")
     p.add_argument("--var", default=None, help="variable(s) to use (default: all)")
     p.add_argument("--n", type=int, default=10, help="ensemble members")
-    p.add_argument("--out", required=True, help="output netCDF file")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output netCDF file, or a .zarr store (written region by region; re-running "
+        "the same command resumes an interrupted job)",
+    )
     p.add_argument("--steps", type=int, default=None, help="sampler steps")
     p.add_argument("--sampler", default=None, help="sampler name")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--chunks",
+        type=int,
+        default=None,
+        help="read inputs lazily in chunks of this many time steps; the result is then "
+        "computed chunk by chunk (rounded to whole windows), never whole in memory",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        help="dask scheduler for --chunks: threads (default), processes, local:N (a local "
+        "cluster of N worker processes) or a scheduler address such as tcp://host:8786",
+    )
+    p.add_argument("--memory-budget", default=None, help="memory a call may plan to use, e.g. 4GB")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,22 +214,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        memory_budget=args.memory_budget,
     )
-    if args.command == "sample":
-        out = _open(args.like, args.var).diffusion.sample(model, args.n, **common)
-    elif args.command == "interpolate":
-        out = _open(args.data, args.var).diffusion.interpolate(
-            model, args.n, method=args.method, guidance_weight=args.guidance_weight, **common
-        )
-    elif args.command == "forecast":
-        out = _open(args.data, args.var).diffusion.forecast(
-            model, args.lead, args.n, context=args.context, **common
-        )
-    else:
-        out = _open(args.data, args.var).diffusion.downscale(
-            model, args.n, factor=args.factor, project=not args.no_project, **common
-        )
-    _write(out, args.out)
+    with _scheduler(args.scheduler):
+        if args.command == "sample":
+            out = _open(args.like, args.var, args.chunks).diffusion.sample(model, args.n, **common)
+        elif args.command == "interpolate":
+            out = _open(args.data, args.var, args.chunks).diffusion.interpolate(
+                model, args.n, method=args.method, guidance_weight=args.guidance_weight, **common
+            )
+        elif args.command == "forecast":
+            out = _open(args.data, args.var, args.chunks).diffusion.forecast(
+                model, args.lead, args.n, context=args.context, **common
+            )
+        else:
+            out = _open(args.data, args.var, args.chunks).diffusion.downscale(
+                model, args.n, factor=args.factor, project=not args.no_project, **common
+            )
+        job = {k: v for k, v in vars(args).items() if k not in ("quiet", "scheduler")}
+        _write(out, args.out, job=job, progress=not args.quiet)
     return 0
 
 

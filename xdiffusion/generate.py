@@ -11,23 +11,21 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Mapping
+from itertools import pairwise
 
+import dask
+import dask.array as dsa
 import numpy as np
 import torch
 import xarray as xr
 
 from xdiffusion.engine import Engine
-from xdiffusion.inputs import (
-    check_lower,
-    encode_known,
-    features,
-    prepare_for,
-    static_nan,
-    values_of,
-)
+from xdiffusion.inputs import check_lower, features, prepare_for, values_of
 from xdiffusion.io.cf import wrap
 from xdiffusion.io.convert import Prepared
 from xdiffusion.io.windows import regular_step
+from xdiffusion.lazy import lazy_complete, lazy_downscale, time_chunks
+from xdiffusion.resources import eager_batch, lazy_batch, resolve_budget
 from xdiffusion.settings import SamplingSettings
 from xdiffusion.validation import check_bool, check_int, check_positive_int, check_seed
 
@@ -65,6 +63,21 @@ def _wrap(
     )
 
 
+def is_lazy(p: Prepared) -> bool:
+    """Whether the prepared input is dask-backed (then outputs are lazy too)."""
+    return isinstance(p.data, dsa.Array)
+
+
+def _chunk_frames(p: Prepared, engine: Engine) -> int:
+    """The largest output time chunk of a dask-backed input (whole windows)."""
+    return max(b - a for a, b in time_chunks(p.shape[1], p.data.chunks[1], engine.frames))
+
+
+def _check_minimum(engine: Engine, lowest, argument: str) -> None:
+    """``lowest``: per variable minimum (computed lazily) against the codec's lower bounds."""
+    check_lower(engine, torch.as_tensor(np.asarray(lowest, dtype=np.float64))[:, None], argument)
+
+
 def _common(n, seed, batch_size, progress) -> tuple[int, int]:
     check_positive_int(batch_size, "batch_size", allow_none=True)
     check_bool(progress, "progress")
@@ -82,27 +95,46 @@ def sample(
     batch_size: int | None = None,
     dims: Dims = None,
     progress: bool = True,
+    memory_budget: int | str | None = None,
 ) -> xr.DataArray | xr.Dataset:
     """``n`` unconditional members shaped like ``template``; see ``DiffusionModel.sample``."""
     n, seed = _common(n, seed, batch_size, progress)
     p = prepare_for(engine, template, dims, "template")
     c, t, h, w = p.shape
-    x = torch.zeros(c, t, h, w)
     mask = torch.zeros(c, t, h, w, dtype=torch.bool)
-    with torch.no_grad():
-        y = engine.complete(
-            x,
-            mask,
+    plan = engine.plan(mask, context)
+    budget = resolve_budget(memory_budget)
+    cond = features(engine, p.time)
+    if is_lazy(p):
+        bs = lazy_batch(engine, n, batch_size, budget, c * _chunk_frames(p, engine) * h * w)
+        values = lazy_complete(
+            engine,
             settings,
             n=n,
             seed=seed,
-            context=context,
-            batch_size=batch_size,
-            cond=features(engine, p.time),
-            progress=progress,
+            batch_size=bs,
+            length=t,
+            chunks=time_chunks(t, p.data.chunks[1], engine.frames),
+            plan=plan,
+            cond=cond,
         )
-        phys = static_nan(engine, engine.codec.decode(y)).cpu().numpy()
-    return _wrap(p, phys, n, settings, {"n": n, "seed": seed}, template)
+    else:
+        bs = eager_batch(engine, n, batch_size, budget, c * t * h * w)
+        x = torch.zeros(c, t, h, w)
+        with torch.no_grad():
+            y = engine.complete(
+                x,
+                mask,
+                settings,
+                n=n,
+                seed=seed,
+                context=context,
+                batch_size=bs,
+                cond=cond,
+                progress=progress,
+            )
+            values = engine.static_nan(engine.codec.decode(y)).cpu().numpy()
+    return _wrap(p, values, n, settings, {"n": n, "seed": seed}, template)
 
 
 def interpolate(
@@ -116,16 +148,56 @@ def interpolate(
     batch_size: int | None = None,
     dims: Dims = None,
     progress: bool = True,
+    memory_budget: int | str | None = None,
 ) -> xr.DataArray | xr.Dataset:
     """Fill NaN gaps, observed values kept; see ``DiffusionModel.interpolate``."""
     n, seed = _common(n, seed, batch_size, progress)
     p = prepare_for(engine, data, dims, "data")
+    budget = resolve_budget(memory_budget)
+    cond = features(engine, p.time)
+    c, t, h, w = p.shape
+    if is_lazy(p):
+        # one streaming pass for where the gaps are; the data are read again only by the
+        # windows around them and by the output chunks
+        phys = p.data
+        finite = dsa.isfinite(phys)
+        valid = engine.valid.cpu().numpy()[:, None]
+        frame_known, any_finite, lowest = dask.compute(
+            (finite | ~valid).all(axis=(0, 2, 3)),
+            finite.any(),
+            dsa.nanmin(dsa.where(finite, phys, np.inf), axis=(1, 2, 3)),
+        )
+        _check_minimum(engine, lowest, "data")
+        if bool(frame_known.all()):
+            raise ValueError("data has no missing values to fill: mark the gaps with NaN")
+        if not bool(any_finite):
+            raise ValueError("data is all NaN: interpolate needs observed values; use sample()")
+        mask = torch.from_numpy(np.asarray(frame_known))[None, :, None, None].expand(1, t, 1, 1)
+        plan = engine.plan(mask, context)
+        bs = lazy_batch(engine, n, batch_size, budget, c * _chunk_frames(p, engine) * h * w)
+        values = lazy_complete(
+            engine,
+            settings,
+            n=n,
+            seed=seed,
+            batch_size=bs,
+            length=t,
+            chunks=time_chunks(t, phys.chunks[1], engine.frames),
+            plan=plan,
+            phys=phys,
+            cond=cond,
+            dtype=phys.dtype,
+        )
+        observed = dsa.isfinite(phys)
+        return _wrap(p, values, n, settings, {"n": n, "seed": seed}, data, observed=observed)
     values = values_of(p)
-    enc, known, finite = encode_known(engine, values)
+    check_lower(engine, torch.from_numpy(values), "data")
+    enc, known, finite = engine.encode_known(torch.from_numpy(values))
     if bool(known.all()):
         raise ValueError("data has no missing values to fill: mark the gaps with NaN")
     if not bool(finite.any()):
         raise ValueError("data is all NaN: interpolate needs observed values; use sample()")
+    bs = eager_batch(engine, n, batch_size, budget, c * t * h * w)
     with torch.no_grad():
         y = engine.complete(
             enc,
@@ -134,11 +206,11 @@ def interpolate(
             n=n,
             seed=seed,
             context=context,
-            batch_size=batch_size,
-            cond=features(engine, p.time),
+            batch_size=bs,
+            cond=cond,
             progress=progress,
         )
-        gen = static_nan(engine, engine.codec.decode(y)).cpu().numpy()
+        gen = engine.static_nan(engine.codec.decode(y)).cpu().numpy()
     obs = finite.numpy()
     out = np.where(obs[None], values[None], gen.astype(values.dtype))
     return _wrap(p, out, n, settings, {"n": n, "seed": seed}, data, observed=obs)
@@ -168,6 +240,7 @@ def forecast(
     batch_size: int | None = None,
     dims: Dims = None,
     progress: bool = True,
+    memory_budget: int | str | None = None,
 ) -> xr.DataArray | xr.Dataset:
     """Continue past the end; see ``DiffusionModel.forecast``."""
     n, seed = _common(n, seed, batch_size, progress)
@@ -187,34 +260,62 @@ def forecast(
         raise ValueError("forecast needs a time coordinate to continue")
     tname = p.axes["T"]
     new_time = future_times(p.arrays[0][tname], lead)
-    values = values_of(p)[:, -ctx:]
+    # only the context is read, whatever the input's size
+    context_values = np.asarray(p.data[:, -ctx:])
+    if hasattr(context_values, "compute"):
+        context_values = context_values.compute()
     cond = None
     if engine.time_features:
         times = np.concatenate([np.asarray(p.time.values[-ctx:]), np.asarray(new_time)])
         cond = features(engine, times)
-    enc, known, finite = encode_known(engine, values)
-    if not bool(finite.any()):
+    check_lower(engine, torch.from_numpy(context_values), "data")
+    if not bool(np.isfinite(context_values).any()):
         raise ValueError(
             f"data is all NaN in its last context={ctx} time steps: forecast conditions on "
             "them; drop trailing NaN steps (e.g. data.dropna('time', how='all')) or use sample()"
         )
-    c, _, h, w = enc.shape
-    x = torch.cat([enc, torch.zeros(c, lead, h, w)], 1)
-    mask = torch.cat([known, torch.zeros(c, lead, h, w, dtype=torch.bool)], 1)
-    mask[:, ctx:] |= ~engine.valid.cpu()[:, None]
-    with torch.no_grad():
-        y = engine.complete(
-            x,
-            mask,
+    c, _, h, w = context_values.shape
+    series = np.concatenate(
+        [context_values.astype(np.float32), np.full((c, lead, h, w), np.nan, np.float32)], 1
+    )
+    enc, known, _ = engine.encode_known(torch.from_numpy(series))
+    plan = engine.plan(known, ctx)
+    budget = resolve_budget(memory_budget)
+    t = ctx + lead
+    if is_lazy(p):
+        # lead chunks of the input's chunk size (whole windows); the first also holds
+        # the context
+        step = time_chunks(p.shape[1], p.data.chunks[1], engine.frames)[0][1]
+        chunks = list(pairwise([0, *range(ctx + step, t, step), t]))
+        bs = lazy_batch(engine, n, batch_size, budget, c * step * h * w)
+        full = lazy_complete(
+            engine,
             settings,
             n=n,
             seed=seed,
-            context=ctx,
-            batch_size=batch_size,
+            batch_size=bs,
+            length=t,
+            chunks=chunks,
+            plan=plan,
+            phys=dsa.from_array(series, chunks=(c, tuple(b - a for a, b in chunks), h, w)),
             cond=cond,
-            progress=progress,
         )
-        gen = static_nan(engine, engine.codec.decode(y[:, :, ctx:])).cpu().numpy()
+        gen = full[:, :, ctx:]
+    else:
+        bs = eager_batch(engine, n, batch_size, budget, c * t * h * w)
+        with torch.no_grad():
+            y = engine.complete(
+                enc,
+                known,
+                settings,
+                n=n,
+                seed=seed,
+                context=ctx,
+                batch_size=bs,
+                cond=cond,
+                progress=progress,
+            )
+            gen = engine.static_nan(engine.codec.decode(y[:, :, ctx:])).cpu().numpy()
     tmpl = p.arrays[0]
     coords = {k: v.variable for k, v in tmpl.coords.items() if tname not in v.dims}
     coords[tname] = xr.Variable(tname, new_time, tmpl[tname].attrs)
@@ -242,6 +343,7 @@ def downscale(
     batch_size: int | None = None,
     dims: Dims = None,
     progress: bool = True,
+    memory_budget: int | str | None = None,
 ) -> xr.DataArray | xr.Dataset:
     """Coarse → fine ensemble; see ``DiffusionModel.downscale``."""
     n, seed = _common(n, seed, batch_size, progress)
@@ -269,22 +371,46 @@ def downscale(
             f"coarse grid {(hc, wc)} × factor {factor} = {(hc * factor, wc * factor)} differs "
             f"from the model's fine grid {engine.grid}"
         )
-    y_phys = torch.from_numpy(values_of(p).astype(np.float32))
-    if not bool(torch.isfinite(y_phys).all()):
-        raise ValueError("coarse contains NaN or infinite values; fill or drop them first")
-    check_lower(engine, y_phys, "coarse")
-    gen = engine.downscale(
-        y_phys,
-        factor,
-        settings,
-        n=n,
-        seed=seed,
-        batch_size=batch_size,
-        cond=features(engine, p.time),
-        project=project,
-        progress=progress,
-    )
-    gen = static_nan(engine, gen).cpu().numpy()
+    budget = resolve_budget(memory_budget)
+    c, t = p.shape[:2]
+    fine = c * engine.grid[0] * engine.grid[1]
+    cond = features(engine, p.time)
+    if is_lazy(p):
+        y = p.data.astype(np.float32)
+        bad, lowest = dask.compute((~dsa.isfinite(y)).any(), dsa.min(y, axis=(1, 2, 3)))
+        if bool(bad):
+            raise ValueError("coarse contains NaN or infinite values; fill or drop them first")
+        _check_minimum(engine, lowest, "coarse")
+        bs = lazy_batch(engine, n, batch_size, budget, fine * _chunk_frames(p, engine))
+        gen = lazy_downscale(
+            engine,
+            y,
+            factor,
+            settings,
+            n=n,
+            seed=seed,
+            batch_size=bs,
+            cond=cond,
+            project=project,
+        )
+    else:
+        y_phys = torch.from_numpy(values_of(p).astype(np.float32))
+        if not bool(torch.isfinite(y_phys).all()):
+            raise ValueError("coarse contains NaN or infinite values; fill or drop them first")
+        check_lower(engine, y_phys, "coarse")
+        bs = eager_batch(engine, n, batch_size, budget, fine * t)
+        gen = engine.downscale(
+            y_phys,
+            factor,
+            settings,
+            n=n,
+            seed=seed,
+            batch_size=bs,
+            cond=cond,
+            project=project,
+            progress=progress,
+        )
+        gen = engine.static_nan(gen).cpu().numpy()
     ax = p.axes
     tmpl = p.arrays[0]
     coords = {

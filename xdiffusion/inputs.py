@@ -18,7 +18,7 @@ from xdiffusion.io.convert import Prepared, prepare
 from xdiffusion.io.timefeatures import time_features
 from xdiffusion.io.windows import regular_step
 
-__all__ = ["check_lower", "encode_known", "features", "prepare_for", "static_nan", "values_of"]
+__all__ = ["check_lower", "features", "prepare_for", "values_of"]
 
 
 def prepare_for(
@@ -81,12 +81,6 @@ def features(engine: Engine, time) -> torch.Tensor | None:
     return torch.from_numpy(time_features(time, engine.time_features))
 
 
-def static_nan(engine: Engine, phys: torch.Tensor) -> torch.Tensor:
-    """NaN in cells that were NaN at every training step (the engine's ``valid`` mask)."""
-    valid = engine.valid[:, None].to(phys.device)
-    return torch.where(valid, phys, torch.full_like(phys, float("nan")))
-
-
 def check_lower(engine: Engine, x: torch.Tensor, argument: str) -> None:
     """Values below a transform's lower bound (e.g. negative rain for sqrt) cannot be encoded.
 
@@ -101,28 +95,3 @@ def check_lower(engine: Engine, x: torch.Tensor, argument: str) -> None:
                 f"{engine.codec[c].transform.name!r}; clip them first, e.g. "
                 f"{argument}.clip(min={lo})"
             )
-
-
-def encode_known(engine: Engine, values: np.ndarray):
-    """Encode a physical (C, T, H, W) series with NaNs.
-
-    Returns
-    -------
-    encoded, known, finite
-        Diffusion-space values (NaNs encoded as the lower bound or 0, then ignored),
-        the known mask (finite, or a cell the model never saw), and the finite mask.
-    """
-    x = torch.from_numpy(values.astype(np.float32))
-    finite = torch.isfinite(x)
-    if bool(torch.isinf(x).any()):
-        raise ValueError(
-            "data contains infinite values; replace them with NaN to mark them missing, "
-            "e.g. da.where(np.isfinite(da))"
-        )
-    check_lower(engine, x, "data")
-    fill = torch.tensor([lo if lo is not None else 0.0 for lo in engine.codec.lower])
-    x0 = torch.where(finite, x, fill[:, None, None, None].expand_as(x))
-    with torch.no_grad():
-        enc = engine.codec.encode(x0[None].to(engine.device))[0].cpu()
-    known = finite | ~engine.valid.cpu()[:, None]
-    return enc, known, finite

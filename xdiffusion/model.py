@@ -14,18 +14,20 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 import xarray as xr
 from torch import Tensor, nn
 
 from xdiffusion import generate, likelihood
 from xdiffusion.codec import Codec
+from xdiffusion.core.samplers import SAMPLERS
 from xdiffusion.core.schedule import CosineSchedule
 from xdiffusion.engine import Engine, resolve_device
+from xdiffusion.io.timefeatures import TIME_FEATURES, n_features
 from xdiffusion.nets import UNet3D, UNetConfig
-from xdiffusion.persistence import bad_model, read_model, write_model
+from xdiffusion.persistence import Shapes, bad_model, read_model, write_model
 from xdiffusion.settings import SamplingSettings, resolve_sampling
+from xdiffusion.validation import check_bool, is_int, is_number
 
 __all__ = ["SCHEMA_VERSION", "Denoiser", "DiffusionModel", "check_model", "load"]
 
@@ -60,21 +62,6 @@ def migrate_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
             k = f"codec.variables.{c}.learned.{rest}"
         out[k] = v
     return out
-
-
-def _migrate_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Schema 1 → 2: each variable's ``pipeline`` (and ``learned`` flag) becomes ``codec``."""
-    if config.get("schema_version") != 1:
-        return config
-    variables = []
-    for v in config["variables"]:
-        v = dict(v)
-        pipe = dict(v.pop("pipeline"))
-        if v.get("learned"):
-            pipe["learned"] = {"hidden": 16, "min_grad": float(v.get("min_grad", 0.1))}
-        v["codec"] = pipe
-        variables.append(v)
-    return {**config, "variables": variables, "schema_version": SCHEMA_VERSION}
 
 
 class DiffusionModel:
@@ -238,19 +225,39 @@ class DiffusionModel:
         )
 
     # ----------------------------------------------------------------- persistence
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write the model directory: ``config.json`` + safetensors (EMA and raw weights).
 
-        Files are written atomically and ``config.json`` records their SHA-256; see
-        :func:`load`.
+        ``config.json`` records the SHA-256 of each weight file; see :func:`load`. Saving
+        over an existing model is atomic: the new model is written whole beside it and
+        swapped in, so an interruption leaves the old model loadable, and concurrent saves
+        to one path are serialised (see :func:`xdiffusion.persistence.write_model`).
+
+        Parameters
+        ----------
+        path
+            Directory to write (``~`` is expanded; parents are created), a ``file://``
+            URL, or another URL :mod:`fsspec` handles (``memory://``, ``s3://`` with
+            s3fs, …; uploaded after writing locally, ``config.json`` last).
+        overwrite
+            Allow replacing an existing non-empty directory that is not an xdiffusion
+            model, deleting its contents. An existing model directory is replaced without
+            it.
+
+        Raises
+        ------
+        ValueError
+            For an empty path, an unusable URL scheme, an existing file, or a non-empty
+            directory that is not a model when ``overwrite`` is False.
         """
+        overwrite = check_bool(overwrite, "overwrite")
         ema = dict(self.module.state_dict())
         ema[VALID] = self.valid.detach().cpu().to(torch.uint8)
         files = {WEIGHTS: ema}
         if self.raw_module is not None:
             files[RAW_WEIGHTS] = dict(self.raw_module.state_dict())
         config = {**self.config, "schema_version": SCHEMA_VERSION}
-        write_model(path, config, files)
+        write_model(path, config, files, overwrite=overwrite)
 
     # ----------------------------------------------------------------- generation
     def sample(
@@ -265,6 +272,7 @@ class DiffusionModel:
         batch_size: int | None = None,
         dims: Dims = None,
         progress: bool = True,
+        memory_budget: int | str | None = None,
     ) -> xr.DataArray | xr.Dataset:
         """Draw ``n`` unconditional samples shaped like ``template``.
 
@@ -289,13 +297,21 @@ class DiffusionModel:
         dims
             Axis overrides, e.g. ``{"T": "time", "Y": "rlat", "X": "rlon"}``.
         progress
-            Show progress bars.
+            Show progress bars (eager results).
+        memory_budget
+            Bytes (or a string such as ``"4GB"``) the call may plan to use; default half
+            the machine's memory. An in-memory result that cannot fit is refused before
+            anything is allocated, naming ``n``; ``batch_size=None`` picks the largest
+            member batch that fits.
 
         Returns
         -------
         xr.DataArray or xr.Dataset
             Like ``template`` with a leading ``realization`` dimension; ``history`` and
-            ``sampling`` attributes record the settings that ran.
+            ``sampling`` attributes record the settings that ran. A dask-backed template
+            gives a dask-backed result at once (nothing is generated until it is computed
+            or written): chunks of the template's time chunks rounded to whole windows ×
+            member blocks, the same numbers as the eager result (docs/archives.md).
         """
         settings = self.sampling("sample", sampler=sampler, steps=steps)
         return generate.sample(
@@ -308,6 +324,7 @@ class DiffusionModel:
             batch_size=batch_size,
             dims=dims,
             progress=progress,
+            memory_budget=memory_budget,
         )
 
     def interpolate(
@@ -324,6 +341,7 @@ class DiffusionModel:
         batch_size: int | None = None,
         dims: Dims = None,
         progress: bool = True,
+        memory_budget: int | str | None = None,
     ) -> xr.DataArray | xr.Dataset:
         """Fill the NaN time steps and cells of a series of any length.
 
@@ -345,8 +363,9 @@ class DiffusionModel:
             :data:`xdiffusion.core.conditioning.DEFAULT_GUIDANCE_WEIGHT`).
         steps, sampler
             Default dpmpp_2m with 25 steps (see :meth:`sampling`).
-        seed, context, batch_size, dims, progress
-            As for :meth:`sample`.
+        seed, context, batch_size, dims, progress, memory_budget
+            As for :meth:`sample` (a dask-backed ``data`` gives a lazy result; its gaps
+            are located in one streaming pass at call time).
 
         Returns
         -------
@@ -370,6 +389,7 @@ class DiffusionModel:
             batch_size=batch_size,
             dims=dims,
             progress=progress,
+            memory_budget=memory_budget,
         )
 
     def forecast(
@@ -387,6 +407,7 @@ class DiffusionModel:
         batch_size: int | None = None,
         dims: Dims = None,
         progress: bool = True,
+        memory_budget: int | str | None = None,
     ) -> xr.DataArray | xr.Dataset:
         """Continue a series ``lead`` time steps past its end, ``n`` members.
 
@@ -405,8 +426,9 @@ class DiffusionModel:
             As for :meth:`interpolate`.
         steps, sampler
             Default dpmpp_2m_sde with 25 steps (see :meth:`sampling`).
-        seed, batch_size, dims, progress
-            As for :meth:`sample`.
+        seed, batch_size, dims, progress, memory_budget
+            As for :meth:`sample` (a dask-backed ``data`` gives a lazy result; only the
+            context is read at call time).
 
         Returns
         -------
@@ -431,6 +453,7 @@ class DiffusionModel:
             batch_size=batch_size,
             dims=dims,
             progress=progress,
+            memory_budget=memory_budget,
         )
 
     def downscale(
@@ -448,6 +471,7 @@ class DiffusionModel:
         batch_size: int | None = None,
         dims: Dims = None,
         progress: bool = True,
+        memory_budget: int | str | None = None,
     ) -> xr.DataArray | xr.Dataset:
         """Fine fields whose ``factor`` × ``factor`` block means match ``coarse``.
 
@@ -471,8 +495,9 @@ class DiffusionModel:
             Make the block means exact at the end.
         steps, sampler
             Default dpmpp_2m with 25 steps (see :meth:`sampling`).
-        seed, batch_size, dims, progress
-            As for :meth:`sample`.
+        seed, batch_size, dims, progress, memory_budget
+            As for :meth:`sample` (a dask-backed ``coarse`` gives a lazy result, one task
+            per time chunk and member block).
         """
         settings = self.sampling(
             "downscale", sampler=sampler, steps=steps, guidance_weight=guidance_weight
@@ -489,6 +514,7 @@ class DiffusionModel:
             batch_size=batch_size,
             dims=dims,
             progress=progress,
+            memory_budget=memory_budget,
         )
 
     # ----------------------------------------------------------------- likelihood
@@ -557,6 +583,170 @@ class DiffusionModel:
         )
 
 
+_FIX = "restore the config.json written by model.save(), or save the model again"
+
+
+def _check_variables(config: dict[str, Any], label: str) -> None:
+    """``variables``: a non-empty list of objects with distinct string names."""
+    variables = config["variables"]
+    if not isinstance(variables, list) or not variables:
+        raise bad_model(label, f"variables must be a non-empty list, got {variables!r}; {_FIX}")
+    names = []
+    for i, v in enumerate(variables):
+        if not isinstance(v, dict) or not isinstance(v.get("name"), str) or not v["name"]:
+            raise bad_model(
+                label, f"variables[{i}] must be an object with a non-empty 'name'; {_FIX}"
+            )
+        names.append(v["name"])
+    if len(set(names)) != len(names):
+        raise bad_model(label, f"variable names {names} are not distinct; {_FIX}")
+
+
+def _migrate_config(config: dict[str, Any], label: str = "model") -> dict[str, Any]:
+    """Schema 1 → 2: each variable's ``pipeline`` (and ``learned`` flag) becomes ``codec``."""
+    if config.get("schema_version") != 1:
+        return config
+    _check_variables(config, label)
+    variables = []
+    for i, v in enumerate(config["variables"]):
+        v = dict(v)
+        if not isinstance(v.get("pipeline"), dict):
+            raise bad_model(label, f"variables[{i}] of a schema-1 file lacks its 'pipeline'")
+        pipe = dict(v.pop("pipeline"))
+        if v.get("learned"):
+            pipe["learned"] = {"hidden": 16, "min_grad": float(v.get("min_grad", 0.1))}
+        v["codec"] = pipe
+        variables.append(v)
+    return {**config, "variables": variables, "schema_version": SCHEMA_VERSION}
+
+
+def _check_config(config: dict[str, Any], label: str) -> None:
+    """Refuse a (migrated) configuration that could not describe a fitted model.
+
+    Checks types and ranges of ``frames``, ``grid``, ``variables``, ``schedule``,
+    ``sampling``, ``time_features`` and the network's channel counts, so that nothing is
+    built from a damaged or hand-edited ``config.json``.
+    """
+
+    def bad(why: str) -> ValueError:
+        return bad_model(label, f"{why}; {_FIX}")
+
+    frames = config["frames"]
+    if not is_int(frames) or frames < 1:
+        raise bad(f"frames must be a positive integer, got {frames!r}")
+    grid = config["grid"]
+    if not (isinstance(grid, list | tuple) and len(grid) == 2 and all(is_int(g) for g in grid)):
+        raise bad(f"grid must be two positive integers [ny, nx], got {grid!r}")
+    if min(grid) < 1:
+        raise bad(f"grid must be two positive integers [ny, nx], got {grid!r}")
+    _check_variables(config, label)
+    for i, v in enumerate(config["variables"]):
+        if not isinstance(v.get("codec"), dict):
+            raise bad(f"variables[{i}] ({v['name']!r}) lacks its 'codec' object")
+    schedule = config["schedule"]
+    keys = {"kind", "lambda_min", "lambda_max"}
+    if not isinstance(schedule, dict) or set(schedule) != keys:
+        raise bad(
+            f"schedule must be an object with exactly the keys {sorted(keys)} (as written by "
+            f"CosineSchedule.to_dict()), got {schedule!r}; defaults are not assumed"
+        )
+    if schedule["kind"] != "cosine" or not all(
+        is_number(schedule[k]) for k in ("lambda_min", "lambda_max")
+    ):
+        raise bad(f"schedule must be a cosine schedule with numeric bounds, got {schedule!r}")
+    try:
+        CosineSchedule.from_dict(schedule)
+    except (TypeError, ValueError) as err:
+        raise bad(f"schedule {schedule!r} is invalid ({err})") from None
+    sampling = config.get("sampling")
+    if sampling is not None:
+        if not isinstance(sampling, dict) or set(sampling) - {"sampler", "steps"}:
+            raise bad(f"sampling must be an object with 'sampler' and 'steps', got {sampling!r}")
+        sampler, steps = sampling.get("sampler"), sampling.get("steps")
+        if sampler is not None and (not isinstance(sampler, str) or sampler not in SAMPLERS):
+            raise bad(
+                f"sampling.sampler must be None or one of {sorted(SAMPLERS)}, got {sampler!r}"
+            )
+        if steps is not None and (not is_int(steps) or steps < 1):
+            raise bad(f"sampling.steps must be None or a positive integer, got {steps!r}")
+    features = config.get("time_features") or []
+    if not isinstance(features, list) or not all(f in TIME_FEATURES for f in features):
+        raise bad(f"time_features must be a list of names among {sorted(TIME_FEATURES)}")
+    net = config["net"]
+    if not isinstance(net, dict):
+        raise bad(f"net must be an object (UNetConfig.to_dict()), got {net!r}")
+    try:
+        net_cfg = UNetConfig.from_dict(net)
+    except (TypeError, ValueError) as err:
+        raise bad(f"net is invalid ({err})") from None
+    c = len(config["variables"])
+    if net_cfg.channels != c or net_cfg.out_channels not in (None, c):
+        raise bad(f"net has {net_cfg.channels} channels for {c} variables")
+    if net_cfg.cond_features != n_features(features):
+        raise bad(
+            f"net.cond_features={net_cfg.cond_features} does not match time_features "
+            f"{features} ({n_features(features)} columns)"
+        )
+
+
+def _expected_shapes(config: dict[str, Any], label: str) -> dict[str, tuple[int, ...]]:
+    """Tensor name → shape of the configured :class:`Denoiser`, allocating no network."""
+    try:
+        codec = Codec.from_config([v["codec"] for v in config["variables"]])
+        with torch.device("meta"):  # shapes only: a huge configured width costs nothing
+            net = UNet3D(UNetConfig.from_dict(config["net"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise bad_model(label, f"malformed configuration ({err}); {_FIX}") from None
+    return {k: tuple(v.shape) for k, v in Denoiser(net, codec).state_dict().items()}
+
+
+def _check_shapes(config: dict[str, Any], shapes: Shapes, label: str) -> None:
+    """Compare the weight files' header shapes with the configured network's tensors."""
+    unknown = sorted(set(shapes) - {WEIGHTS, RAW_WEIGHTS})
+    if unknown:
+        raise bad_model(label, f"config.json lists unknown weight files {unknown}; {_FIX}")
+    if WEIGHTS not in shapes:
+        raise bad_model(label, f"no {WEIGHTS} recorded")
+    ema = dict(shapes[WEIGHTS])
+    valid = ema.pop(VALID, None)
+    if valid is None:
+        raise bad_model(label, f"{WEIGHTS} lacks the {VALID!r} mask tensor")
+    expected_valid = (len(config["variables"]), *(int(g) for g in config["grid"]))
+    if tuple(valid) != expected_valid:
+        raise bad_model(
+            label,
+            f"the {VALID!r} mask has shape {tuple(valid)}, not {expected_valid} (variables, "
+            f"ny, nx); {_FIX}",
+        )
+    expected = _expected_shapes(config, label)
+    for name, got in ((WEIGHTS, ema), (RAW_WEIGHTS, shapes.get(RAW_WEIGHTS))):
+        if got is None:
+            continue
+        got = migrate_state(got)
+        missing = sorted(set(expected) - set(got))
+        unexpected = sorted(set(got) - set(expected))
+        changed = [
+            f"{k}: {list(got[k])} in the file, {list(expected[k])} in the network"
+            for k in sorted(set(got) & set(expected))
+            if tuple(got[k]) != expected[k]
+        ]
+        problems = [
+            f"{what} {items[:3]}{' …' if len(items) > 3 else ''}"
+            for what, items in (
+                ("missing tensors", missing),
+                ("unexpected tensors", unexpected),
+                ("changed shapes", changed),
+            )
+            if items
+        ]
+        if problems:
+            raise bad_model(
+                label,
+                f"{name} does not fit the configured network ({'; '.join(problems)}): the "
+                f"weights and config.json do not belong together; {_FIX}",
+            )
+
+
 def _build(config: dict, tensors: dict[str, Tensor], path, name: str) -> Denoiser:
     try:
         module = Denoiser(
@@ -580,39 +770,46 @@ def _build(config: dict, tensors: dict[str, Tensor], path, name: str) -> Denoise
 def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> DiffusionModel:
     """Load a model directory written by :meth:`DiffusionModel.save`.
 
-    Refuses, with ValueError, a missing or malformed ``config.json``, an unknown schema
-    version, weight files whose SHA-256 differs from the recorded one, and tensors with
-    missing/unexpected names or changed shapes. Only safetensors and JSON are read.
+    Refuses, with ValueError, a missing or malformed ``config.json`` (wrong types or ranges
+    of ``frames``, ``grid``, ``variables``, ``schedule``, ``sampling``, ``net``), an
+    unknown schema version, weight-file names that leave the directory, weight files that
+    are symbolic links or whose SHA-256 differs from the recorded one, and tensors with
+    missing/unexpected names or changed shapes. Shapes are compared from the safetensors
+    headers before any network is allocated. Only safetensors and JSON are read.
     Schema-1 files (xdiffusion before the codec) are migrated on reading.
 
     Parameters
     ----------
     path
-        The model directory.
+        The model directory (``~`` is expanded), a ``file://`` URL, or another URL
+        :mod:`fsspec` handles (``memory://``, ``s3://`` with s3fs, …; downloaded to a
+        temporary directory first).
     device
         Where to put the weights (``"auto"``, ``"cpu"``, ``"cuda"``, …).
+
+    Returns
+    -------
+    DiffusionModel
     """
     dev = resolve_device(device)  # a bad device fails before any file is read
+    label = str(path) if isinstance(path, str | os.PathLike) else ""
+
+    def check(config: dict[str, Any], shapes: Shapes) -> dict[str, Any]:
+        config = _migrate_config(config, label)
+        _check_config(config, label)
+        _check_shapes(config, shapes, label)
+        return config
+
     config, files = read_model(
         path,
         schema_versions=SUPPORTED_SCHEMAS,
         required=("frames", "grid", "variables", "net", "schedule"),
+        check=check,
     )
-    if WEIGHTS not in files:
-        raise bad_model(path, f"no {WEIGHTS} recorded")
-    try:
-        config = _migrate_config(config)
-    except (KeyError, TypeError) as err:
-        raise bad_model(path, f"malformed configuration ({err})") from None
     ema = dict(files[WEIGHTS])
-    valid = ema.pop(VALID, None)
-    if valid is None:
-        raise bad_model(path, f"{WEIGHTS} lacks the {VALID!r} mask tensor")
-    expected = (len(config["variables"]), *np.asarray(config["grid"]).tolist())
-    if tuple(valid.shape) != tuple(expected):
-        raise bad_model(path, f"the {VALID!r} mask has shape {tuple(valid.shape)}, not {expected}")
-    module = _build(config, ema, path, WEIGHTS)
-    raw = _build(config, files[RAW_WEIGHTS], path, RAW_WEIGHTS) if RAW_WEIGHTS in files else None
+    valid = ema.pop(VALID)
+    module = _build(config, ema, label, WEIGHTS)
+    raw = _build(config, files[RAW_WEIGHTS], label, RAW_WEIGHTS) if RAW_WEIGHTS in files else None
     model = DiffusionModel(config, module, valid=valid.bool(), raw_module=raw)
     return model.to(dev)
 
