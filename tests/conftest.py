@@ -47,7 +47,10 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def series():
-    return make_series()
+    """Shared by many tests: read-only, so that a test writing into it fails loudly."""
+    da = make_series()
+    da.values.flags.writeable = False
+    return da
 
 
 @pytest.fixture

@@ -40,7 +40,7 @@ def test_netcdf_outputs_pass_cf_checker(tiny_model, series, tmp_path):
     ens.to_netcdf(path)
     high, _ = _compliance(path, tmp_path)
     assert high == [], high
-    gappy = series.isel(time=slice(0, 8)).to_dataset()
+    gappy = series.isel(time=slice(0, 8)).to_dataset().copy(deep=True)  # not the fixture
     gappy["pr"][{"time": [2, 3]}] = np.nan
     filled = gappy.diffusion.interpolate(tiny_model, n=2, **GEN)
     path = tmp_path / "filled.nc"

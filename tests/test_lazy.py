@@ -151,3 +151,21 @@ def test_distributed_processes_give_the_same_numbers(tiny_model, series):
             coarse.chunk(time=4).diffusion.downscale(tiny_model, factor=4, **GEN).values,
             eager_ds.values,
         )
+
+
+def test_downscale_fine_coordinates_are_exact(tiny_model, series):
+    """Fine coordinates rebuilt from the coarse cell edges align with the true fine grid."""
+    fine = series.isel(time=slice(0, 4))
+    coarse = fine.coarsen(x=4, y=4).mean()
+    out = coarse.diffusion.downscale(tiny_model, factor=4, n=1, steps=2, progress=False)
+    np.testing.assert_array_equal(out.x.values, fine.x.values)
+    np.testing.assert_array_equal(out.y.values, fine.y.values)
+    a, b = xr.align(out.isel(realization=0), fine, join="inner")
+    assert a.sizes == fine.sizes
+    from xdiffusion.generate import _fine_coord
+
+    with pytest.raises(ValueError, match="single 'x' cell"):
+        _fine_coord(coarse.x[:1], 4)
+    irregular = xr.DataArray([0.0, 1.0, 3.0], dims="x", name="x")
+    edges = [-0.25, 0.25, 0.875, 1.625, 2.5, 3.5]  # cells [-0.5, 0.5], [0.5, 2], [2, 4]
+    np.testing.assert_allclose(_fine_coord(irregular, 2), edges)

@@ -29,7 +29,11 @@ from xdiffusion.resources import eager_batch, lazy_batch, resolve_budget
 from xdiffusion.settings import SamplingSettings
 from xdiffusion.validation import check_bool, check_int, check_positive_int, check_seed
 
-__all__ = ["downscale", "forecast", "interpolate", "sample"]
+__all__ = ["FINE_COORD_DIGITS", "downscale", "forecast", "interpolate", "sample"]
+
+#: Significant digits (relative to the axis extent) kept in the origin and spacing of
+#: fine coordinates rebuilt by ``downscale(factor=)``.
+FINE_COORD_DIGITS = 12
 
 Dims = Mapping[str, str] | None
 
@@ -324,10 +328,35 @@ def forecast(
 
 
 def _fine_coord(coarse: xr.DataArray, factor: int) -> np.ndarray:
+    """Fine cell centres from the coarse cell edges: each coarse cell split in ``factor``.
+
+    On a regular axis the edges are ``v[0] − d/2 + k d`` with d from the first and last
+    centres, and the fine centres ``edge₀ + (j + ½) d / factor`` (origin and spacing
+    rounded to :data:`FINE_COORD_DIGITS` significant digits): one multiplication per value,
+    not an accumulation, so a fine grid made as ``x₀ + (j + ½) Δ`` is recovered exactly
+    and aligns with the true one. Irregular axes use midpoints between centres.
+    """
     v = np.asarray(coarse.values, dtype=float)
-    d = np.diff(v).mean() if v.size > 1 else 1.0
-    offsets = (np.arange(factor) + 0.5) / factor - 0.5
-    return (v[:, None] + offsets[None] * d).ravel()
+    if v.size < 2:
+        raise ValueError(
+            f"coarse has a single {coarse.name!r} cell, whose size is unknown: pass like= "
+            "(a fine template) to give the fine coordinates"
+        )
+    if not np.isfinite(v).all():
+        raise ValueError(f"coarse coordinate {coarse.name!r} has non-finite values")
+    d = (v[-1] - v[0]) / (v.size - 1)
+    if np.allclose(np.diff(v), d, rtol=1e-9, atol=0):
+        # coarse centres are means of fine ones and carry their rounding; grids are defined
+        # with far fewer significant digits than a double holds, so snap the origin and the
+        # spacing to 12 significant digits of the axis extent before rebuilding
+        digits = FINE_COORD_DIGITS - int(np.ceil(np.log10(max(abs(v).max(), abs(d)))))
+        edge0 = np.round(v[0] - d / 2, digits) + 0.0  # + 0.0: no negative zero
+        step = np.round(d / factor, digits)
+        return edge0 + (np.arange(v.size * factor) + 0.5) * step
+    mid = (v[1:] + v[:-1]) / 2
+    edges = np.concatenate([[2 * v[0] - mid[0]], mid, [2 * v[-1] - mid[-1]]])
+    frac = (np.arange(factor) + 0.5) / factor
+    return (edges[:-1, None] + frac[None] * np.diff(edges)[:, None]).ravel()
 
 
 def downscale(
