@@ -160,7 +160,7 @@ def test_downscale_fine_coordinates_are_exact(tiny_model, series):
     out = coarse.diffusion.downscale(tiny_model, factor=4, n=1, steps=2, progress=False)
     np.testing.assert_array_equal(out.x.values, fine.x.values)
     np.testing.assert_array_equal(out.y.values, fine.y.values)
-    a, b = xr.align(out.isel(realization=0), fine, join="inner")
+    a, _ = xr.align(out.isel(realization=0), fine, join="inner")
     assert a.sizes == fine.sizes
     from xdiffusion.generate import _fine_coord
 
