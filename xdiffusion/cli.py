@@ -1,4 +1,21 @@
-"""The ``xdiffusion`` command line: demo, fit, sample, interpolate, forecast, downscale."""
+"""The ``xdiffusion`` command line: demo, fit, sample, interpolate, forecast, downscale, evaluate.
+
+Errors of the library, xarray or the file system are printed as ``error: <message>`` on
+stderr with exit status 2 (as argparse does for usage errors); ``--debug`` shows the
+traceback instead. ``--out`` is checked before any fitting or generating starts.
+
+Option syntax shared by several commands:
+
+``--var pr --var tas`` or ``--var pr,tas``
+    The variables to use (a Dataset of them); default: all.
+``--dims T=time,Y=rlat,X=rlon``
+    Axis overrides (keys ``T``, ``Y``, ``X``), or the same as a JSON object.
+``--net width=16,mults=1-2``
+    Network settings for ``fit`` as ``key=value`` pairs separated by commas; a value is a
+    number, ``true``/``false``, ``null``, a word, or a list of those joined by ``-``
+    (``mults=1-2-2``, ``spatial_attention=none-none-full``). A JSON object
+    (``--net '{"width": 16, "mults": [1, 2]}'``) is accepted too.
+"""
 
 from __future__ import annotations
 
@@ -7,40 +24,263 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-import dask
-import torch
 import xarray as xr
+
+from xdiffusion._version import __version__
 
 __all__ = ["build_parser", "main"]
 
+AXES = ("T", "Y", "X")
+TIME_FEATURES = ("season", "hour")
+# What the command line turns into "error: <message>" + exit status 2 (see main).
+ERRORS = (ValueError, TypeError, KeyError, OSError, RuntimeError, ImportError)
 
-def _open(path: str, var: str | None, chunks: int | None = None) -> xr.DataArray | xr.Dataset:
-    p = Path(path)
+
+# ------------------------------------------------------------------ option parsing
+
+
+def _items(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _json_object(text: str, option: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"{option}: invalid JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{option}: expected a JSON object, got {text!r}")
+    return value
+
+
+def _pairs(text: str, option: str, example: str) -> list[tuple[str, str]]:
+    out = []
+    for item in _items(text):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise argparse.ArgumentTypeError(
+                f"{option}: expected key=value pairs separated by commas such as "
+                f"{example!r}, got {item!r}"
+            )
+        out.append((key.strip(), value.strip()))
+    if not out:
+        raise argparse.ArgumentTypeError(f"{option}: empty; give e.g. {example!r}")
+    keys = [k for k, _ in out]
+    if len(set(keys)) != len(keys):
+        raise argparse.ArgumentTypeError(f"{option}: a key is given twice in {text!r}")
+    return out
+
+
+def parse_dims(text: str) -> dict[str, str]:
+    """``"T=time,Y=rlat,X=rlon"`` (or a JSON object) → ``{"T": "time", ...}``."""
+    example = "T=time,Y=rlat,X=rlon"
+    if text.strip().startswith("{"):
+        raw = _json_object(text, "--dims")
+        if not all(isinstance(v, str) and v for v in raw.values()):
+            raise argparse.ArgumentTypeError("--dims: every value must be a dimension name")
+        pairs = [(str(k), v) for k, v in raw.items()]
+    else:
+        pairs = _pairs(text, "--dims", example)
+    dims = {k.upper(): v for k, v in pairs}
+    unknown = sorted(set(dims) - set(AXES))
+    if unknown or len(dims) != len(pairs):
+        raise argparse.ArgumentTypeError(
+            f"--dims: keys must be distinct among T, Y, X (got {[k for k, _ in pairs]}), "
+            f"e.g. {example!r}"
+        )
+    return dims
+
+
+def _scalar(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "null":
+        return None
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_net(text: str) -> dict[str, Any]:
+    """``"width=16,mults=1-2"`` (or a JSON object) → ``{"width": 16, "mults": [1, 2]}``.
+
+    A value is a number, ``true``/``false``, ``null`` (None), a word, or a list of these
+    joined by ``-`` (a number such as ``-1`` or ``1e-3`` stays a number).
+    """
+    if text.strip().startswith("{"):
+        return _json_object(text, "--net")
+    net: dict[str, Any] = {}
+    for key, value in _pairs(text, "--net", "width=16,mults=1-2"):
+        scalar = _scalar(value)
+        if isinstance(scalar, str) and "-" in value:
+            parts = value.split("-")
+            if not all(p.strip() for p in parts):
+                raise argparse.ArgumentTypeError(
+                    f"--net: {key}={value!r} has an empty list item; write lists as 1-2-2"
+                )
+            net[key] = [_scalar(p.strip()) for p in parts]
+        else:
+            net[key] = scalar
+    return net
+
+
+def parse_time_features(text: str) -> list[str]:
+    """``"season,hour"`` → ``["season", "hour"]`` (distinct names among season, hour)."""
+    names = _items(text)
+    bad = [n for n in names if n not in TIME_FEATURES]
+    if not names or bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"--time-features: give distinct names among {', '.join(TIME_FEATURES)} "
+            f"separated by commas, got {text!r}"
+        )
+    return names
+
+
+def parse_threads(text: str) -> int | str:
+    """``auto`` or a positive number of torch threads."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--threads: 'auto' or a number ≥ 1, got {text!r}")
+    return n
+
+
+def _variables(values: Sequence[str] | None) -> list[str] | None:
+    """Repeated and comma-separated ``--var`` values, in order, without repeats."""
+    if not values:
+        return None
+    out: list[str] = []
+    for value in values:
+        out += [v for v in _items(value) if v not in out]
+    return out or None
+
+
+# ------------------------------------------------------------------ files
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def _local(path: str) -> Path:
+    return Path(path.removeprefix("file://")).expanduser()
+
+
+def _open(
+    path: str,
+    var: Sequence[str] | str | None,
+    chunks: int | None = None,
+    dims: dict[str, str] | None = None,
+) -> xr.Dataset:
+    """A netCDF file or zarr store as a Dataset of the ``var`` variables (default: all)."""
+    p = _local(path)
     if not p.exists():
-        raise SystemExit(f"error: input file {path!r} does not exist")
+        raise FileNotFoundError(f"input file {path!r} does not exist")
     if p.is_dir():
         ds = xr.open_zarr(p)
-        if chunks is not None:
-            ds = ds.chunk({d: chunks for d in ds.dims if d == _time_dim(ds)})
     else:
         ds = xr.open_dataset(p, chunks=None if chunks is None else {})
-        if chunks is not None:
-            ds = ds.chunk({_time_dim(ds): chunks})
-    if var is None:
-        return ds
-    if var not in ds.data_vars:
-        raise SystemExit(f"error: --var {var!r} not in {path}; available: {list(ds.data_vars)}")
-    return ds[[var]]
+    names = [var] if isinstance(var, str) else _variables(var)
+    if names is not None:
+        missing = [v for v in names if v not in ds.data_vars]
+        if missing:
+            raise ValueError(
+                f"--var {', '.join(missing)} not in {path}; available: {list(ds.data_vars)}"
+            )
+        ds = ds[names]
+    if chunks is not None:
+        ds = ds.chunk({_time_dim(ds, dims): chunks})
+    return ds
 
 
-def _time_dim(ds: xr.Dataset) -> str:
+def _time_dim(ds: xr.Dataset, dims: dict[str, str] | None = None) -> str:
+    if dims and "T" in dims:
+        return dims["T"]
     from xdiffusion.io.axes import find_axes
 
     first = next(iter(ds.data_vars.values()))
-    return find_axes(first).get("T", "time")
+    return find_axes(first, dims).get("T", "time")
+
+
+def _inside(path: str, other: str) -> bool:
+    return os.path.commonpath([path, other]) == other
+
+
+def _check_out(out: str, kind: str, inputs: Sequence[str | None] = ()) -> None:
+    """Refuse an unusable ``--out`` before any work starts.
+
+    ``kind`` is ``"model"`` (a model directory: fit), ``"folder"`` (demo), ``"zarr"`` (a
+    store written region by region) or ``"netcdf"`` (a file).
+    """
+    if not out.strip():
+        raise ValueError("--out is empty; name the output to write")
+    if kind == "model" and _is_url(out):
+        return  # model.save checks remote locations itself
+    p = _local(out)
+    real = os.path.realpath(p)
+    for source in inputs:
+        if source is None or _is_url(source):
+            continue
+        src = os.path.realpath(_local(source))
+        if real == src:
+            raise ValueError(f"--out {out!r} is the input {source!r}; write somewhere else")
+        if _inside(real, src) and os.path.isdir(src):
+            raise ValueError(f"--out {out!r} lies inside the input {source!r}")
+        if _inside(src, real):
+            raise ValueError(f"--out {out!r} would replace the input {source!r} inside it")
+    if p.exists() or p.is_symlink():
+        if kind in ("model", "folder", "zarr") and not p.is_dir():
+            raise ValueError(
+                f"--out {out!r} exists and is not a directory; remove it or choose another path"
+            )
+        if kind == "netcdf" and p.is_dir():
+            raise ValueError(
+                f"--out {out!r} is a directory; give a file name such as "
+                f"{str(p / 'out.nc')!r}, or a path ending in .zarr for a zarr store"
+            )
+        if kind == "model":
+            from xdiffusion.persistence import is_model_dir
+
+            if not is_model_dir(p) and any(p.iterdir()):
+                raise ValueError(
+                    f"--out {out!r} is a non-empty directory that is not an xdiffusion model; "
+                    "choose a new or empty directory"
+                )
+        if kind == "zarr":
+            from xdiffusion.archive import PROGRESS
+
+            if not (p / PROGRESS).is_file():
+                raise ValueError(
+                    f"{out!r} exists and is not an unfinished xdiffusion job: remove it or "
+                    "choose another --out"
+                )
+        mode = os.W_OK | (os.X_OK if p.is_dir() else 0)
+        if not os.access(p, mode):
+            raise PermissionError(f"--out {out!r} is not writable")
+    # the directory the output (and for a model its lock file) is created in
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"--out {out!r} cannot be created: {str(parent)!r} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"--out {out!r} cannot be created: {str(parent)!r} is not writable")
+
+
+def _out_kind(out: str) -> str:
+    return "zarr" if out.rstrip("/").endswith(".zarr") else "netcdf"
 
 
 def _write(
@@ -61,6 +301,8 @@ def _write(
 @contextlib.contextmanager
 def _scheduler(spec: str | None):
     """threads | processes | local:N (a LocalCluster of N worker processes) | address."""
+    import dask
+
     if spec is None or spec in ("threads", "processes", "synchronous"):
         with dask.config.set(scheduler=spec or "threads"):
             yield
@@ -68,7 +310,14 @@ def _scheduler(spec: str | None):
     from distributed import Client, LocalCluster
 
     if spec.startswith("local:"):
-        n = int(spec.split(":", 1)[1])
+        import torch
+
+        try:
+            n = int(spec.split(":", 1)[1])
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"--scheduler {spec!r}: local:N needs a number of workers N ≥ 1")
         # one torch thread per worker core: oversubscribed cores collapse throughput
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
         with (
@@ -83,9 +332,44 @@ def _scheduler(spec: str | None):
         yield
 
 
+# ------------------------------------------------------------------ parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    # also accepted after the command; SUPPRESS keeps the global value when absent here
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the traceback of an error",
+    )
+
+
+def _var_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--var",
+        action="append",
+        default=None,
+        metavar="NAME[,NAME...]",
+        help=f"{what}: repeat --var or separate names by commas",
+    )
+
+
+def _dims_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dims",
+        type=parse_dims,
+        default=None,
+        metavar="T=...,Y=...,X=...",
+        help="axis overrides, e.g. T=time,Y=rlat,X=rlon (or a JSON object)",
+    )
+
+
 def _gen_args(p: argparse.ArgumentParser) -> None:
+    _common(p)
     p.add_argument("model", help="model directory written by `xdiffusion fit`")
-    p.add_argument("--var", default=None, help="variable(s) to use (default: all)")
+    _var_arg(p, "variables to use (default: all)")
+    _dims_arg(p)
     p.add_argument("--n", type=int, default=10, help="ensemble members")
     p.add_argument(
         "--out",
@@ -117,11 +401,24 @@ def _gen_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="xdiffusion", description="Spatio-temporal diffusion models for gridded data."
+        prog="xdiffusion",
+        description="Spatio-temporal diffusion models for gridded data.",
+        epilog="Errors print 'error: <message>' and exit with status 2; --debug shows the "
+        "traceback.",
     )
+    parser.add_argument("--version", action="version", version=f"xdiffusion {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="train on synthetic precipitation and run every task")
+    d = sub.add_parser(
+        "demo",
+        help="train on synthetic precipitation and run every task",
+        description="Train on synthetic precipitation and run every task. The torch thread "
+        "count is chosen from the cores free now (usable cores minus the 1-minute load "
+        "average, at least 1; OMP_NUM_THREADS, if set, is used instead); override it with "
+        "--threads N. The count used is printed in the summary ('threads').",
+    )
+    _common(d)
     d.add_argument("--out", default="xdiffusion-demo", help="output folder")
     d.add_argument("--steps", type=int, default=None, help="training steps")
     d.add_argument("--size", type=int, default=32, help="grid size (cells)")
@@ -130,18 +427,45 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default="auto")
+    d.add_argument(
+        "--threads",
+        type=parse_threads,
+        default="auto",
+        metavar="N|auto",
+        help="torch threads; default auto: the cores free now (usable cores minus the "
+        "1-minute load average, at least 1), or OMP_NUM_THREADS if set. A number overrides "
+        "both.",
+    )
     d.add_argument("--quiet", action="store_true")
 
     f = sub.add_parser("fit", help="fit a model to a netCDF/zarr file")
+    _common(f)
     f.add_argument("data", help="netCDF file or zarr store")
-    f.add_argument("--var", default=None, help="variable (default: all with time and grid)")
+    _var_arg(f, "variables learned jointly (default: all with time and grid)")
+    _dims_arg(f)
     f.add_argument("--out", required=True, help="model directory to write")
     f.add_argument("--frames", type=int, default=8)
     f.add_argument("--steps", type=int, default=2000)
     f.add_argument("--batch-size", type=int, default=16)
     f.add_argument("--lr", type=float, default=3e-4)
     f.add_argument("--transform", default="sqrt")
-    f.add_argument("--preset", default="small")
+    f.add_argument("--preset", default="small", help="network preset: small or reference")
+    f.add_argument(
+        "--net",
+        type=parse_net,
+        default=None,
+        metavar="KEY=VALUE,...",
+        help="network settings over the preset: key=value pairs separated by commas, lists "
+        "joined by '-', null for None (e.g. width=16,mults=1-2,spatial_attention=none-full), "
+        'or a JSON object such as \'{"width": 16, "mults": [1, 2]}\'',
+    )
+    f.add_argument(
+        "--time-features",
+        type=parse_time_features,
+        default=None,
+        metavar="season,hour",
+        help="condition on the time coordinate: season and/or hour, separated by commas",
+    )
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--device", default="auto")
     f.add_argument("--quiet", action="store_true")
@@ -165,75 +489,209 @@ def build_parser() -> argparse.ArgumentParser:
     ds = sub.add_parser("downscale", help="fine-grid ensemble from a coarse file")
     _gen_args(ds)
     ds.add_argument("data")
-    ds.add_argument("--factor", type=int, required=True)
+    how = ds.add_mutually_exclusive_group(required=True)
+    how.add_argument("--factor", type=int, default=None, help="refinement factor")
+    how.add_argument("--like", default=None, help="fine template file whose grid to produce")
     ds.add_argument("--no-project", action="store_true", help="skip exact block-mean fix")
+
+    e = sub.add_parser(
+        "evaluate",
+        help="diagnostics of an ensemble against a reference",
+        description="Write the report of xdiffusion.diagnostics.evaluate: spatial and "
+        "temporal spectra, histograms, quantiles and biases of ENSEMBLE against REFERENCE, "
+        "and with --observations CRPS, rank histogram and spread-skill.",
+    )
+    _common(e)
+    e.add_argument("ensemble", help="generated ensemble (netCDF file or zarr store)")
+    e.add_argument("reference", help="reference fields on the same grid")
+    e.add_argument(
+        "--var",
+        action="append",
+        default=None,
+        help="the variable to evaluate (default: the only variable with a grid)",
+    )
+    e.add_argument("--observations", default=None, help="truth aligned with the ensemble")
+    e.add_argument("--out", required=True, help="report: netCDF file (or a .zarr store)")
+    _dims_arg(e)
+    e.add_argument("--member-dim", default="realization", help="the ensemble dimension")
+    e.add_argument("--quiet", action="store_true")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``xdiffusion`` command."""
-    args = build_parser().parse_args(argv)
+# ------------------------------------------------------------------ commands
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from xdiffusion.demo import run_demo
+
+    _check_out(args.out, "folder")
+    summary = run_demo(
+        args.out,
+        steps=args.steps,
+        size=args.size,
+        frames=args.frames,
+        members=args.members,
+        tiny=args.tiny,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+        threads=args.threads,
+    )
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from xdiffusion import fitting
+    from xdiffusion.nets.unet import unet_config
+
+    _check_out(args.out, "model", [args.data])
+    net = args.net or {}
+    try:  # the network settings, before any data is read
+        unet_config(args.preset, **{"channels": 1, **net})
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"--preset {args.preset} --net {json.dumps(net)}: {err}") from None
+    data = _open(args.data, args.var, dims=args.dims)
+    model = fitting.fit(
+        data,
+        frames=args.frames,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        transform=args.transform,
+        preset=args.preset,
+        net=args.net,
+        dims=args.dims,
+        time_features=args.time_features,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    model.save(args.out)
+    print(f"wrote {args.out}  {model!r}")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
     import xdiffusion as xd
 
-    if args.command == "demo":
-        from xdiffusion.demo import run_demo
-
-        summary = run_demo(
-            args.out,
-            steps=args.steps,
-            size=args.size,
-            frames=args.frames,
-            members=args.members,
-            tiny=args.tiny,
-            seed=args.seed,
-            device=args.device,
-            progress=not args.quiet,
-        )
-        print(json.dumps(summary, indent=1))
-        return 0
-    if args.command == "fit":
-        data = _open(args.data, args.var)
-        model = data.diffusion.fit(
-            frames=args.frames,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            transform=args.transform,
-            preset=args.preset,
-            seed=args.seed,
-            device=args.device,
-            progress=not args.quiet,
-        )
-        model.save(args.out)
-        print(f"wrote {args.out}  {model!r}")
-        return 0
+    like = getattr(args, "like", None)
+    _check_out(args.out, _out_kind(args.out), [args.model, getattr(args, "data", None), like])
     model = xd.load(args.model, device=args.device)
     common = dict(
         steps=args.steps,
         sampler=args.sampler,
         seed=args.seed,
         batch_size=args.batch_size,
+        dims=args.dims,
         progress=not args.quiet,
         memory_budget=args.memory_budget,
     )
+
+    def data() -> xr.Dataset:
+        return _open(args.data, args.var, args.chunks, args.dims)
+
     with _scheduler(args.scheduler):
         if args.command == "sample":
-            out = _open(args.like, args.var, args.chunks).diffusion.sample(model, args.n, **common)
+            template = _open(args.like, args.var, args.chunks, args.dims)
+            out = template.diffusion.sample(model, args.n, **common)
         elif args.command == "interpolate":
-            out = _open(args.data, args.var, args.chunks).diffusion.interpolate(
+            out = data().diffusion.interpolate(
                 model, args.n, method=args.method, guidance_weight=args.guidance_weight, **common
             )
         elif args.command == "forecast":
-            out = _open(args.data, args.var, args.chunks).diffusion.forecast(
+            out = data().diffusion.forecast(
                 model, args.lead, args.n, context=args.context, **common
             )
         else:
-            out = _open(args.data, args.var, args.chunks).diffusion.downscale(
-                model, args.n, factor=args.factor, project=not args.no_project, **common
+            fine = None if like is None else _open(like, args.var, None, args.dims)
+            out = data().diffusion.downscale(
+                model,
+                args.n,
+                factor=args.factor,
+                like=fine,
+                project=not args.no_project,
+                **common,
             )
-        job = {k: v for k, v in vars(args).items() if k not in ("quiet", "scheduler")}
+        job = {k: v for k, v in vars(args).items() if k not in ("quiet", "scheduler", "debug")}
         _write(out, args.out, job=job, progress=not args.quiet)
     return 0
+
+
+def _pick(ds: xr.Dataset, name: str | None, path: str) -> xr.DataArray:
+    """The variable ``name`` of ``ds`` (default: its only variable with two or more dims)."""
+    if name is None:
+        grids = [str(k) for k, v in ds.data_vars.items() if v.ndim >= 2]
+        if len(grids) != 1:
+            raise ValueError(
+                f"{path} has {len(grids)} gridded variables {grids}; choose one with --var"
+            )
+        name = grids[0]
+    if name not in ds.data_vars:
+        raise ValueError(f"--var {name!r} not in {path}; available: {list(ds.data_vars)}")
+    return ds[name]
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from xdiffusion.diagnostics import evaluate
+
+    names = _variables(args.var)
+    if names is not None and len(names) != 1:
+        raise ValueError(f"evaluate compares one variable at a time; got --var {names}")
+    inputs = [args.ensemble, args.reference, args.observations]
+    _check_out(args.out, _out_kind(args.out), inputs)
+    ensemble = _pick(_open(args.ensemble, None), names and names[0], args.ensemble)
+    name = str(ensemble.name)
+    reference = _pick(_open(args.reference, None), name, args.reference)
+    observations = None
+    if args.observations is not None:
+        observations = _pick(_open(args.observations, None), name, args.observations)
+    report = evaluate(
+        ensemble,
+        reference,
+        observations=observations,
+        dims=args.dims,
+        member_dim=args.member_dim,
+    )
+    job = {k: v for k, v in vars(args).items() if k not in ("quiet", "debug")}
+    _write(report, args.out, job=job, progress=not args.quiet)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "demo": _demo,
+    "fit": _fit,
+    "sample": _generate,
+    "interpolate": _generate,
+    "forecast": _generate,
+    "downscale": _generate,
+    "evaluate": _evaluate,
+}
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, KeyError) and len(err.args) == 1:
+        text = str(err.args[0])  # str(KeyError) quotes the message
+    else:
+        text = str(err)
+    return text or type(err).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``xdiffusion`` command.
+
+    Returns 0 on success. A usage error, or an error of the library, xarray or the file
+    system, prints ``error: <message>`` on stderr and raises ``SystemExit(2)``; with
+    ``--debug`` the exception itself propagates (with its traceback).
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ERRORS as err:
+        if args.debug:
+            raise
+        print(f"error: {_message(err)}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -266,6 +266,19 @@ class Engine:
         micro = 1 if self.device.type == "cpu" else None
         return make_denoiser(self.net, net_kwargs=kwargs, microbatch=micro)
 
+    def _sample(self, den, noise: MemberNoise, settings: SamplingSettings, progress: bool):
+        # guidance needs autograd: callers may be under inference_mode
+        with torch.inference_mode(False):
+            return run_sampler(
+                settings.sampler,
+                den,
+                noise(),
+                self.schedule,
+                settings.steps,
+                noise=noise,
+                progress=progress,
+            )
+
     def _noise(self, seed: int, members: Sequence[int], shape, key: int):
         main = MemberNoise(seed, members, shape, device=self.device, stream=2 * key)
         extra = MemberNoise(seed, members, shape, device=self.device, stream=2 * key + 1)
@@ -321,16 +334,7 @@ class Engine:
                 raise ValueError(
                     f"known values need method 'guidance' or 'imputation', not {settings.method!r}"
                 )
-        with torch.inference_mode(False):
-            out = run_sampler(
-                settings.sampler,
-                den,
-                noise(),
-                self.schedule,
-                settings.steps,
-                noise=noise,
-                progress=progress,
-            )
+        out = self._sample(den, noise, settings, progress)
         return finalize(out, x_known, mask) if conditioned else out
 
     # -- completion tasks: sample, interpolate, forecast ------------------------------------
@@ -605,16 +609,7 @@ class Engine:
             )
             shape = (c, w.length, *self.grid)
             noise, _ = self._noise(seed, members, shape, time_offset + w.start)
-            with torch.inference_mode(False):
-                z = run_sampler(
-                    settings.sampler,
-                    den,
-                    noise(),
-                    self.schedule,
-                    settings.steps,
-                    noise=noise,
-                    progress=progress and k == 0,
-                )
+            z = self._sample(den, noise, settings, progress and k == 0)
             kept = w.first_kept - w.start
             with torch.no_grad():
                 out[:, :, w.first_kept - t0 : w.stop - t0] = self.codec.decode(z[:, :, kept:])
