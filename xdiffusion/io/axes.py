@@ -89,9 +89,12 @@ def find_axes(
     """
     if not isinstance(obj, xr.DataArray | xr.Dataset):
         raise TypeError(f"expected an xarray DataArray or Dataset, got {type(obj).__name__}")
+    if dims is not None and not isinstance(dims, Mapping):
+        raise TypeError(
+            "dims must be a mapping of axis to dimension name such as "
+            f"{{'T': 'time', 'Y': 'y', 'X': 'x'}}, got {type(dims).__name__} {dims!r}"
+        )
     dims = dict(dims or {})
-    if not isinstance(dims, Mapping):
-        raise TypeError("dims= must be a mapping such as {'T': 'time', 'Y': 'y', 'X': 'x'}")
     unknown = set(dims) - set(AXES)
     if unknown:
         raise ValueError(

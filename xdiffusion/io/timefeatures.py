@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
-__all__ = ["TIME_FEATURES", "check_features", "n_features", "time_features"]
+__all__ = ["TIME_FEATURES", "check_features", "check_time_axis", "n_features", "time_features"]
 
 #: Feature name → number of columns it adds.
 TIME_FEATURES = {"season": 2, "hour": 2}
@@ -33,6 +33,28 @@ def check_features(features: Sequence[str] | str | None) -> list[str]:
     return features
 
 
+def check_time_axis(values: np.ndarray, features: Sequence[str]) -> None:
+    """Raise ValueError unless ``values`` are datetime64 or cftime dates.
+
+    Season and hour of day need calendar dates; a numeric time axis (hours since an
+    epoch as floats, step counts) has neither.
+    """
+    values = np.asarray(values)
+    if np.issubdtype(values.dtype, np.datetime64):
+        return
+    if values.dtype == object and all(_is_cftime(v) for v in values.ravel()):
+        return
+    raise ValueError(
+        f"time_features={list(features)!r} need a datetime64 or cftime time axis, but the "
+        f"time coordinate has dtype {values.dtype}; decode it to dates first (e.g. "
+        "xr.decode_cf(ds) or da.assign_coords(time=pd.to_datetime(...)))"
+    )
+
+
+def _is_cftime(v: object) -> bool:
+    return all(hasattr(v, a) for a in ("year", "month", "day", "hour", "calendar"))
+
+
 def n_features(features: Sequence[str]) -> int:
     """Number of columns of :func:`time_features` for ``features``."""
     return sum(TIME_FEATURES[f] for f in features)
@@ -50,7 +72,9 @@ def time_features(time: xr.DataArray | np.ndarray, features: Sequence[str]) -> n
         2π (day of year − 1 + hour/24) / days in year; ``"hour"`` gives sin/cos of
         2π (hour + minute/60) / 24.
     """
-    t = xr.DataArray(np.asarray(getattr(time, "values", time)), dims="time")
+    values = np.asarray(getattr(time, "values", time))
+    check_time_axis(values, features)
+    t = xr.DataArray(values, dims="time")
     cols = []
     hour = t.dt.hour.values + t.dt.minute.values / 60.0
     for name in features:

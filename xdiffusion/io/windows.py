@@ -17,9 +17,31 @@ import xarray as xr
 __all__ = ["WindowReader", "regular_step", "time_steps", "window_starts"]
 
 
+def _check_missing(values: np.ndarray) -> None:
+    """Raise ValueError for NaT (datetime64), NaN (numeric) or None (cftime) time stamps."""
+    if np.issubdtype(values.dtype, np.datetime64) or np.issubdtype(values.dtype, np.timedelta64):
+        bad, what = np.isnat(values), "NaT (not-a-time)"
+    elif np.issubdtype(values.dtype, np.floating):
+        bad, what = np.isnan(values), "NaN"
+    elif values.dtype == object:
+        bad, what = np.array([v is None for v in values.ravel()], dtype=bool), "None"
+    else:
+        return
+    if bad.any():
+        where = np.flatnonzero(bad)
+        shown = where[:5].tolist() + (["..."] if where.size > 5 else [])
+        raise ValueError(
+            f"the time axis has {where.size} {what} value(s) (at positions {shown}): "
+            "missing time stamps cannot be ordered; drop those steps first, e.g. "
+            "da.isel(time=da['time'].notnull().values)"
+        )
+
+
 def time_steps(time: xr.DataArray | np.ndarray | Sequence) -> np.ndarray:
-    """Differences between consecutive time stamps, in seconds (datetime64 or cftime)."""
+    """Differences between consecutive time stamps: seconds (datetime64 or cftime), or the
+    axis' own units for a numeric time axis (e.g. hours as floats)."""
     values = np.asarray(getattr(time, "values", time))
+    _check_missing(values)
     if values.size < 2:
         return np.zeros(0)
     if np.issubdtype(values.dtype, np.datetime64):
@@ -31,7 +53,10 @@ def time_steps(time: xr.DataArray | np.ndarray | Sequence) -> np.ndarray:
 
 
 def regular_step(time: xr.DataArray | np.ndarray) -> float:
-    """The modal time step in seconds; raises ValueError for unsorted or duplicated times."""
+    """The modal time step (seconds, or the units of a numeric axis).
+
+    Raises ValueError for unsorted, duplicated or missing (NaT/NaN) times.
+    """
     d = time_steps(time)
     if d.size == 0:
         return 0.0
