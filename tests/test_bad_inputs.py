@@ -81,6 +81,21 @@ def fit(s, **kw):
     return s.diffusion.fit(**{**FIT, **kw})
 
 
+def with_nat(s, step):
+    t = s.time.values.copy()
+    t[step] = np.datetime64("NaT")
+    return s.assign_coords(time=t)
+
+
+def overflowing(s, step):
+    """float64 data with a finite value far beyond float32's range."""
+    return s.astype(np.float64).where(s.time != s.time[step], 1e300)
+
+
+def numeric_time(s):
+    return s.assign_coords(time=np.arange(s.sizes["time"], dtype=float))
+
+
 # (builder(model, series), exception, match): match names the argument or the remedy.
 CASES = {
     # fit: data
@@ -146,6 +161,26 @@ CASES = {
         ValueError,
         r"dims= has unknown keys \['Z'\]",
     ),
+    "fit-dims-string": (
+        lambda m, s: fit(s, dims="time"),
+        TypeError,
+        r"dims must be a mapping .*\{'T': 'time'",
+    ),
+    "fit-nat-time": (
+        lambda m, s: fit(with_nat(s, 5)),
+        ValueError,
+        r"time axis has 1 NaT .*positions \[5\].*drop those steps",
+    ),
+    "fit-overflow-float32": (
+        lambda m, s: fit(overflowing(s, 3)),
+        ValueError,
+        r"variable 'pr' has values up to 1e\+300 .*overflow float32.*Rescale",
+    ),
+    "fit-time-features-numeric-time": (
+        lambda m, s: fit(numeric_time(s), time_features="season"),
+        ValueError,
+        "need a datetime64 or cftime time axis",
+    ),
     "fit-dims-name": (
         lambda m, s: fit(s, dims={"T": "tim"}),
         ValueError,
@@ -177,6 +212,11 @@ CASES = {
         ValueError,
         "transform= has no entry for variable 'pr'",
     ),
+    "fit-transform-map-unknown": (
+        lambda m, s: fit(s, transform={"pr": "sqrt", "tas": "none"}),
+        ValueError,
+        r"transform= has entries for \['tas'\], which are not variables.*\['pr'\]",
+    ),
     "fit-preset": (
         lambda m, s: fit(s, preset="huge"),
         ValueError,
@@ -200,6 +240,26 @@ CASES = {
     ),
     "fit-device-type": (lambda m, s: fit(s, device=3), TypeError, "device must be a string"),
     "fit-steps-0": (lambda m, s: fit(s, steps=0), ValueError, "steps must be a positive integer"),
+    "fit-steps-huge": (
+        lambda m, s: fit(s, steps=10**30),
+        ValueError,
+        r"steps must be a positive integer ≤ 999999999",
+    ),
+    "fit-batch-size-huge": (
+        lambda m, s: fit(s, batch_size=10**30),
+        ValueError,
+        r"batch_size must be a positive integer ≤",
+    ),
+    "fit-seed-huge": (
+        lambda m, s: fit(s, seed=10**30),
+        ValueError,
+        r"seed must be a non-negative integer < 2\*\*63",
+    ),
+    "fit-resume-string": (
+        lambda m, s: fit(s, resume="no", checkpoint_dir="unused"),
+        TypeError,
+        "resume must be True or False, got 'no'",
+    ),
     "fit-batch-size-0": (
         lambda m, s: fit(s, batch_size=0),
         ValueError,
@@ -330,6 +390,11 @@ CASES = {
         ValueError,
         "time axis has duplicated values",
     ),
+    "interpolate-overflow-float32": (
+        lambda m, s: with_nan(overflowing(short(s), 1), [3]).diffusion.interpolate(m, **GEN),
+        ValueError,
+        r"values up to 1e\+300 .*overflow float32",
+    ),
     # forecast
     "forecast-lead-0": (
         lambda m, s: short(s).diffusion.forecast(m, lead=0, **GEN),
@@ -360,6 +425,11 @@ CASES = {
         lambda m, s: with_inf(short(s), 7).diffusion.forecast(m, lead=2, **GEN),
         ValueError,
         "data contains infinite values",
+    ),
+    "forecast-nat-time": (
+        lambda m, s: with_nat(short(s), 2).diffusion.forecast(m, lead=2, **GEN),
+        ValueError,
+        "time axis has 1 NaT",
     ),
     "forecast-descending-time": (
         lambda m, s: reversed_time(short(s)).diffusion.forecast(m, lead=2, **GEN),
@@ -429,6 +499,28 @@ CASES = {
         lambda m, s: evaluate(short(s), short(s).isel(x=slice(0, 10))),
         ValueError,
         r"reference grids differ along 'x'.*regrid",
+    ),
+    "evaluate-inf": (
+        lambda m, s: evaluate(with_inf(short(s), 2), short(s)),
+        ValueError,
+        r"infinite values in samples.*replace them with NaN",
+    ),
+    "evaluate-no-member-dim": (
+        lambda m, s: evaluate(short(s), short(s), observations=short(s)),
+        ValueError,
+        r"samples= has no member dimension 'realization'.*member_dim=",
+    ),
+    "evaluate-fair-one-member": (
+        lambda m, s: evaluate(
+            short(s).expand_dims(realization=1), short(s), observations=short(s), fair=True
+        ),
+        ValueError,
+        r"fair=True needs at least 2 ensemble members.*fair=False",
+    ),
+    "evaluate-fair-type": (
+        lambda m, s: evaluate(short(s), short(s), fair="yes"),
+        TypeError,
+        "fair must be True or False",
     ),
     # synthetic data
     "synthetic-nt-0": (

@@ -257,13 +257,19 @@ class _DiffusionAccessor:
         observations: xr.DataArray | None = None,
         dims: Dims = None,
         member_dim: str = MEMBER_DIM,
+        fair: bool | None = None,
     ) -> xr.Dataset:
         """Diagnostics of this ensemble against ``reference``.
 
         See :func:`xdiffusion.diagnostics.evaluate` for the arguments and outputs.
         """
         return evaluate(
-            self._obj, reference, observations=observations, dims=dims, member_dim=member_dim
+            self._obj,
+            reference,
+            observations=observations,
+            dims=dims,
+            member_dim=member_dim,
+            fair=fair,
         )
 
 

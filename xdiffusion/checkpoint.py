@@ -14,7 +14,9 @@ Each file is written to a temporary name and moved into place with ``os.replace`
 is written last and names the tensor file's hash, so a checkpoint counts only once both
 files are complete and agree. A process killed at any instant therefore leaves either the
 previous checkpoints or a new complete one; loading skips (with a warning) any newest
-checkpoint that is truncated, corrupted or half-written and falls back to the one before.
+checkpoint that is truncated, corrupted or half-written and falls back to the one before,
+and refuses a directory where no checkpoint is readable. Unreadable checkpoints are never
+deleted: a resumed run moves them into the ``skipped`` sub-directory.
 
 Because training batches and the t/ε generator are functions of (seed, step) only (see
 :mod:`xdiffusion.training`), restoring weights, EMA, optimiser and RNG states at step s and
@@ -51,6 +53,7 @@ __all__ = [
     "load_checkpoint",
     "rng_state",
     "save_checkpoint",
+    "set_aside",
     "set_rng_state",
 ]
 
@@ -164,8 +167,9 @@ def save_checkpoint(
     history
         Loss history so far (stored so a resumed model reports the whole run).
     keep
-        Number of checkpoints to keep; older ones, and any with a larger step (stale files
-        of an abandoned run, skipped when resuming), are removed after the write.
+        Number of checkpoints to keep; older ones are removed after the write. Any with a
+        larger step (unreadable files skipped when resuming, or stale ones of an abandoned
+        run) are moved into the ``skipped`` sub-directory, never deleted.
 
     Returns
     -------
@@ -211,12 +215,52 @@ def save_checkpoint(
 
 def _prune(path: Path, step: int, keep: int) -> None:
     older = [s for s in list_checkpoints(path) if s <= step]
-    drop = older[: max(0, len(older) - keep)] + [s for s in list_checkpoints(path) if s > step]
-    for s in drop:
+    for s in older[: max(0, len(older) - keep)]:
         for ext in ("json", "safetensors"):  # JSON first: a checkpoint without it is dead
             (path / f"{_stem(s)}.{ext}").unlink(missing_ok=True)
+    # Newer files were skipped when resuming (unreadable, or left by an abandoned run):
+    # never deleted, only moved out of the way.
+    set_aside(path, [s for s in list_checkpoints(path) if s > step])
     for f in path.glob(".ckpt-*.tmp"):  # left by a process killed mid-write
         f.unlink(missing_ok=True)
+
+
+#: Sub-directory of a checkpoint directory receiving checkpoints skipped when resuming.
+SET_ASIDE = "skipped"
+
+
+def set_aside(directory: str | os.PathLike, steps: list[int]) -> Path | None:
+    """Move the files of checkpoints ``steps`` into ``directory/skipped`` (never delete them).
+
+    Used for checkpoints newer than the one a run resumes from: they could not be read
+    (truncated, corrupted, half-written) and would otherwise be overwritten or pruned by
+    the resumed run. Existing names in the sub-directory are kept (a suffix is added).
+    Returns the sub-directory, or None if there was nothing to move.
+    """
+    path = Path(directory)
+    files = [
+        path / f"{_stem(s)}.{ext}"
+        for s in steps
+        for ext in ("json", "safetensors")
+        if (path / f"{_stem(s)}.{ext}").exists()
+    ]
+    if not files:
+        return None
+    target = path / SET_ASIDE
+    target.mkdir(exist_ok=True)
+    for f in files:
+        dest, k = target / f.name, 0
+        while dest.exists():
+            k += 1
+            dest = target / f"{f.name}.{k}"
+        os.replace(f, dest)
+    warnings.warn(
+        f"moved the unreadable or stale checkpoint(s) at step(s) {sorted(set(steps))} to "
+        f"{str(target)!r}; nothing was deleted (inspect or remove them yourself)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return target
 
 
 @dataclass
@@ -299,7 +343,11 @@ def load_checkpoint(
     """The newest valid checkpoint in ``directory``, or None if there is none.
 
     Newest checkpoints that are incomplete, truncated or corrupted are skipped with a
-    :class:`RuntimeWarning` in favour of the previous one.
+    :class:`RuntimeWarning` in favour of the previous one. If checkpoints exist but none
+    is readable, ValueError is raised (rather than silently starting afresh over them),
+    unless all are merely incomplete (tensor file without its JSON: the process died while
+    writing its first checkpoint), where None is returned with a warning. Nothing is
+    deleted here.
 
     Parameters
     ----------
@@ -310,16 +358,16 @@ def load_checkpoint(
         different one raises ValueError naming the differing arguments.
     """
     path = Path(directory)
+    skipped: list[str] = []
+    complete = False  # some unreadable checkpoint had its JSON: not merely interrupted
     for step in reversed(list_checkpoints(path)):
         try:
             ckpt = _read(path, step)
         except ValueError as err:
-            warnings.warn(
-                f"skipping checkpoint at step {step} in {str(path)!r}: {err}",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+            skipped.append(f"step {step}: {err}")
+            complete = complete or (path / f"{_stem(step)}.json").is_file()
             continue
+        _warn_skipped(path, skipped)
         if fingerprint is not None:
             diff = _differences(ckpt.fingerprint, fingerprint)
             if diff:
@@ -330,7 +378,24 @@ def load_checkpoint(
                     "resume=False with an empty directory) to start afresh"
                 )
         return ckpt
+    if skipped and complete:
+        raise ValueError(
+            f"no checkpoint in checkpoint_dir={str(path)!r} is readable ("
+            + "; ".join(skipped)
+            + "); nothing was deleted. Repair or move these files away, or pass another "
+            "checkpoint_dir, to start afresh"
+        )
+    _warn_skipped(path, skipped)
     return None
+
+
+def _warn_skipped(path: Path, skipped: list[str]) -> None:
+    for text in skipped:
+        warnings.warn(
+            f"skipping checkpoint at {text.replace(': ', f' in {str(path)!r}: ', 1)}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 class Checkpointer:

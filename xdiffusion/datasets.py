@@ -8,7 +8,7 @@ updates in Fourier space (the STEPS/pysteps recipe), thresholded and exponentiat
 :func:`gaussian_blobs` is a tiny toy series for tests. :func:`open_sample` downloads real
 public sample files through a pooch registry with a sha256 hash for every file.
 
-No torch here: numpy, scipy, pandas/xarray and pooch only.
+No torch here: numpy, scipy, pandas/xarray and pooch (with its requests) only.
 """
 
 from __future__ import annotations
@@ -18,18 +18,26 @@ import os
 from collections.abc import Mapping
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pooch
+import requests
 import scipy.fft as sfft
 import xarray as xr
 from scipy.special import ndtri
 
 from xdiffusion.validation import is_int, is_number
 
-__all__ = ["gaussian_blobs", "list_samples", "open_sample", "synthetic_precipitation"]
+__all__ = [
+    "SampleDataError",
+    "gaussian_blobs",
+    "list_samples",
+    "open_sample",
+    "synthetic_precipitation",
+]
 
 # --- synthetic precipitation: model constants (physical units: km, hours) ------------------
 _SPECTRAL_EXPONENT = 4.0  # S(k) ∝ (k² + k0²)^(-β/2); radar rain fields have β ≈ 3–4
@@ -429,6 +437,74 @@ def _make_registry(
     )
 
 
+class SampleDataError(RuntimeError):
+    """A registered sample file could not be obtained (network, server or cache trouble).
+
+    The message says what happened and what to do: retry, point ``$XDIFFUSION_DATA_URL``
+    at a reachable mirror, or use another cache directory.
+    """
+
+
+def _remedies(name: str, digest: str, cache: Path) -> str:
+    mirror = os.environ.get(_ENV_URL)
+    where = (
+        f"${_ENV_URL} is set to {mirror!r}: check that mirror, or unset it to use "
+        f"{DEFAULT_BASE_URL}"
+        if mirror
+        else f"set ${_ENV_URL} to a reachable mirror of {DEFAULT_BASE_URL}"
+    )
+    return (
+        f"Retry later; {where}; or copy {name!r} (sha256 {digest}) by hand into the cache "
+        f"directory {str(cache)!r}"
+    )
+
+
+def _fetch(store: pooch.Pooch, name: str, digest: str) -> str:
+    """``store.fetch(name)`` with every failure turned into a message with the remedy."""
+    cache = Path(store.abspath)
+    url = store.get_url(name)
+    cached = cache / name
+    stale = ""
+    if cached.is_file():
+        stale = (
+            f"the cached copy {str(cached)!r} fails its sha256 check (corrupt or partial), "
+            "and fetching a fresh one failed: "
+        )
+    if cache.exists() and not cache.is_dir():
+        raise SampleDataError(
+            f"the sample cache directory {str(cache)!r} is a file, not a directory; pass "
+            f"cache_dir= (or set ${_ENV_DIR}) to a directory, or move the file away"
+        )
+    try:
+        return store.fetch(name, progressbar=False)
+    except ValueError as err:
+        raise ValueError(
+            f"sample {name!r} downloaded from {url} does not match its registered sha256; "
+            f"the download was discarded. The file changed upstream or was corrupted in "
+            f"transit ({err}). {_remedies(name, digest, cache)}"
+        ) from err
+    except requests.exceptions.HTTPError as err:
+        response = err.response
+        status = f"HTTP {response.status_code} {response.reason}" if response is not None else err
+        raise SampleDataError(
+            f"{stale}the server answered {status} for sample {name!r} at {url}"
+            + (" (the file is not at this address)" if "404" in str(status) else "")
+            + f". {_remedies(name, digest, cache)}"
+        ) from err
+    except requests.exceptions.RequestException as err:  # offline, refused, timed out
+        raise SampleDataError(
+            f"{stale}could not download sample {name!r} from {url} "
+            f"({type(err).__name__}: the network or the server is unreachable). "
+            f"{_remedies(name, digest, cache)}"
+        ) from err
+    except OSError as err:  # the cache: not a directory, not writable, disk full
+        raise SampleDataError(
+            f"{stale}could not store sample {name!r} in the cache directory {str(cache)!r} "
+            f"({type(err).__name__}: {err}); pass cache_dir= (or set ${_ENV_DIR}) to a "
+            "writable directory"
+        ) from err
+
+
 def open_sample(
     name: str, *, cache_dir: str | os.PathLike | None = None, **open_kwargs: Any
 ) -> xr.Dataset:
@@ -455,20 +531,26 @@ def open_sample(
     Raises
     ------
     ValueError
-        If ``name`` is unknown (the message lists the names) or the download fails its
-        hash check.
+        If ``name`` is unknown (the message lists the names), ``cache_dir`` is a file, or
+        the download fails its hash check.
+    SampleDataError
+        If the file cannot be downloaded (offline, server unreachable, HTTP error such as
+        404) or stored (cache not a writable directory); the message says what to do.
     """
     registry = _load_registry()
     if name not in registry:
         raise ValueError(f"unknown sample name {name!r}; choose one of {sorted(registry)}")
+    if cache_dir is not None:
+        if not isinstance(cache_dir, str | os.PathLike):
+            raise TypeError(
+                f"cache_dir must be a path (str or os.PathLike), got {type(cache_dir).__name__}"
+            )
+        if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
+            raise ValueError(
+                f"cache_dir={str(cache_dir)!r} exists and is not a directory; pass a "
+                "directory (created if missing)"
+            )
     base_url = os.environ.get(_ENV_URL) or DEFAULT_BASE_URL
     store = _make_registry(base_url, registry, cache_dir)
-    try:
-        path = store.fetch(name, progressbar=False)
-    except ValueError as err:
-        raise ValueError(
-            f"sample {name!r} downloaded from {store.get_url(name)} does not match its "
-            f"registered sha256; the download was discarded. The file changed upstream or "
-            f"was corrupted in transit ({err})"
-        ) from err
+    path = _fetch(store, name, registry[name])
     return xr.open_dataset(path, **open_kwargs)

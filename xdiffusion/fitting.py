@@ -11,10 +11,12 @@ windows read lazily batch by batch, and record the configuration (:func:`model_c
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import platform
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +25,7 @@ import torch
 import xarray as xr
 
 from xdiffusion._version import __version__
-from xdiffusion.checkpoint import Checkpointer, list_checkpoints, load_checkpoint
+from xdiffusion.checkpoint import Checkpointer, list_checkpoints, load_checkpoint, set_aside
 from xdiffusion.codec import Codec, VariableCodec
 from xdiffusion.core.samplers import get_sampler
 from xdiffusion.core.schedule import CosineSchedule
@@ -38,6 +40,9 @@ from xdiffusion.nets import UNet3D, UNetConfig, unet_config
 from xdiffusion.training import (
     DiffusionBatch,
     TrainConfig,
+    check_batch_size,
+    check_steps,
+    check_train_seed,
     diffusion_objective,
     train,
 )
@@ -47,15 +52,25 @@ from xdiffusion.validation import (
     check_int,
     check_number,
     check_positive_int,
-    check_seed,
 )
 
-__all__ = ["check_fit_arguments", "describe_variables", "fit", "split_windows"]
+__all__ = [
+    "check_fit_arguments",
+    "data_digest",
+    "describe_variables",
+    "digest_steps",
+    "fit",
+    "preserved_global_rng",
+    "run_fingerprint",
+    "split_windows",
+]
 
 #: Fewer candidate windows than this: no validation split (all train).
 MIN_WINDOWS_FOR_VALIDATION = 20
 #: Fixed validation batches, drawn once.
 VALIDATION_BATCHES = 2
+#: Time steps read (spread evenly over the series) for the data digest of a checkpoint.
+DIGEST_STEPS = 64
 
 
 def _transform_for(spec: Any, name: str) -> tuple[Transform, bool]:
@@ -93,7 +108,7 @@ def check_fit_arguments(
     """Check the arguments that need no data; returns them as plain Python values."""
     out = {
         "frames": check_positive_int(frames, "frames"),
-        "seed": check_seed(seed),
+        "seed": check_train_seed(seed),
         "val_fraction": check_number(val_fraction, "val_fraction", minimum=0.0, maximum=1.0),
         "sampling_steps": check_positive_int(sampling_steps, "sampling_steps", allow_none=True),
         "min_grad": check_number(min_grad, "min_grad", minimum=0.0, exclusive_minimum=True),
@@ -145,6 +160,20 @@ def describe_variables(
 
     Raises ValueError for data below a transform's lower bound and constant variables.
     """
+    if isinstance(transform, Mapping) and not {"name"} <= set(transform):
+        unknown = [k for k in transform if k not in p.variables]
+        missing = [v for v in p.variables if v not in transform]
+        if missing:
+            raise ValueError(
+                f"transform= has no entry for variable {missing[0]!r}"
+                + (f" (its keys {unknown} are not variables of the data)" if unknown else "")
+                + f"; give one for each of {list(p.variables)}"
+            )
+        if unknown:
+            raise ValueError(
+                f"transform= has entries for {unknown}, which are not variables of the data "
+                f"(its variables are {list(p.variables)}); fix the names or drop them"
+            )
     codecs, described = [], []
     for c, name in enumerate(p.variables):
         tr, is_learned = _transform_for(transform, name)
@@ -220,6 +249,71 @@ class _Batches:
         return DiffusionBatch(scaled.to(self.device), mask.to(self.device), cond)
 
 
+def _sha256(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def _array_sha256(values: np.ndarray) -> str:
+    """Digest of an array's values: dtype, shape and bytes (NaN and -0.0 made canonical)."""
+    a = np.asarray(values)
+    if np.issubdtype(a.dtype, np.datetime64):
+        a = a.astype("datetime64[ns]").view(np.int64)
+    elif np.issubdtype(a.dtype, np.floating):
+        a = np.where(np.isnan(a), np.nan, a + 0.0).astype(a.dtype)
+    elif a.dtype == object:  # cftime dates (their calendar too) or other objects
+        text = "|".join(f"{getattr(v, 'calendar', '')}:{v}" for v in a.ravel())
+        return _sha256("object", str(a.shape), text)
+    return _sha256(str(a.dtype), str(a.shape), np.ascontiguousarray(a).tobytes())
+
+
+def digest_steps(n_time: int, count: int = DIGEST_STEPS) -> np.ndarray:
+    """Up to ``count`` time indices spread evenly over ``n_time`` steps (both ends in)."""
+    return np.unique(np.linspace(0, n_time - 1, min(n_time, count)).round().astype(np.int64))
+
+
+def data_digest(
+    p: Prepared,
+    stats: Mapping[str, np.ndarray],
+    features: torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """Content digest of the training data, for checkpoint fingerprints.
+
+    Shape, minimum and maximum do not tell a mirrored grid, time-reversed values, another
+    realisation rescaled to the same range or another NaN mask from the data a run was
+    started on. This digest holds the SHA-256 of the values at :data:`DIGEST_STEPS` time
+    steps spread over the series (read lazily: a dask archive is not loaded whole), of
+    every coordinate of the time and grid axes, of the static valid-cell mask and of the
+    time-feature table, and the exact number of finite values per variable (from the
+    one pass over the data that gives the statistics).
+    """
+    idx = digest_steps(p.shape[1])
+    sample = p.data[:, idx]
+    if hasattr(sample, "compute"):
+        sample = sample.compute()
+    out: dict[str, Any] = {
+        "data_values_sha256": _array_sha256(np.asarray(sample, dtype=np.float32)),
+        "data_values_steps": [int(i) for i in idx],
+        "data_finite_count": [int(n) for n in np.asarray(stats["n_finite"]).ravel()],
+        "static_valid_sha256": _array_sha256(np.asarray(stats["static_valid"], dtype=bool)),
+    }
+    template = p.arrays[0]
+    for axis in ("T", "Y", "X"):
+        dim = p.axes.get(axis)
+        if dim is not None:
+            coord = (
+                template[dim].values if dim in template.coords else np.arange(template.sizes[dim])
+            )
+            out[f"coord_{axis.lower()}_sha256"] = _array_sha256(coord)
+    out["time_features_sha256"] = (
+        None if features is None else _array_sha256(features.cpu().numpy())
+    )
+    return out
+
+
 def run_fingerprint(
     p: Prepared,
     stats: Mapping[str, np.ndarray],
@@ -231,8 +325,17 @@ def run_fingerprint(
     n_windows: int,
     features: Sequence[str],
     loader: Mapping[str, Any],
+    digest: Mapping[str, Any] | None = None,
+    preset: str | None = None,
 ) -> dict[str, Any]:
-    """What must be equal for a checkpoint to be resumed by this run."""
+    """What must be equal for a checkpoint to be resumed by this run.
+
+    The data's shape, names and range, its content ``digest`` (:func:`data_digest`), and
+    every hyper-parameter that changes the trained weights or the recorded history (all
+    of :class:`~xdiffusion.training.TrainConfig` but ``steps``, which may be raised to
+    train longer).
+    """
+    train_cfg = {k: v for k, v in cfg.to_dict().items() if k != "steps"}
     return {
         "data_shape": [int(s) for s in p.shape],
         "variables": list(p.variables),
@@ -255,6 +358,11 @@ def run_fingerprint(
         "n_windows": int(n_windows),
         "time_features": list(features),
         "loader": dict(loader),
+        "val_every": int(cfg.val_every),
+        "transform_lr_scale": float(cfg.transform_lr_scale),
+        "train_config": train_cfg,
+        "preset": preset,
+        **dict(digest or {}),
     }
 
 
@@ -298,6 +406,67 @@ def model_config(
             "python": platform.python_version(),
             "history": dict(history),
         },
+    }
+
+
+@contextmanager
+def preserved_global_rng(device: torch.device | None = None) -> Iterator[None]:
+    """Restore the global torch (CPU and CUDA) and numpy RNG states on exit.
+
+    ``fit`` seeds the global torch RNG (network initialisation and dropout draw on it) and
+    a resumed fit sets the global states saved in its checkpoint; neither may leak into
+    the caller's program. On a CUDA ``device`` the CUDA generators are initialised first,
+    so that their state (and any seed the caller queued) is captured.
+    """
+    cpu = torch.get_rng_state()
+    legacy = np.random.get_state()  # noqa: NPY002
+    cuda = None
+    if torch.cuda.is_available() and (
+        torch.cuda.is_initialized() or (device is not None and device.type == "cuda")
+    ):
+        cuda = torch.cuda.get_rng_state_all()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        np.random.set_state(legacy)  # noqa: NPY002
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _resume(
+    checkpoint_dir: str | os.PathLike,
+    fingerprint: Mapping[str, Any],
+    cfg: TrainConfig,
+    module: Denoiser,
+    *,
+    resume: bool,
+) -> tuple[dict[str, list], dict[str, Any]]:
+    """(history, train() resume arguments) from the newest readable checkpoint.
+
+    Raises ValueError if the checkpoint was written by another run, has done more steps
+    than ``cfg.steps``, or none in the directory is readable. Unreadable checkpoints newer
+    than the one resumed are moved into the ``skipped`` sub-directory, never deleted.
+    """
+    ckpt = load_checkpoint(checkpoint_dir, fingerprint=fingerprint) if resume else None
+    if ckpt is None:
+        if resume:
+            set_aside(checkpoint_dir, list_checkpoints(checkpoint_dir))
+        return {}, {}
+    if ckpt.step > cfg.steps:
+        raise ValueError(
+            f"steps={cfg.steps} is fewer than the {ckpt.step} steps already done by the "
+            f"checkpoint in checkpoint_dir={str(checkpoint_dir)!r}; pass steps >= {ckpt.step}"
+        )
+    set_aside(checkpoint_dir, [s for s in list_checkpoints(checkpoint_dir) if s > ckpt.step])
+    module.load_state_dict(migrate_state(ckpt.module_state))
+    ema = copy.deepcopy(module).requires_grad_(False)
+    ema.load_state_dict(migrate_state(ckpt.ema_state))
+    ckpt.restore_rng()  # dropout draws continue as in an uninterrupted run
+    return ckpt.history, {
+        "start_step": ckpt.step,
+        "optimizer_state": ckpt.optimizer_state,
+        "ema": ema,
     }
 
 
@@ -349,9 +518,11 @@ def fit(
         ``"none"``, ``"sqrt"``, ``"log1p"``, ``"learned"`` (eq. 4.13–4.15), a
         :class:`~xdiffusion.transforms.Transform`, or a mapping variable → one of these.
     steps, batch_size, lr, warmup, ema_decay, grad_clip
-        Optimisation (see :class:`~xdiffusion.training.TrainConfig`).
+        Optimisation (see :class:`~xdiffusion.training.TrainConfig`); ``steps`` at most
+        999 999 999 (checkpoint files number steps with 9 digits).
     seed
         Seeds initialisation, window order, t and ε: same seed, same CPU → same model.
+        The caller's global torch and numpy RNG states are restored when fit returns.
     device
         ``"auto"`` (CUDA if available; bf16 autocast there), ``"cpu"``, ``"cuda"``…
     progress
@@ -391,7 +562,11 @@ def fit(
         Continue from the newest valid checkpoint in ``checkpoint_dir`` (weights, EMA,
         optimiser, RNG state and data position): on CPU the result equals an uninterrupted
         run's. Starts afresh if there is none; raises ValueError if it was written with
-        other data or arguments. ``steps`` may be raised to train longer.
+        other data (a content digest: values at 64 time steps spread over the series,
+        coordinates, valid-cell mask, time features, count of finite values) or other
+        arguments, and if checkpoints exist but none is readable. Unreadable checkpoints
+        newer than the one resumed are moved into ``checkpoint_dir/skipped``, never
+        deleted. ``steps`` may be raised to train longer.
     loader, buffer_chunks
         How training windows are read (:mod:`xdiffusion.io.streaming`): ``"chunked"``
         reads ``buffer_chunks`` whole time chunks at a time into a shuffle buffer and
@@ -421,8 +596,8 @@ def fit(
     frames, seed = args["frames"], args["seed"]
     check_loader(loader, buffer_chunks)
     cfg = TrainConfig(
-        steps=check_positive_int(steps, "steps"),
-        batch_size=check_positive_int(batch_size, "batch_size"),
+        steps=check_steps(steps),
+        batch_size=check_batch_size(batch_size),
         lr=check_number(lr, "lr", minimum=0.0, exclusive_minimum=True),
         warmup=check_int(warmup, "warmup", minimum=0),
         ema_decay=check_number(ema_decay, "ema_decay", minimum=0.0, maximum=1.0),
@@ -456,91 +631,80 @@ def fit(
             f"no window of frames={frames} consecutive regular time steps exists; the time "
             "axis has gaps everywhere: use fewer frames"
         )
-    stats = channel_stats(p.data)
+    stats = channel_stats(p.data, sources=p.arrays)
     codec, described = describe_variables(
         p, stats, transform, min_grad=args["min_grad"], dry_threshold=args["dry_threshold"]
     )
 
-    torch.manual_seed(seed)
-    module = Denoiser(UNet3D(net_cfg), codec).to(dev)
-    valid = torch.from_numpy(stats["static_valid"]).to(dev)
-    train_starts, val_starts = split_windows(starts, frames, args["val_fraction"])
-    thresholds = codec.scaled_thresholds([args["dry_threshold"]] * len(codec))
-    batches = _Batches(WindowReader(p.data, frames), codec, valid, frames, dev, feat_table)
-    windows = make_loader(
-        loader,
-        p.data,
-        frames,
-        train_starts,
-        batch_size=cfg.batch_size,
-        seed=seed,
-        buffer_chunks=buffer_chunks,
-        total_steps=cfg.steps,
-    )
-    val_batches = []
-    if val_starts.size:
-        rng = np.random.default_rng([seed, 10**9])
-        for _ in range(VALIDATION_BATCHES):
-            val_batches.append(batches(rng.choice(val_starts, size=cfg.batch_size)))
-
-    def loss_fn(mod: Denoiser, batch: DiffusionBatch, gen: torch.Generator) -> torch.Tensor:
-        return diffusion_objective(mod.net, mod.codec, schedule, batch, thresholds, gen)
-
-    history: dict[str, list] = {}
-    resume_state: dict[str, Any] = {}
-    callback = None
-    if checkpoint_dir is not None:
-        fingerprint = run_fingerprint(
-            p,
-            stats,
-            described,
-            net_cfg,
-            cfg,
-            args,
-            n_windows=len(train_starts),
-            features=feats or [],
-            loader=windows.describe(),
-        )
-        ckpt = load_checkpoint(checkpoint_dir, fingerprint=fingerprint) if args["resume"] else None
-        if ckpt is not None and ckpt.step > cfg.steps:
-            raise ValueError(
-                f"steps={cfg.steps} is fewer than the {ckpt.step} steps already done by the "
-                f"checkpoint in checkpoint_dir={str(checkpoint_dir)!r}; pass steps >= {ckpt.step}"
-            )
-        if ckpt is not None:
-            module.load_state_dict(migrate_state(ckpt.module_state))
-            ema = copy.deepcopy(module).requires_grad_(False)
-            ema.load_state_dict(migrate_state(ckpt.ema_state))
-            history = ckpt.history
-            resume_state = {
-                "start_step": ckpt.step,
-                "optimizer_state": ckpt.optimizer_state,
-                "ema": ema,
-            }
-            ckpt.restore_rng()
-        callback = Checkpointer(
-            checkpoint_dir,
-            every=args["checkpoint_every"],
-            keep=args["keep_checkpoints"],
+    with preserved_global_rng(dev):  # the caller's global RNG states are left as they were
+        torch.manual_seed(seed)  # network initialisation, then dropout draws
+        module = Denoiser(UNet3D(net_cfg), codec).to(dev)
+        valid = torch.from_numpy(stats["static_valid"]).to(dev)
+        train_starts, val_starts = split_windows(starts, frames, args["val_fraction"])
+        thresholds = codec.scaled_thresholds([args["dry_threshold"]] * len(codec))
+        batches = _Batches(WindowReader(p.data, frames), codec, valid, frames, dev, feat_table)
+        windows = make_loader(
+            loader,
+            p.data,
+            frames,
+            train_starts,
+            batch_size=cfg.batch_size,
+            seed=seed,
+            buffer_chunks=buffer_chunks,
             total_steps=cfg.steps,
-            fingerprint=fingerprint,
-            history=history,
         )
-    try:
-        result = train(
-            module,
-            loss_fn,
-            lambda step: batches(*windows.batch(step)),
-            cfg,
-            device=dev,
-            val_batches=val_batches,
-            progress=args["progress"],
-            callback=callback,
-            history=history,
-            **resume_state,
-        )
-    finally:
-        windows.close()
+        try:
+            val_batches = []
+            if val_starts.size:
+                rng = np.random.default_rng([seed, 10**9])
+                for _ in range(VALIDATION_BATCHES):
+                    val_batches.append(batches(rng.choice(val_starts, size=cfg.batch_size)))
+
+            def loss_fn(mod: Denoiser, batch: DiffusionBatch, gen: torch.Generator) -> torch.Tensor:
+                return diffusion_objective(mod.net, mod.codec, schedule, batch, thresholds, gen)
+
+            history: dict[str, list] = {}
+            resume_state: dict[str, Any] = {}
+            callback = None
+            if checkpoint_dir is not None:
+                fingerprint = run_fingerprint(
+                    p,
+                    stats,
+                    described,
+                    net_cfg,
+                    cfg,
+                    args,
+                    n_windows=len(train_starts),
+                    features=feats or [],
+                    loader=windows.describe(),
+                    digest=data_digest(p, stats, feat_table),
+                    preset=preset,
+                )
+                history, resume_state = _resume(
+                    checkpoint_dir, fingerprint, cfg, module, resume=args["resume"]
+                )
+                callback = Checkpointer(
+                    checkpoint_dir,
+                    every=args["checkpoint_every"],
+                    keep=args["keep_checkpoints"],
+                    total_steps=cfg.steps,
+                    fingerprint=fingerprint,
+                    history=history,
+                )
+            result = train(
+                module,
+                loss_fn,
+                lambda step: batches(*windows.batch(step)),
+                cfg,
+                device=dev,
+                val_batches=val_batches,
+                progress=args["progress"],
+                callback=callback,
+                history=history,
+                **resume_state,
+            )
+        finally:
+            windows.close()
     config = model_config(
         data,
         p,

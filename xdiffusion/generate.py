@@ -22,7 +22,7 @@ import xarray as xr
 from xdiffusion.engine import Engine
 from xdiffusion.inputs import check_lower, features, prepare_for, values_of
 from xdiffusion.io.cf import wrap
-from xdiffusion.io.convert import Prepared
+from xdiffusion.io.convert import Prepared, raise_if_overflow
 from xdiffusion.io.windows import regular_step
 from xdiffusion.lazy import lazy_complete, lazy_downscale, time_chunks
 from xdiffusion.resources import eager_batch, lazy_batch, resolve_budget
@@ -195,6 +195,9 @@ def interpolate(
         observed = dsa.isfinite(phys)
         return _wrap(p, values, n, settings, {"n": n, "seed": seed}, data, observed=observed)
     values = values_of(p)
+    overflow = np.isinf(values).any(axis=(1, 2, 3))
+    if overflow.any():  # float64 values beyond float32's range: say so, not "infinite"
+        raise_if_overflow(p.arrays, np.flatnonzero(overflow), "data")
     check_lower(engine, torch.from_numpy(values), "data")
     enc, known, finite = engine.encode_known(torch.from_numpy(values))
     if bool(known.all()):
@@ -216,20 +219,36 @@ def interpolate(
         )
         gen = engine.static_nan(engine.codec.decode(y)).cpu().numpy()
     obs = finite.numpy()
-    out = np.where(obs[None], values[None], gen.astype(values.dtype))
+    # p.data is float32 (what the model sees); the output keeps the input's dtype and its
+    # observations bit for bit, so they come from the variables as given
+    dtype = np.result_type(np.float32, *(a.dtype for a in p.arrays))
+    source = np.stack([np.asarray(a.values, dtype=dtype) for a in p.arrays])
+    if "T" not in p.axes:
+        source = source[:, None]
+    out = np.where(obs[None], source[None], gen.astype(dtype))
     return _wrap(p, out, n, settings, {"n": n, "seed": seed}, data, observed=obs)
 
 
 def future_times(time: xr.DataArray, lead: int) -> np.ndarray:
-    """``lead`` time stamps continuing ``time`` at its regular step (cftime too)."""
+    """``lead`` time stamps continuing ``time`` at its regular step.
+
+    datetime64 and cftime axes continue in seconds; a numeric axis (hours as floats, step
+    counts as integers) continues with its own modal step, in its dtype.
+    """
     step = regular_step(time)
     if step <= 0:
         raise ValueError("forecast needs at least two time steps to infer the frequency")
-    last = time.values[-1]
-    if np.issubdtype(time.dtype, np.datetime64):
+    values = np.asarray(time.values)
+    last = values[-1]
+    k = np.arange(1, lead + 1)
+    if np.issubdtype(values.dtype, np.datetime64):
         delta = np.timedelta64(round(step * 1e9), "ns")
-        return (last + delta * np.arange(1, lead + 1)).astype(time.dtype)
-    return np.array([last + _dt.timedelta(seconds=step * k) for k in range(1, lead + 1)])
+        return (last + delta * k).astype(values.dtype)
+    if np.issubdtype(values.dtype, np.integer):
+        return (last + round(step) * k).astype(values.dtype)
+    if np.issubdtype(values.dtype, np.number):
+        return (last + step * k).astype(values.dtype)
+    return np.array([last + _dt.timedelta(seconds=step * j) for j in k.tolist()])
 
 
 def forecast(

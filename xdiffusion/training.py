@@ -22,13 +22,19 @@ from tqdm.auto import tqdm
 from xdiffusion.codec import Codec
 from xdiffusion.core.diffusion import v_loss
 from xdiffusion.core.schedule import CosineSchedule
-from xdiffusion.validation import check_int, check_number, check_positive_int, check_seed, is_number
+from xdiffusion.validation import check_int, check_number, is_number
 
 __all__ = [
+    "MAX_BATCH_SIZE",
+    "MAX_SEED",
+    "MAX_STEPS",
     "DiffusionBatch",
     "TrainConfig",
     "TrainResult",
     "autocast_context",
+    "check_batch_size",
+    "check_steps",
+    "check_train_seed",
     "diffusion_objective",
     "ema_update",
     "param_groups",
@@ -37,8 +43,40 @@ __all__ = [
     "validation_loss",
 ]
 
+#: Most optimiser steps of one run: checkpoint files are named with 9 digits of the step.
+MAX_STEPS = 999_999_999
+#: Largest batch size accepted (beyond it index arithmetic overflows long before memory).
+MAX_BATCH_SIZE = 2**31 - 1
+#: Seeds must fit torch's 64-bit seed (and the step generator's arithmetic).
+MAX_SEED = 2**63 - 1
+
 Batch = Any
 LossFn = Callable[[nn.Module, Batch, torch.Generator], torch.Tensor]
+
+
+def check_steps(value: Any, name: str = "steps") -> int:
+    """A step count in [1, :data:`MAX_STEPS`]."""
+    return check_int(  # type: ignore[return-value]
+        value, name, minimum=1, maximum=MAX_STEPS, what=f"a positive integer ≤ {MAX_STEPS}"
+    )
+
+
+def check_batch_size(value: Any, name: str = "batch_size") -> int:
+    """A batch size in [1, :data:`MAX_BATCH_SIZE`]."""
+    return check_int(  # type: ignore[return-value]
+        value,
+        name,
+        minimum=1,
+        maximum=MAX_BATCH_SIZE,
+        what=f"a positive integer ≤ {MAX_BATCH_SIZE}",
+    )
+
+
+def check_train_seed(value: Any, name: str = "seed") -> int:
+    """A seed in [0, :data:`MAX_SEED`]."""
+    return check_int(  # type: ignore[return-value]
+        value, name, minimum=0, maximum=MAX_SEED, what="a non-negative integer < 2**63"
+    )
 
 
 @dataclass
@@ -88,8 +126,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # Stored back as plain Python numbers: numpy scalars are accepted, and to_dict()
         # stays JSON-serialisable.
-        self.steps = check_positive_int(self.steps, "steps")  # type: ignore[assignment]
-        self.batch_size = check_positive_int(self.batch_size, "batch_size")  # type: ignore[assignment]
+        self.steps = check_steps(self.steps)  # type: ignore[assignment]
+        self.batch_size = check_batch_size(self.batch_size)  # type: ignore[assignment]
         self.lr = check_number(  # type: ignore[assignment]
             self.lr, "lr", minimum=0.0, exclusive_minimum=True
         )
@@ -102,7 +140,7 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         self.ema_decay = float(self.ema_decay)
         self.val_every = check_int(self.val_every, "val_every", minimum=0)  # type: ignore[assignment]
-        self.seed = check_seed(self.seed)
+        self.seed = check_train_seed(self.seed)
         self.transform_lr_scale = check_number(  # type: ignore[assignment]
             self.transform_lr_scale, "transform_lr_scale", minimum=0.0, exclusive_minimum=True
         )

@@ -31,7 +31,12 @@ def _bin_edges(
     bins: int | Sequence[float] | np.ndarray | None,
     low_end: bool,
     value_range: tuple[float, float] | None,
+    names: Sequence[str] | None = None,
 ) -> np.ndarray:
+    """Bin edges: ``bins`` edges as given, or ``bins`` equal bins over the range.
+
+    ``names`` (one argument name per array) are used in the messages about the data.
+    """
     if bins is not None and not is_int(bins):
         edges = np.asarray(bins, dtype=float)
         if edges.ndim != 1 or edges.size < 2 or not np.all(np.isfinite(edges)):
@@ -53,11 +58,24 @@ def _bin_edges(
 
         stats = dask.compute(*[f(a) for a in arrays for f in (xr.DataArray.min, xr.DataArray.max)])
         vals = np.asarray([float(s) for s in stats])
+        labels = list(names) if names is not None else [f"input {i}" for i in range(len(arrays))]
         if not np.any(np.isfinite(vals)):
-            raise ValueError("the input has no finite values to bin")
+            raise ValueError(f"no finite values to bin in {' and '.join(labels)}")
+        bad = [labels[i // 2] for i in np.flatnonzero(np.isinf(vals))]
+        if bad:
+            raise ValueError(
+                f"infinite values in {' and '.join(dict.fromkeys(bad))}: a histogram over the "
+                "data's range has no finite bins; replace them with NaN first, e.g. "
+                "da.where(np.isfinite(da))"
+            )
         lo, hi = float(np.nanmin(vals)), float(np.nanmax(vals))
         if hi <= lo:
             hi = lo + 1.0
+        if not np.isfinite(hi - lo):
+            raise ValueError(
+                f"the values of {' and '.join(labels)} span [{lo:g}, {hi:g}], too wide to "
+                "bin in float64; rescale them (e.g. other units) first"
+            )
     return np.linspace(lo, hi, n + 1)
 
 
@@ -101,7 +119,7 @@ def histogram(
     """
     da = _check_da(da, "da")
     _validate_dims(da, dims)
-    edges = _bin_edges([da], bins, low_end, value_range)
+    edges = _bin_edges([da], bins, low_end, value_range, names=["da"])
     flat = da.data.reshape(-1)
     if _is_dask(da):
         import dask.array as dsa

@@ -25,6 +25,7 @@ from xdiffusion.diagnostics.ensemble import crps, rank_histogram, spread_skill
 from xdiffusion.diagnostics.spectra import _spacing, _time_step_hours, spatial_psd, temporal_psd
 from xdiffusion.io.axes import find_axes
 from xdiffusion.io.cf import CONVENTIONS, history_line
+from xdiffusion.validation import check_bool
 
 __all__ = ["evaluate"]
 
@@ -57,6 +58,7 @@ def evaluate(
     observations: xr.DataArray | None = None,
     dims: Mapping[str, str] | None = None,
     member_dim: str = MEMBER_DIM,
+    fair: bool | None = None,
 ) -> xr.Dataset:
     """All diagnostics of generated ``samples`` against ``reference`` in one Dataset.
 
@@ -69,12 +71,18 @@ def evaluate(
         without ``realization``).
     observations
         Optional observations aligned with ``samples`` but without ``member_dim`` (e.g.
-        the truth behind a forecast or downscaling ensemble): adds CRPS (standard and
-        fair), the rank histogram and the spread-skill ratio.
+        the truth behind a forecast or downscaling ensemble): adds CRPS (standard and,
+        see ``fair``, fair), the rank histogram and, with at least 2 members, the
+        spread-skill ratio. ``samples`` must then have the ``member_dim`` dimension.
     dims
         Axis overrides for :func:`~xdiffusion.io.axes.find_axes`, used for all inputs.
     member_dim
         Name of the ensemble dimension.
+    fair
+        Whether to add the fair CRPS (``crps_fair``, Ferro 2014) next to the standard one
+        when ``observations`` are given: None (default) adds it when there are at least 2
+        members and skips it for a single member; True requires it (ValueError with one
+        member); False leaves it out.
 
     Returns
     -------
@@ -87,18 +95,40 @@ def evaluate(
         ``temporal_psd_log_error`` (mean |log10(P_sample / P_reference)|),
         ``qq_relative_error`` (mean |relative error| over the quantiles),
         ``mean_abs_mean_normalised_bias``; with ``observations`` also ``crps``,
-        ``crps_fair`` (means over points), ``rank_histogram``, ``ensemble_spread``,
-        ``ensemble_mean_rmse`` and ``spread_skill_ratio``. Lazy for dask input except the
+        ``crps_fair`` (means over points; see ``fair``), ``rank_histogram`` and, with at
+        least 2 members, ``ensemble_spread``, ``ensemble_mean_rmse`` and
+        ``spread_skill_ratio``. Lazy for dask input except the
         range of the full histogram (computed at once).
     """
     samples = _check_da(samples, "samples")
     reference = _check_da(reference, "reference")
+    if fair is not None:
+        fair = check_bool(fair, "fair")
+    members = 0
+    if observations is not None:
+        observations = _check_da(observations, "observations")
+        if member_dim not in samples.dims:
+            raise ValueError(
+                f"samples= has no member dimension {member_dim!r} among "
+                f"{list(map(str, samples.dims))}, needed to score it against observations=; "
+                f"pass member_dim=<name>, or samples.expand_dims({member_dim!r}) for a "
+                "single member"
+            )
+        members = samples.sizes[member_dim]
+        if fair and members < 2:
+            raise ValueError(
+                f"fair=True needs at least 2 ensemble members, but samples= has {members} "
+                f"along {member_dim!r}; pass fair=False (or leave fair=None) for one member"
+            )
     out: dict[str, xr.DataArray] = {}
 
     sa = find_axes(samples, dims, require_time=False)
     ra = find_axes(reference, dims, require_time=False)
     samples, reference, _, _ = _matched_grids(samples, reference, dims)
     ra = {**ra, "Y": sa["Y"], "X": sa["X"]}
+    # the full range first: infinite values are refused before any spectrum is computed
+    edges = _bin_edges([samples, reference], None, False, None, names=["samples", "reference"])
+    low = _bin_edges([samples, reference], None, True, None, names=["samples", "reference"])
     spacing = _common("grid spacings", _spacing(samples, sa, None), _spacing(reference, ra, None))
     for key, da in (("sample", samples), ("reference", reference)):
         out[f"spatial_psd_{key}"] = spatial_psd(da, dims=sa if da is samples else ra, dx=spacing)
@@ -126,8 +156,6 @@ def evaluate(
             units="1",
         )
 
-    edges = _bin_edges([samples, reference], None, False, None)
-    low = _bin_edges([samples, reference], None, True, None)
     low_names = {"bin": "bin_low", "bin_lower": "bin_low_lower", "bin_upper": "bin_low_upper"}
     for key, da in (("sample", samples), ("reference", reference)):
         out[f"histogram_{key}"] = histogram(da, edges, log=False)
@@ -146,16 +174,17 @@ def evaluate(
     out.update(mean_normalised_bias(samples, reference, dims=sa).data_vars)
 
     if observations is not None:
-        observations = _check_da(observations, "observations")
-        for fair in (False, True):
-            c = crps(samples, observations, member_dim=member_dim, fair=fair)
+        with_fair = members >= 2 if fair is None else fair
+        for kind in (False, True) if with_fair else (False,):
+            c = crps(samples, observations, member_dim=member_dim, fair=kind)
             with xr.set_options(keep_attrs=False):
                 mean = c.mean(skipna=True).reset_coords(drop=True)
             out[str(c.name)] = mean.assign_attrs(
                 {**c.attrs, "long_name": f"mean {c.attrs['long_name']} over all points"}
             )
         out["rank_histogram"] = rank_histogram(samples, observations, member_dim=member_dim)
-        out.update(spread_skill(samples, observations, member_dim=member_dim).data_vars)
+        if members >= 2:  # the spread of a single member is undefined
+            out.update(spread_skill(samples, observations, member_dim=member_dim).data_vars)
 
     # shallow copy: fresh encodings, so the inputs' coordinates are not touched
     ds = _no_fill(xr.Dataset({k: v.rename(k) for k, v in out.items()}).copy())
@@ -164,7 +193,7 @@ def evaluate(
         "Conventions": CONVENTIONS,
         "source": f"xdiffusion {__version__}",
         "history": history_line(
-            "evaluate", {"observations": observations is not None, "dims": dims}
+            "evaluate", {"observations": observations is not None, "dims": dims, "fair": fair}
         ),
     }
     return ds

@@ -17,7 +17,7 @@ import xarray as xr
 
 from xdiffusion.io.axes import find_axes
 
-__all__ = ["Prepared", "channel_stats", "prepare"]
+__all__ = ["Prepared", "channel_stats", "prepare", "raise_if_overflow"]
 
 
 @dataclass
@@ -126,10 +126,20 @@ def prepare(
     return Prepared(data=data, axes=axes, variables=list(arrays), arrays=out, is_dataset=is_dataset)
 
 
-def channel_stats(data, *, argument: str = "data") -> dict[str, np.ndarray]:
+def channel_stats(
+    data,
+    *,
+    argument: str = "data",
+    sources: Sequence[xr.DataArray] | None = None,
+) -> dict[str, np.ndarray]:
     """Per-channel min, max, mean and NaN-free flags of a (C, T, Y, X) array, in one pass.
 
-    Raises ValueError for all-NaN channels and for infinities (with the remedy).
+    Also the number of finite values per channel (``n_finite``, an exact count).
+
+    Raises ValueError for all-NaN channels and for infinities (with the remedy). With
+    ``sources`` (the inputs before the float32 cast, one per channel, as
+    :attr:`Prepared.arrays`), infinities that are finite values too large for float32
+    (|x| > 3.4e38) are reported as such.
     """
     lib = dsa if dask.is_dask_collection(data) else np
     axes = (1, 2, 3)
@@ -146,11 +156,14 @@ def channel_stats(data, *, argument: str = "data") -> dict[str, np.ndarray]:
             infs,
             static_valid,
             finite.all(),
+            finite.sum(axis=axes),
         )
         if lib is dsa:
             parts = dask.compute(*parts)
-    mn, mx, mean, inf, static_valid, all_finite = (np.asarray(p) for p in parts)
+    mn, mx, mean, inf, static_valid, all_finite, n_finite = (np.asarray(p) for p in parts)
     if inf.any():
+        if sources is not None:
+            raise_if_overflow(sources, np.flatnonzero(inf), argument)
         raise ValueError(
             f"{argument} contains infinite values (channels {np.flatnonzero(inf).tolist()}); "
             "replace them with NaN (e.g. da.where(np.isfinite(da))) to mark them missing"
@@ -166,4 +179,33 @@ def channel_stats(data, *, argument: str = "data") -> dict[str, np.ndarray]:
         "mean": mean.astype(float),
         "static_valid": static_valid.astype(bool),
         "all_finite": bool(all_finite),
+        "n_finite": n_finite.astype(np.int64),
     }
+
+
+def raise_if_overflow(sources: Sequence[xr.DataArray], channels: np.ndarray, argument: str) -> None:
+    """Raise ValueError for ``channels`` whose infinities come from the float32 cast.
+
+    ``sources`` are the inputs before the cast (:attr:`Prepared.arrays`); a channel whose
+    source holds infinities itself is left to the caller's own message.
+    """
+    for c in channels:
+        src = sources[int(c)]
+        if not np.issubdtype(src.dtype, np.floating) or np.finfo(src.dtype).max <= _F32_MAX:
+            continue
+        lib = dsa if dask.is_dask_collection(src.data) else np
+        with np.errstate(all="ignore"):
+            has_inf, biggest = lib.isinf(src.data).any(), lib.nanmax(abs(src.data))
+            if lib is dsa:
+                has_inf, biggest = dask.compute(has_inf, biggest)
+        if not bool(has_inf):
+            name = str(src.name) if src.name is not None else f"channel {int(c)}"
+            raise ValueError(
+                f"{argument} variable {name!r} has values up to {float(biggest):.3g} "
+                f"in magnitude, which overflow float32 (largest {_F32_MAX:.3g}): the model "
+                "works in float32. Rescale the variable (e.g. other units) or mark the "
+                "extreme values missing with NaN"
+            )
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
