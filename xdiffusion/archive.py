@@ -1,8 +1,11 @@
 """Writing lazy results to zarr region by region, resumable after a kill.
 
 The store is created up front (metadata, coordinates and every non-dask variable), then the
-dask-backed variables are computed and written one region at a time: a region is a time
-chunk × member block of the result's own chunks. After each region a progress record
+dask-backed variables are computed and written region by region: a region is a time chunk ×
+member block of the result's own chunks. Several regions are in flight at once when the
+scheduler has several workers (a ``dask.distributed`` client, or the processes scheduler):
+regions are independent, and one region is usually a single chain of engine tasks, so
+without that a cluster would run one worker at a time. After each region a progress record
 (``.xdiffusion-progress.json`` in the store, replaced atomically) lists the finished ones,
 so the same call on the same store after a crash or SIGKILL skips them and finishes with a
 store identical to an uninterrupted run (generation is deterministic; see
@@ -15,17 +18,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Mapping
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.array as dsa
 import numpy as np
 import xarray as xr
+from dask.core import get_dependencies
 from tqdm.auto import tqdm
 
-__all__ = ["PROGRESS", "regions", "write_zarr"]
+from xdiffusion.lazy import WORK_PREFIX
+
+__all__ = ["PROGRESS", "default_concurrency", "regions", "units", "write_zarr"]
 
 PROGRESS = ".xdiffusion-progress.json"
 
@@ -42,8 +51,94 @@ def regions(ds: xr.Dataset, dims: tuple[str, ...] = ("realization", "time")) -> 
     return out
 
 
+def default_concurrency() -> int:
+    """Regions to compute at once under the active dask scheduler.
+
+    The total worker threads of a ``dask.distributed`` client (the default client, as set
+    by ``with Client(...)``), the ``num_workers`` setting (default: the CPU count) for the
+    processes scheduler, and 1 for the threaded and synchronous schedulers, whose
+    parallelism is torch's own threads inside a region (running regions side by side there
+    would oversubscribe the cores).
+    """
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        client = None
+    if client is not None and dask.config.get("scheduler", None) in (None, "dask.distributed"):
+        return max(1, sum(client.nthreads().values()))
+    if dask.config.get("scheduler", None) in ("processes", "multiprocessing"):
+        return max(1, dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    return 1
+
+
 def _key(region: Mapping[str, slice]) -> str:
     return ",".join(f"{d}={s.start}:{s.stop}" for d, s in region.items())
+
+
+def units(ds: xr.Dataset, todo: list[dict]) -> list[list[dict]]:
+    """Group regions that share generation tasks, in order.
+
+    A forecast's or long sample's windows form a chain along time, so the region of a later
+    time chunk needs the network tasks of the earlier ones; gap filling shares a task
+    between two chunks where a gap straddles them. Computing such regions separately would
+    run those tasks again for every region, so regions sharing any task keyed
+    :data:`~xdiffusion.lazy.WORK_PREFIX` are computed together (one graph, each task once).
+    Downscaling regions share nothing and stay separate.
+    """
+    parent = list(range(len(todo)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict = {}
+    for v in ds.data_vars.values():
+        arr = v.data
+        dsk = dict(arr.__dask_graph__())
+        keys = np.empty(arr.numblocks, dtype=object)
+        for index in np.ndindex(*arr.numblocks):
+            keys[index] = (arr.name, *index)
+        starts = {d: np.cumsum([0, *arr.chunks[i]]) for i, d in enumerate(v.dims)}
+        for i, region in enumerate(todo):
+            sel = tuple(
+                int(np.searchsorted(starts[d], region[d].start)) if d in region else slice(None)
+                for d in v.dims
+            )
+            stack, seen = list(np.atleast_1d(keys[sel]).ravel()), set()
+            while stack:
+                k = stack.pop()
+                if k in seen or k not in dsk:
+                    continue
+                seen.add(k)
+                if isinstance(k, str) and k.startswith(WORK_PREFIX):
+                    if k in owner:  # its ancestors were walked from the owner's region
+                        parent[find(i)] = find(owner[k])
+                        continue
+                    owner[k] = i
+                stack.extend(get_dependencies(dsk, k))
+    groups: dict[int, list[dict]] = {}
+    for i, region in enumerate(todo):
+        groups.setdefault(find(i), []).append(region)
+    return list(groups.values())
+
+
+def _box(unit: list[dict]) -> dict | None:
+    """The region covering ``unit`` if the unit fills it exactly (contiguous), else None."""
+    dims = list(unit[0])
+    box = {d: slice(min(r[d].start for r in unit), max(r[d].stop for r in unit)) for d in dims}
+
+    def size(region: dict) -> int:
+        return int(np.prod([s.stop - s.start for s in region.values()]))
+
+    return box if size(box) == sum(size(r) for r in unit) else None
+
+
+def _take(it, k: int) -> list:
+    return [r for _, r in zip(range(k), it, strict=False)]
 
 
 def _fingerprint(ds: xr.Dataset, job: Mapping[str, Any]) -> str:
@@ -73,6 +168,7 @@ def write_zarr(
     *,
     job: Mapping[str, Any] | None = None,
     progress: bool = True,
+    concurrency: int | None = None,
 ) -> dict[str, int]:
     """Write ``obj`` to a local zarr ``store`` region by region, resuming finished regions.
 
@@ -88,12 +184,18 @@ def write_zarr(
         What defines the job (the command's arguments); part of the fingerprint.
     progress
         A progress bar over regions.
+    concurrency
+        Regions computed at once; default :func:`default_concurrency`. The values do not
+        depend on it (each region is computed the same way whatever runs beside it).
 
     Returns
     -------
     dict
         ``{"regions": total, "written": written now, "skipped": finished before}``.
     """
+    workers = default_concurrency() if concurrency is None else concurrency
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"concurrency must be an integer ≥ 1 or None, got {concurrency!r}")
     ds = obj.to_dataset() if isinstance(obj, xr.DataArray) else obj
     store = Path(store)
     fp = _fingerprint(ds, job or {})
@@ -115,18 +217,45 @@ def write_zarr(
         _write_progress(store, record)
     done = set(record["done"])
     todo = regions(ds[lazy]) if lazy else []
-    skipped = 0
-    for region in tqdm(todo, disable=not progress, desc="regions"):
-        key = _key(region)
-        if key in done:
-            skipped += 1
-            continue
-        part = ds[lazy].isel(region)
-        drop = [c for c in part.coords if not set(region) & set(part[c].dims)]
-        part.drop_vars(drop).to_zarr(store, region=region, mode="r+")
-        done.add(key)
-        record["done"] = sorted(done)
-        _write_progress(store, record)
+    pending = [r for r in todo if _key(r) not in done]
+    skipped = len(todo) - len(pending)
+    lock = threading.Lock()
+
+    def write(unit: list[dict]) -> None:
+        # one to_zarr per unit: dask renames a store graph's keys per call, so tasks shared
+        # by separately stored regions would run once per region
+        box = _box(unit)
+        for region in [box] if box is not None else unit:
+            part = ds[lazy].isel(region)
+            drop = [c for c in part.coords if not set(region) & set(part[c].dims)]
+            # metadata was written (and consolidated) up front; region writers running side
+            # by side must not rewrite it
+            part.drop_vars(drop).to_zarr(store, region=region, mode="r+", consolidated=False)
+        with lock:  # units finish in any order; the record lists each region once on disk
+            done.update(_key(r) for r in unit)
+            record["done"] = sorted(done)
+            _write_progress(store, record)
+
+    work = units(ds[lazy], pending) if pending else []
+    bar = tqdm(total=len(todo), initial=skipped, disable=not progress, desc="regions")
+    try:
+        if workers == 1:
+            for unit in work:
+                write(unit)
+                bar.update(len(unit))
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                queue = iter(work)
+                running = {pool.submit(write, u): len(u) for u in _take(queue, workers)}
+                while running:
+                    finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        f.result()  # a failed unit stops the job; finished ones are kept
+                        bar.update(running.pop(f))
+                    for u in _take(queue, len(finished)):
+                        running[pool.submit(write, u)] = len(u)
+    finally:
+        bar.close()
     record["complete"] = True
     _write_progress(store, record)
     return {"regions": len(todo), "written": len(todo) - skipped, "skipped": skipped}

@@ -303,8 +303,25 @@ def _scheduler(spec: str | None):
     """threads | processes | local:N (a LocalCluster of N worker processes) | address."""
     import dask
 
-    if spec is None or spec in ("threads", "processes", "synchronous"):
+    if spec is None or spec in ("threads", "synchronous"):
         with dask.config.set(scheduler=spec or "threads"):
+            yield
+        return
+    if spec == "processes":
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        import torch
+
+        # one pool for the whole job (dask would start one per region otherwise), one
+        # process per core running one region at a time with one torch thread
+        workers = os.cpu_count() or 1
+        torch.set_num_threads(1)
+        ctx = multiprocessing.get_context("spawn")
+        with (
+            ProcessPoolExecutor(workers, mp_context=ctx) as pool,
+            dask.config.set(scheduler="processes", pool=pool, num_workers=workers),
+        ):
             yield
         return
     from distributed import Client, LocalCluster

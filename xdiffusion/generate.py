@@ -179,6 +179,10 @@ def interpolate(
         mask = torch.from_numpy(np.asarray(frame_known))[None, :, None, None].expand(1, t, 1, 1)
         plan = engine.plan(mask, context)
         bs = lazy_batch(engine, n, batch_size, budget, c * _chunk_frames(p, engine) * h * w)
+        # the tasks read the variables as given (float32 for the network, the input's dtype
+        # for the observations kept bit for bit), like the eager path
+        dtype = np.result_type(np.float32, *(a.dtype for a in p.arrays))
+        source = dsa.stack([a.data.astype(dtype) for a in p.arrays])
         values = lazy_complete(
             engine,
             settings,
@@ -188,9 +192,9 @@ def interpolate(
             length=t,
             chunks=time_chunks(t, phys.chunks[1], engine.frames),
             plan=plan,
-            phys=phys,
+            phys=source,
             cond=cond,
-            dtype=phys.dtype,
+            dtype=dtype,
         )
         observed = dsa.isfinite(phys)
         return _wrap(p, values, n, settings, {"n": n, "seed": seed}, data, observed=observed)

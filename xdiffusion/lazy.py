@@ -36,6 +36,7 @@ from xdiffusion.engine import Engine, Window, WorkUnit
 from xdiffusion.settings import SamplingSettings
 
 __all__ = [
+    "WORK_PREFIX",
     "SpanGroup",
     "group_windows",
     "lazy_complete",
@@ -65,6 +66,16 @@ def time_chunks(t: int, chunks: Sequence[int] | int | None, frames: int) -> list
     size = max(frames, round(size / frames) * frames)
     bounds = [*range(0, t, size), t]
     return list(pairwise(bounds))
+
+
+WORK_PREFIX = "xdiffusion-work-"
+"""Key prefix of the graph nodes that run the network (what a writer must not run twice)."""
+
+
+def _work(func, *args):
+    """A pure delayed call of ``func`` keyed ``WORK_PREFIX…`` so writers can find it."""
+    name = f"{WORK_PREFIX}{func.__name__.strip('_')}-{dask.base.tokenize(func, *args)}"
+    return dask.delayed(func, pure=True)(*args, dask_key_name=name)
 
 
 def _engine_key(engine: Engine):
@@ -139,7 +150,8 @@ def lazy_downscale(
         for a, b in chunks:
             mine = [w for w in windows if a <= w.first_kept < b]
             lo, hi = mine[0].start, mine[-1].stop
-            task = dask.delayed(_downscale_task, pure=True)(
+            task = _work(
+                _downscale_task,
                 eng,
                 y[:, lo:hi],
                 lo,
@@ -220,7 +232,7 @@ def _complete_task(
         enc = torch.zeros(c, s, h, w)
         mask = torch.zeros(c, s, h, w, dtype=torch.bool)
     else:
-        enc, mask, _ = engine.encode_known(torch.from_numpy(np.asarray(phys)))
+        enc, mask, _ = engine.encode_known(torch.from_numpy(np.asarray(phys, dtype=np.float32)))
     x = enc[None].expand(len(members), *enc.shape).clone()
     if previous is not None:
         p_start, p_vals = previous
@@ -323,8 +335,19 @@ def lazy_complete(
             span = (c, g.stop - g.start, h, w)
             piece = None if phys is None else phys[:, g.start : g.stop]
             prev = previous if previous is not None and g.start < g.done_until else None
-            task = dask.delayed(_complete_task, pure=True)(
-                eng, piece, span, prev, g, members, settings, seed, time_offset, cond, threads
+            task = _work(
+                _complete_task,
+                eng,
+                piece,
+                span,
+                prev,
+                g,
+                members,
+                settings,
+                seed,
+                time_offset,
+                cond,
+                threads,
             )
             results.append((g, task))
             previous = task
