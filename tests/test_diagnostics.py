@@ -493,3 +493,75 @@ def test_custom_dimension_names_through_dims_and_member_dim():
     assert ds.sizes["rank"] == 4
     with pytest.raises(ValueError, match="not a dimension"):
         dg.histogram(ref, dims={"T": "time", "Y": "row", "X": "col"})
+
+
+# ------------------------------------------------------------------ Dataset evaluate
+
+
+def two_variables(rng, shape, *, member=False):
+    """A Dataset of precipitation (mm h-1) and temperature (K) on one grid."""
+    pr = field(rng.gamma(0.5, 1.0, shape), member=member)
+    tas = field(280.0 + 5.0 * rng.standard_normal(shape), member=member).rename("tas")
+    tas.attrs = {"units": "K", "long_name": "air temperature", "standard_name": "air_temperature"}
+    pr.attrs["standard_name"] = "precipitation_flux"
+    return xr.Dataset({"pr": pr, "tas": tas}, attrs={"title": "input", "history": "made"})
+
+
+def test_evaluate_dataset_per_variable_prefixed_with_fresh_attrs(tmp_path):
+    import xdiffusion  # noqa: F401  (registers .diffusion)
+
+    rng = np.random.default_rng(17)
+    samples = two_variables(rng, (3, 8, 12, 12), member=True)
+    samples["only_in_samples"] = samples["pr"] * 2
+    reference = two_variables(rng, (24, 12, 12))
+    for ds in (samples, reference):  # shared but not gridded: skipped
+        ds["crs"] = xr.DataArray(0, attrs={"grid_mapping_name": "transverse_mercator"})
+    obs = two_variables(rng, (8, 12, 12))
+    ds = samples.diffusion.evaluate(reference, observations=obs)
+
+    assert ds.attrs["variables"] == "pr tas"
+    assert ds.attrs["Conventions"].startswith("CF-") and ds.attrs["title"] != "input"
+    assert "made" not in ds.attrs["history"]
+    assert not any(k.startswith(("only_in_samples", "crs")) for k in ds.variables)
+    for v in ("pr", "tas"):
+        one = dg.evaluate(samples[v], reference[v], observations=obs[v])
+        for name in one.data_vars:
+            out = ds[f"{v}_{name}"]
+            np.testing.assert_allclose(out.values, one[name].values, equal_nan=True)
+            assert out.attrs["long_name"] == f"{v}: {one[name].attrs['long_name']}"
+            assert out.attrs.get("units") == one[name].attrs.get("units"), name
+            assert "standard_name" not in out.attrs, name
+        # the histogram bins depend on each variable's values, so they are its own
+        assert ds[f"{v}_histogram_sample"].dims == (f"{v}_bin",)
+        assert ds[f"{v}_histogram_low_reference"].dims == (f"{v}_bin_low",)
+        assert f"{v}_bin_lower" in ds.coords
+    assert "bin" not in ds.dims and "bin_low" not in ds.dims
+    assert ds["pr_spatial_psd_sample"].dims == ds["tas_spatial_psd_sample"].dims
+    assert ds["pr_spatial_psd_sample"].attrs["units"] != UNITS
+    assert ds["tas_histogram_sample"].attrs["units"] == "K-1"
+    assert ds["pr_histogram_sample"].attrs["units"] == "(mm h-1)-1"
+    assert ds["tas_bin"].attrs["units"] == "K" and ds["pr_bin"].attrs["units"] == UNITS
+    assert ds["tas_psd_log_error"].ndim == 0 and ds["pr_crps"].ndim == 0
+
+    path = tmp_path / "report.nc"
+    ds.to_netcdf(path)
+    with xr.open_dataset(path) as back:
+        xr.testing.assert_allclose(back.load(), ds)
+    assert cf_problems(path, tmp_path) == []
+
+
+def test_evaluate_dataset_errors():
+    rng = np.random.default_rng(18)
+    samples = two_variables(rng, (2, 4, 6, 6), member=True)
+    reference = two_variables(rng, (4, 6, 6))
+    with pytest.raises(ValueError, match="share no gridded variable"):
+        dg.evaluate(samples, reference.rename({"pr": "precip", "tas": "t2m"}))
+    with pytest.raises(TypeError, match="all DataArrays or all Datasets"):
+        dg.evaluate(samples, reference["pr"])
+    with pytest.raises(TypeError, match="all DataArrays or all Datasets"):
+        dg.evaluate(samples["pr"], reference)
+    with pytest.raises(ValueError, match=r"observations= lacks the variables \['tas'\]"):
+        dg.evaluate(samples, reference, observations=reference[["pr"]])
+    other = reference.assign_coords(time=pd.date_range("2000", periods=4, freq="3h"))
+    with pytest.raises(ValueError, match=r"variable 'pr': .*time steps"):
+        dg.evaluate(samples, other)

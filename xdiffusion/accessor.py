@@ -4,21 +4,25 @@ Each method checks its model argument and forwards to :class:`~xdiffusion.Diffus
 (or :func:`xdiffusion.fit`, :func:`xdiffusion.diagnostics.evaluate`), returning a new
 object; no state is kept on the accessor (xarray rebuilds accessors for every object).
 The signatures are spelled out so that ``help(da.diffusion.sample)`` and IDEs show them.
+Registering the accessors imports no torch: the model and fitting modules are imported
+inside the methods, so ``import xdiffusion`` stays light until a model is needed.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import xarray as xr
 
 from xdiffusion.diagnostics import evaluate
 from xdiffusion.diagnostics._util import MEMBER_DIM
-from xdiffusion.fitting import fit
-from xdiffusion.model import DiffusionModel, check_model
+
+if TYPE_CHECKING:  # torch and the model load on first use: registering stays cheap
+    import torch
+
+    from xdiffusion.model import DiffusionModel
 
 __all__ = ["DataArrayDiffusionAccessor", "DatasetDiffusionAccessor"]
 
@@ -71,6 +75,8 @@ class _DiffusionAccessor:
         DiffusionModel
             The fitted model (a new object; nothing is kept on the accessor).
         """
+        from xdiffusion.fitting import fit
+
         return fit(
             self._obj,
             frames=frames,
@@ -119,12 +125,15 @@ class _DiffusionAccessor:
         dims: Dims = None,
         progress: bool = True,
         memory_budget: int | str | None = None,
+        check_grid: bool = True,
     ) -> xr.DataArray | xr.Dataset:
         """Draw ``n`` unconditional samples shaped like this object.
 
         This object is ``template`` of :meth:`DiffusionModel.sample`, where every argument is
         described; returns a new object.
         """
+        from xdiffusion.model import check_model
+
         return check_model(model).sample(
             self._obj,
             n,
@@ -136,6 +145,7 @@ class _DiffusionAccessor:
             dims=dims,
             progress=progress,
             memory_budget=memory_budget,
+            check_grid=check_grid,
         )
 
     def interpolate(
@@ -153,12 +163,15 @@ class _DiffusionAccessor:
         dims: Dims = None,
         progress: bool = True,
         memory_budget: int | str | None = None,
+        check_grid: bool = True,
     ) -> xr.DataArray | xr.Dataset:
         """Fill the NaN time steps and cells of this series of any length.
 
         This object is ``data`` of :meth:`DiffusionModel.interpolate`, where every argument is
         described; returns a new object.
         """
+        from xdiffusion.model import check_model
+
         return check_model(model).interpolate(
             self._obj,
             n,
@@ -172,6 +185,7 @@ class _DiffusionAccessor:
             dims=dims,
             progress=progress,
             memory_budget=memory_budget,
+            check_grid=check_grid,
         )
 
     def forecast(
@@ -190,12 +204,15 @@ class _DiffusionAccessor:
         dims: Dims = None,
         progress: bool = True,
         memory_budget: int | str | None = None,
+        check_grid: bool = True,
     ) -> xr.DataArray | xr.Dataset:
         """Continue this series ``lead`` time steps past its end, ``n`` members.
 
         This object is ``data`` of :meth:`DiffusionModel.forecast`, where every argument is
         described; returns a new object.
         """
+        from xdiffusion.model import check_model
+
         return check_model(model).forecast(
             self._obj,
             lead,
@@ -210,6 +227,7 @@ class _DiffusionAccessor:
             dims=dims,
             progress=progress,
             memory_budget=memory_budget,
+            check_grid=check_grid,
         )
 
     def downscale(
@@ -228,12 +246,15 @@ class _DiffusionAccessor:
         dims: Dims = None,
         progress: bool = True,
         memory_budget: int | str | None = None,
+        check_grid: bool = True,
     ) -> xr.DataArray | xr.Dataset:
         """Fine fields whose ``factor`` × ``factor`` block means match ``coarse``.
 
         This object is ``coarse`` of :meth:`DiffusionModel.downscale`, where every argument is
         described; returns a new object.
         """
+        from xdiffusion.model import check_model
+
         return check_model(model).downscale(
             self._obj,
             n,
@@ -248,20 +269,23 @@ class _DiffusionAccessor:
             dims=dims,
             progress=progress,
             memory_budget=memory_budget,
+            check_grid=check_grid,
         )
 
     def evaluate(
         self,
         reference: xr.DataArray | xr.Dataset,
         *,
-        observations: xr.DataArray | None = None,
+        observations: xr.DataArray | xr.Dataset | None = None,
         dims: Dims = None,
         member_dim: str = MEMBER_DIM,
         fair: bool | None = None,
     ) -> xr.Dataset:
         """Diagnostics of this ensemble against ``reference``.
 
-        See :func:`xdiffusion.diagnostics.evaluate` for the arguments and outputs.
+        See :func:`xdiffusion.diagnostics.evaluate` for the arguments and outputs. On a
+        Dataset, ``reference`` (and ``observations``) are Datasets too, and each gridded
+        variable in both is evaluated; its diagnostics are named ``<variable>_<name>``.
         """
         return evaluate(
             self._obj,

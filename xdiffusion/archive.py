@@ -32,6 +32,7 @@ import xarray as xr
 from dask.core import get_dependencies
 from tqdm.auto import tqdm
 
+from xdiffusion.io.cf import metadata_variables, to_dataset
 from xdiffusion.lazy import WORK_PREFIX
 
 __all__ = ["PROGRESS", "default_concurrency", "regions", "units", "write_zarr"]
@@ -196,7 +197,15 @@ def write_zarr(
     workers = default_concurrency() if concurrency is None else concurrency
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"concurrency must be an integer ≥ 1 or None, got {concurrency!r}")
-    ds = obj.to_dataset() if isinstance(obj, xr.DataArray) else obj
+    ds = to_dataset(obj)
+    # coordinates, bounds and grid mappings are small and describe the store: written up
+    # front with the metadata (lazy ones would stay unwritten, and region writers decode
+    # the store's time bounds)
+    small = [k for k in {*map(str, ds.coords), *metadata_variables(ds)} if k not in ds.dims]
+    small = [k for k in small if isinstance(ds[k].data, dsa.Array)]
+    if small:
+        ds = ds.assign({k: ds[k].compute() for k in small if k in ds.data_vars})
+        ds = ds.assign_coords({k: ds[k].compute() for k in small if k in ds.coords})
     store = Path(store)
     fp = _fingerprint(ds, job or {})
     record = _read_progress(store) if store.exists() else None

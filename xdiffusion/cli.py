@@ -188,10 +188,12 @@ def _open(
     p = _local(path)
     if not p.exists():
         raise FileNotFoundError(f"input file {path!r} does not exist")
+    # decode_coords="all": grid mappings and bounds become coordinates, so that selecting
+    # --var keeps them and the outputs carry them
     if p.is_dir():
-        ds = xr.open_zarr(p)
+        ds = xr.open_zarr(p, decode_coords="all")
     else:
-        ds = xr.open_dataset(p, chunks=None if chunks is None else {})
+        ds = xr.open_dataset(p, chunks=None if chunks is None else {}, decode_coords="all")
     names = [var] if isinstance(var, str) else _variables(var)
     if names is not None:
         missing = [v for v in names if v not in ds.data_vars]
@@ -286,7 +288,9 @@ def _out_kind(out: str) -> str:
 def _write(
     obj: xr.DataArray | xr.Dataset, out: str, job: dict | None = None, progress: bool = True
 ) -> None:
-    ds = obj if isinstance(obj, xr.Dataset) else obj.to_dataset()
+    from xdiffusion.io.cf import to_dataset
+
+    ds = to_dataset(obj)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     if out.rstrip("/").endswith(".zarr"):
         from xdiffusion.archive import write_zarr
@@ -335,8 +339,14 @@ def _scheduler(spec: str | None):
             n = 0
         if n < 1:
             raise ValueError(f"--scheduler {spec!r}: local:N needs a number of workers N ≥ 1")
-        # one torch thread per worker core: oversubscribed cores collapse throughput
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
+        # the cores shared out between the workers (oversubscribed cores collapse
+        # throughput), at most OMP_NUM_THREADS when it is set; the tasks run with the
+        # thread count of the process that builds them
+        threads = max(1, (os.cpu_count() or 1) // n)
+        cap = os.environ.get("OMP_NUM_THREADS", "")
+        if cap.isdigit() and int(cap) >= 1:
+            threads = min(threads, int(cap))
+        torch.set_num_threads(threads)
         with (
             LocalCluster(
                 n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
@@ -411,9 +421,16 @@ def _gen_args(p: argparse.ArgumentParser) -> None:
         "--scheduler",
         default=None,
         help="dask scheduler for --chunks: threads (default), processes, local:N (a local "
-        "cluster of N worker processes) or a scheduler address such as tcp://host:8786",
+        "cluster of N worker processes, each with cores/N torch threads, at most "
+        "$OMP_NUM_THREADS) or a scheduler address such as tcp://host:8786",
     )
     p.add_argument("--memory-budget", default=None, help="memory a call may plan to use, e.g. 4GB")
+    p.add_argument(
+        "--no-check-grid",
+        action="store_true",
+        help="generate on an input whose grid coordinates differ from the training grid's "
+        "(another region or resolution of the same shape); refused by default",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -603,6 +620,7 @@ def _generate(args: argparse.Namespace) -> int:
         dims=args.dims,
         progress=not args.quiet,
         memory_budget=args.memory_budget,
+        check_grid=not args.no_check_grid,
     )
 
     def data() -> xr.Dataset:

@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from xdiffusion.io.cf import to_dataset
+
 __all__ = ["choose_threads", "run_demo"]
 
 
 def _nc(obj: xr.DataArray | xr.Dataset, path: Path) -> str:
-    ds = obj if isinstance(obj, xr.Dataset) else obj.to_dataset()
-    ds.to_netcdf(path)
+    to_dataset(obj).to_netcdf(path)
     return path.name
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -194,6 +195,9 @@ class Engine:
         Channel names (default ``var0``, ``var1``, …), for messages and the layers above.
     time_features
         Names of the per-frame features the network is conditioned on (``cond``).
+    data
+        What the model knows of its training data (:class:`xdiffusion.io.spec.DataSpec`),
+        carried for the xarray layer, which checks inputs against it; unused here.
     """
 
     def __init__(
@@ -207,6 +211,7 @@ class Engine:
         *,
         variables: Sequence[str] | None = None,
         time_features: Sequence[str] = (),
+        data: Any = None,
     ) -> None:
         self.net = net
         self.codec = codec
@@ -218,6 +223,9 @@ class Engine:
             list(variables) if variables is not None else [f"var{c}" for c in range(len(codec))]
         )
         self.time_features = list(time_features)
+        # what the model knows of its training data (io.spec.DataSpec): opaque here, read
+        # by the xarray layer to check inputs
+        self.data = data
 
     @property
     def grid(self) -> tuple[int, int]:

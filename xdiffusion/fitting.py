@@ -30,7 +30,9 @@ from xdiffusion.codec import Codec, VariableCodec
 from xdiffusion.core.samplers import get_sampler
 from xdiffusion.core.schedule import CosineSchedule
 from xdiffusion.engine import resolve_device
+from xdiffusion.io.calendar import detect_step
 from xdiffusion.io.convert import Prepared, channel_stats, prepare
+from xdiffusion.io.spec import DataSpec, GridSpec, VariableSpec
 from xdiffusion.io.streaming import check_loader, make_loader
 from xdiffusion.io.timefeatures import check_features, n_features
 from xdiffusion.io.timefeatures import time_features as time_features_of
@@ -366,6 +368,16 @@ def run_fingerprint(
     }
 
 
+def data_spec(p: Prepared) -> DataSpec:
+    """What the model records of its training data (checked again at generation time)."""
+    variables = tuple(VariableSpec.from_array(n, a) for n, a in zip(p.variables, p.arrays))
+    grid = GridSpec.from_array(p.arrays[0], p.axes["Y"], p.axes["X"])
+    # the step (hourly, daily, monthly, ...) the model learnt its dynamics at: inputs on
+    # another step are refused at generation time (inputs.check_time_step)
+    step = detect_step(p.time) if p.time is not None else None
+    return DataSpec(variables, grid, time_step=step.to_config() if step is not None else None)
+
+
 def model_config(
     data: xr.DataArray | xr.Dataset,
     p: Prepared,
@@ -390,6 +402,7 @@ def model_config(
         "frames": args["frames"],
         "grid": [int(p.shape[2]), int(p.shape[3])],
         "variables": described,
+        "data": data_spec(p).to_config(),
         "net": net_cfg.to_dict(),
         "schedule": schedule.to_dict(),
         "sampling": {"sampler": sampler, "steps": args["sampling_steps"]},

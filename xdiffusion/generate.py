@@ -9,7 +9,6 @@ methods resolve the settings and call these.
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Mapping
 from itertools import pairwise
 
@@ -21,19 +20,18 @@ import xarray as xr
 
 from xdiffusion.engine import Engine
 from xdiffusion.inputs import check_lower, features, prepare_for, values_of
+from xdiffusion.io.calendar import continue_times
 from xdiffusion.io.cf import wrap
+from xdiffusion.io.conform import Conform, axis_values
+from xdiffusion.io.conform import check_grid as check_grid_of
 from xdiffusion.io.convert import Prepared, raise_if_overflow
-from xdiffusion.io.windows import regular_step
+from xdiffusion.io.grids import FINE_COORD_DIGITS, fine_axis, fine_latlon
 from xdiffusion.lazy import lazy_complete, lazy_downscale, time_chunks
 from xdiffusion.resources import eager_batch, lazy_batch, resolve_budget
 from xdiffusion.settings import SamplingSettings
 from xdiffusion.validation import check_bool, check_int, check_positive_int, check_seed
 
 __all__ = ["FINE_COORD_DIGITS", "downscale", "forecast", "interpolate", "sample"]
-
-#: Significant digits (relative to the axis extent) kept in the origin and spacing of
-#: fine coordinates rebuilt by ``downscale(factor=)``.
-FINE_COORD_DIGITS = 12
 
 Dims = Mapping[str, str] | None
 
@@ -48,12 +46,28 @@ def _wrap(
     *,
     observed: np.ndarray | None = None,
     coords: dict | None = None,
+    changed: tuple[str, ...] = (),
+    new_variables: dict[str, xr.Variable] | None = None,
+    time_like: dict[str, str] | None = None,
+    conform: Conform | None = None,
 ) -> xr.DataArray | xr.Dataset:
+    """The CF output of a task. ``values``, ``observed``, ``coords`` and ``new_variables``
+    are in the model's orientation and units (built on ``p``); the conversion of the input
+    (``conform``, default ``p.conform``) is undone here, so that the output has the input's
+    order, coordinates and units."""
     dims = [p.axes[a] for a in ("T", "Y", "X") if a in p.axes]
     resolved = {k: v for k, v in settings.as_dict().items() if k != "task" and v is not None}
+    conform = conform if conform is not None else p.conform
+    templates = p.arrays
+    if conform is not None:
+        values, observed = conform.restore(values, observed)
+        coords = None if coords is None else {k: conform.reorder(v) for k, v in coords.items()}
+        if new_variables is not None:
+            new_variables = {k: conform.reorder(v) for k, v in new_variables.items()}
+        templates = conform.templates()
     return wrap(
         values,
-        templates=p.arrays,
+        templates=templates,
         names=p.variables,
         dims=dims,
         members=range(n),
@@ -62,7 +76,10 @@ def _wrap(
         as_dataset=p.is_dataset,
         observed=observed,
         coords=coords,
-        global_attrs=source.attrs if p.is_dataset else None,
+        source=source,
+        changed=changed,
+        new_variables=new_variables,
+        time_like=time_like,
         extra_attrs={"sampling": settings.describe()},
     )
 
@@ -100,10 +117,12 @@ def sample(
     dims: Dims = None,
     progress: bool = True,
     memory_budget: int | str | None = None,
+    check_grid: bool = True,
 ) -> xr.DataArray | xr.Dataset:
     """``n`` unconditional members shaped like ``template``; see ``DiffusionModel.sample``."""
     n, seed = _common(n, seed, batch_size, progress)
-    p = prepare_for(engine, template, dims, "template")
+    check_grid = check_bool(check_grid, "check_grid")
+    p = prepare_for(engine, template, dims, "template", check_grid=check_grid)
     c, t, h, w = p.shape
     mask = torch.zeros(c, t, h, w, dtype=torch.bool)
     plan = engine.plan(mask, context)
@@ -153,10 +172,12 @@ def interpolate(
     dims: Dims = None,
     progress: bool = True,
     memory_budget: int | str | None = None,
+    check_grid: bool = True,
 ) -> xr.DataArray | xr.Dataset:
     """Fill NaN gaps, observed values kept; see ``DiffusionModel.interpolate``."""
     n, seed = _common(n, seed, batch_size, progress)
-    p = prepare_for(engine, data, dims, "data")
+    check_grid = check_bool(check_grid, "check_grid")
+    p = prepare_for(engine, data, dims, "data", check_grid=check_grid)
     budget = resolve_budget(memory_budget)
     cond = features(engine, p.time)
     c, t, h, w = p.shape
@@ -234,25 +255,18 @@ def interpolate(
 
 
 def future_times(time: xr.DataArray, lead: int) -> np.ndarray:
-    """``lead`` time stamps continuing ``time`` at its regular step.
+    """``lead`` time stamps continuing ``time`` at its step, in its own type.
 
-    datetime64 and cftime axes continue in seconds; a numeric axis (hours as floats, step
-    counts as integers) continues with its own modal step, in its dtype.
+    Fixed steps (hourly, daily) continue by the step: datetime64 and cftime axes in
+    seconds, a numeric axis (hours as floats, step counts as integers) in its own units and
+    dtype. Calendar steps (monthly, seasonal, yearly) continue by whole months at the
+    input's position in the month: month starts stay month starts (so time bounds continue
+    too), mid-month stamps are the new months' centres; see
+    :func:`xdiffusion.io.calendar.continue_times`.
     """
-    step = regular_step(time)
-    if step <= 0:
+    if len(time) < 2:
         raise ValueError("forecast needs at least two time steps to infer the frequency")
-    values = np.asarray(time.values)
-    last = values[-1]
-    k = np.arange(1, lead + 1)
-    if np.issubdtype(values.dtype, np.datetime64):
-        delta = np.timedelta64(round(step * 1e9), "ns")
-        return (last + delta * k).astype(values.dtype)
-    if np.issubdtype(values.dtype, np.integer):
-        return (last + round(step) * k).astype(values.dtype)
-    if np.issubdtype(values.dtype, np.number):
-        return (last + step * k).astype(values.dtype)
-    return np.array([last + _dt.timedelta(seconds=step * j) for j in k.tolist()])
+    return continue_times(time, lead)
 
 
 def forecast(
@@ -268,6 +282,7 @@ def forecast(
     dims: Dims = None,
     progress: bool = True,
     memory_budget: int | str | None = None,
+    check_grid: bool = True,
 ) -> xr.DataArray | xr.Dataset:
     """Continue past the end; see ``DiffusionModel.forecast``."""
     n, seed = _common(n, seed, batch_size, progress)
@@ -280,7 +295,8 @@ def forecast(
         maximum=engine.frames - 1,
         what=f"an integer in [1, frames - 1 = {engine.frames - 1}]",
     )
-    p = prepare_for(engine, data, dims, "data")
+    check_grid = check_bool(check_grid, "check_grid")
+    p = prepare_for(engine, data, dims, "data", check_grid=check_grid)
     if p.shape[1] < ctx:
         raise ValueError(f"data has {p.shape[1]} time steps, fewer than context={ctx}")
     if p.time is None:
@@ -345,41 +361,66 @@ def forecast(
             gen = engine.static_nan(engine.codec.decode(y[:, :, ctx:])).cpu().numpy()
     tmpl = p.arrays[0]
     coords = {k: v.variable for k, v in tmpl.coords.items() if tname not in v.dims}
-    coords[tname] = xr.Variable(tname, new_time, tmpl[tname].attrs)
+    coords[tname] = xr.Variable(tname, new_time, tmpl[tname].attrs, tmpl[tname].encoding)
+    new_vars, time_like = {}, {tname: tname}
+    bounds = _bounds_name(data, tmpl[tname])
+    if bounds is not None and isinstance(data, xr.Dataset) and bounds[0] in data.variables:
+        # the new steps' bounds continue the input's lower and upper bounds at their step
+        old = data[bounds[0]].transpose(tname, ...)
+        edges = [future_times(old.isel({bounds[1]: i}), lead) for i in range(old.shape[1])]
+        new_vars[bounds[0]] = xr.Variable(old.dims, np.stack(edges, axis=-1), old.attrs)
+        time_like[bounds[0]] = tname
     args = {"lead": lead, "n": n, "context": ctx, "seed": seed}
-    return _wrap(p, gen, n, settings, args, data, coords=coords)
+    return _wrap(
+        p,
+        gen,
+        n,
+        settings,
+        args,
+        data,
+        coords=coords,
+        changed=(tname,),
+        new_variables=new_vars,
+        time_like=time_like,
+    )
 
 
 def _fine_coord(coarse: xr.DataArray, factor: int) -> np.ndarray:
-    """Fine cell centres from the coarse cell edges: each coarse cell split in ``factor``.
+    """Fine cell centres of a coarse axis (:func:`xdiffusion.io.grids.fine_axis`)."""
+    return fine_axis(coarse.values, factor, str(coarse.name))[0]
 
-    On a regular axis the edges are ``v[0] − d/2 + k d`` with d from the first and last
-    centres, and the fine centres ``edge₀ + (j + ½) d / factor`` (origin and spacing
-    rounded to :data:`FINE_COORD_DIGITS` significant digits): one multiplication per value,
-    not an accumulation, so a fine grid made as ``x₀ + (j + ½) Δ`` is recovered exactly
-    and aligns with the true one. Irregular axes use midpoints between centres.
-    """
-    v = np.asarray(coarse.values, dtype=float)
-    if v.size < 2:
-        raise ValueError(
-            f"coarse has a single {coarse.name!r} cell, whose size is unknown: pass like= "
-            "(a fine template) to give the fine coordinates"
-        )
-    if not np.isfinite(v).all():
-        raise ValueError(f"coarse coordinate {coarse.name!r} has non-finite values")
-    d = (v[-1] - v[0]) / (v.size - 1)
-    if np.allclose(np.diff(v), d, rtol=1e-9, atol=0):
-        # coarse centres are means of fine ones and carry their rounding; grids are defined
-        # with far fewer significant digits than a double holds, so snap the origin and the
-        # spacing to 12 significant digits of the axis extent before rebuilding
-        digits = FINE_COORD_DIGITS - int(np.ceil(np.log10(max(abs(v).max(), abs(d)))))
-        edge0 = np.round(v[0] - d / 2, digits) + 0.0  # + 0.0: no negative zero
-        step = np.round(d / factor, digits)
-        return edge0 + (np.arange(v.size * factor) + 0.5) * step
-    mid = (v[1:] + v[:-1]) / 2
-    edges = np.concatenate([[2 * v[0] - mid[0]], mid, [2 * v[-1] - mid[-1]]])
-    frac = (np.arange(factor) + 0.5) / factor
-    return (edges[:-1, None] + frac[None] * np.diff(edges)[:, None]).ravel()
+
+def _fine_values(coarse: xr.DataArray, dim: str, factor: int) -> np.ndarray | None:
+    """The fine centres ``downscale(factor=)`` will give a coarse axis, or None where the
+    axis has no numeric coordinate to refine (a single cell is refused later)."""
+    v = axis_values(coarse, dim)
+    if v is None or v.size < 2 or not np.isfinite(v).all():
+        return None
+    return fine_axis(v, factor, dim)[0]
+
+
+def _bounds_name(source: xr.DataArray | xr.Dataset, coord: xr.DataArray) -> tuple[str, str] | None:
+    """(name, second dimension) of the bounds variable of ``coord`` in ``source``, if any."""
+    # decode_coords="all" moves the attribute into the encoding
+    name = coord.attrs.get("bounds", coord.encoding.get("bounds"))
+    if name is None:
+        return None
+    var = source.variables.get(name) if isinstance(source, xr.Dataset) else None
+    return str(name), (str(var.dims[-1]) if var is not None and var.ndim == 2 else "bnds")
+
+
+def _latlon_names(tmpl: xr.DataArray, ydim: str, xdim: str) -> tuple[str, str] | None:
+    """Names of the 2-D latitude and longitude coordinates on (Y, X), if the input has them."""
+    found: dict[str, str] = {}
+    for name, c in tmpl.coords.items():
+        if set(c.dims) != {ydim, xdim}:
+            continue
+        sn, units = c.attrs.get("standard_name"), str(c.attrs.get("units", ""))
+        if sn == "latitude" or units in ("degrees_north", "degree_north", "degrees_N"):
+            found["lat"] = str(name)
+        elif sn == "longitude" or units in ("degrees_east", "degree_east", "degrees_E"):
+            found["lon"] = str(name)
+    return (found["lat"], found["lon"]) if len(found) == 2 else None
 
 
 def downscale(
@@ -396,15 +437,17 @@ def downscale(
     dims: Dims = None,
     progress: bool = True,
     memory_budget: int | str | None = None,
+    check_grid: bool = True,
 ) -> xr.DataArray | xr.Dataset:
     """Coarse → fine ensemble; see ``DiffusionModel.downscale``."""
     n, seed = _common(n, seed, batch_size, progress)
     project = check_bool(project, "project")
+    check_grid = check_bool(check_grid, "check_grid")
     p = prepare_for(engine, coarse, dims, "coarse", grid=False)
     hc, wc = p.shape[2:]
     q = None
     if like is not None:
-        q = prepare_for(engine, like, dims, "like")
+        q = prepare_for(engine, like, dims, "like", check_grid=check_grid)
         fh, fw = q.shape[2:]
         if fh % hc or fw % wc or fh // hc != fw // wc:
             raise ValueError(
@@ -423,6 +466,11 @@ def downscale(
             f"coarse grid {(hc, wc)} × factor {factor} = {(hc * factor, wc * factor)} differs "
             f"from the model's fine grid {engine.grid}"
         )
+    if check_grid and q is None:
+        # the fine grid the output will have (like= was checked above), before any sampling
+        names = {a: p.axes[a] for a in ("Y", "X")}
+        fine_grid = {a: _fine_values(p.arrays[0], d, factor) for a, d in names.items()}
+        check_grid_of(fine_grid, engine.data, f"coarse refined ×{factor}", names=names)
     budget = resolve_budget(memory_budget)
     c, t = p.shape[:2]
     fine = c * engine.grid[0] * engine.grid[1]
@@ -465,19 +513,60 @@ def downscale(
         gen = engine.static_nan(gen).cpu().numpy()
     ax = p.axes
     tmpl = p.arrays[0]
-    coords = {
-        k: v.variable
-        for k, v in tmpl.coords.items()
-        if ax["Y"] not in v.dims and ax["X"] not in v.dims
-    }
+    ydim, xdim = ax["Y"], ax["X"]
+    coords = {k: v.variable for k, v in tmpl.coords.items() if not {ydim, xdim} & set(v.dims)}
+    new_vars: dict[str, xr.Variable] = {}
     if q is not None:
+        # the fine template's coordinates on the grid, and what they refer to
         lt = q.arrays[0]
-        for a in ("Y", "X"):
-            cv = lt[q.axes[a]]
-            coords[ax[a]] = xr.Variable(ax[a], cv.values, cv.attrs)
+        qy, qx = q.axes["Y"], q.axes["X"]
+        rename = {qy: ydim, qx: xdim}
+        for k, v in lt.coords.items():
+            if {qy, qx} & set(v.dims):
+                dims_ = tuple(rename.get(d, d) for d in v.dims)
+                coords[str(k)] = xr.Variable(dims_, v.values, v.attrs)
+        for k, v in like.variables.items() if isinstance(like, xr.Dataset) else ():
+            if {qy, qx} & set(v.dims) and str(k) not in coords:
+                v = q.conform.reorder(v) if q.conform is not None else v  # model's order
+                new_vars[str(k)] = xr.Variable(
+                    tuple(rename.get(d, d) for d in v.dims), v.values, v.attrs
+                )
     else:
-        for a in ("Y", "X"):
-            cc = tmpl[ax[a]]
-            coords[ax[a]] = xr.Variable(ax[a], _fine_coord(cc, factor), cc.attrs)
+        fine = {}
+        for dim in (ydim, xdim):
+            cc = tmpl[dim]
+            centres, edges = fine_axis(cc.values, factor, dim)
+            fine[dim] = centres
+            coords[dim] = xr.Variable(dim, centres, cc.attrs, cc.encoding)
+            bounds = _bounds_name(coarse, cc)
+            if bounds is not None:
+                has = isinstance(coarse, xr.Dataset) and bounds[0] in coarse.variables
+                battrs = coarse[bounds[0]].attrs if has else {}
+                new_vars[bounds[0]] = xr.Variable((dim, bounds[1]), edges, battrs)
+        names = _latlon_names(tmpl, ydim, xdim)
+        if names is not None:
+            gm_name = str(tmpl.attrs.get("grid_mapping", "")).split(":")[0].strip()
+            src = coarse.variables if isinstance(coarse, xr.Dataset) else tmpl.coords
+            gm = xr.DataArray(src[gm_name]) if gm_name and gm_name in src else None
+            lat, lon, how = fine_latlon(
+                tmpl.transpose(..., ydim, xdim), gm, names, fine[ydim], fine[xdim], factor
+            )
+            for name, vals in zip(names, (lat, lon)):
+                attrs = dict(tmpl[name].attrs)
+                if how == "interpolated":
+                    attrs["comment"] = "interpolated from the coarse grid's values by xdiffusion"
+                coords[name] = xr.Variable((ydim, xdim), vals, attrs)
     args = {"n": n, "factor": factor, "project": project, "seed": seed}
-    return _wrap(p, gen, n, settings, args, coarse, coords=coords)
+    return _wrap(
+        p,
+        gen,
+        n,
+        settings,
+        args,
+        coarse,
+        coords=coords,
+        changed=(ydim, xdim),
+        new_variables=new_vars,
+        # the output takes like's coordinates, so its order too (and coarse's units)
+        conform=p.conform.oriented_like(q.conform) if q is not None and q.conform else None,
+    )

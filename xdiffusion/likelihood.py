@@ -37,7 +37,13 @@ from xdiffusion.core.likelihood import LN2, vlb_terms
 from xdiffusion.engine import Engine
 from xdiffusion.inputs import check_lower, features, prepare_for
 from xdiffusion.io.windows import WindowReader, window_starts
-from xdiffusion.validation import check_number, check_positive_int, check_seed, is_number
+from xdiffusion.validation import (
+    check_bool,
+    check_number,
+    check_positive_int,
+    check_seed,
+    is_number,
+)
 
 __all__ = ["default_dry_thresholds", "dry_thresholds", "nll"]
 
@@ -151,6 +157,7 @@ def nll(
     lambda_rec: float | None = None,
     bins: Bins | None = None,
     terms: bool = True,
+    check_grid: bool = True,
 ) -> xr.Dataset | float:
     """Bound on the negative log-likelihood of ``data`` under a model, in bits per element.
 
@@ -190,6 +197,11 @@ def nll(
     terms
         Return the Dataset of terms (default); ``False`` returns only the data-space bound
         in bits per element as a float.
+    check_grid
+        Refuse (default) ``data`` whose 1-D grid coordinates differ from the training
+        grid's; False evaluates it anyway. Variables in other but convertible units are
+        converted to the model's first, so the bound (and ``bins``) are in the model's
+        units.
 
     Returns
     -------
@@ -213,7 +225,8 @@ def nll(
     lambda_rec = check_number(lambda_rec, "lambda_rec", allow_none=True)
     if bins is None:
         bins = [None] * len(engine.variables)
-    p = prepare_for(engine, data, dims, "data")
+    check_grid = check_bool(check_grid, "check_grid")
+    p = prepare_for(engine, data, dims, "data", check_grid=check_grid)
     # (T, K) time-coordinate features for models conditioned on season / hour, else None
     feats = features(engine, p.time)
     frames = engine.frames

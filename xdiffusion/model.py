@@ -23,6 +23,7 @@ from xdiffusion.codec import Codec
 from xdiffusion.core.samplers import SAMPLERS
 from xdiffusion.core.schedule import CosineSchedule
 from xdiffusion.engine import Engine, resolve_device
+from xdiffusion.io.spec import DataSpec
 from xdiffusion.io.timefeatures import TIME_FEATURES, n_features
 from xdiffusion.nets import UNet3D, UNetConfig
 from xdiffusion.persistence import Shapes, bad_model, read_model, write_model
@@ -138,6 +139,12 @@ class DiffusionModel:
         return [v.get("dry_threshold") for v in self.config["variables"]]
 
     @property
+    def data(self) -> DataSpec | None:
+        """What the model knows of its training data (variables' units, grid, time step);
+        None for a model file that recorded none of it."""
+        return DataSpec.from_config(self.config.get("data"), self.config.get("variables"))
+
+    @property
     def history(self) -> dict[str, list[float]]:
         """Training and validation loss history."""
         return self.config.get("training", {}).get("history", {})
@@ -154,6 +161,7 @@ class DiffusionModel:
             self.device,
             variables=self.variables,
             time_features=self.time_features,
+            data=self.data,
         )
 
     def __repr__(self) -> str:
@@ -273,6 +281,7 @@ class DiffusionModel:
         dims: Dims = None,
         progress: bool = True,
         memory_budget: int | str | None = None,
+        check_grid: bool = True,
     ) -> xr.DataArray | xr.Dataset:
         """Draw ``n`` unconditional samples shaped like ``template``.
 
@@ -282,7 +291,11 @@ class DiffusionModel:
             DataArray or Dataset on the model's grid whose coordinates, length and
             metadata the output takes (its values are not used). Longer than
             :attr:`frames`: extended autoregressively, each window conditioned on the last
-            ``context`` frames (Herbert (2023) §4.4).
+            ``context`` frames (Herbert (2023) §4.4). Checked against the training data
+            (:attr:`data`): other but convertible units (mm day-1 for a model of mm h-1)
+            give an output in the template's units; a Y or X axis in reverse order gives
+            an output in the template's order; other units are refused (docs/data.md,
+            "Units, grids and orientation").
         n
             Ensemble members (dimension ``realization``).
         steps, sampler
@@ -303,6 +316,10 @@ class DiffusionModel:
             the machine's memory. An in-memory result that cannot fit is refused before
             anything is allocated, naming ``n``; ``batch_size=None`` picks the largest
             member batch that fits.
+        check_grid
+            Refuse (default) an input whose 1-D grid coordinates differ from the training
+            grid's (another region or resolution of the same shape); False generates on
+            it anyway, as if it were the training grid.
 
         Returns
         -------
@@ -325,6 +342,7 @@ class DiffusionModel:
             dims=dims,
             progress=progress,
             memory_budget=memory_budget,
+            check_grid=check_grid,
         )
 
     def interpolate(
@@ -342,6 +360,7 @@ class DiffusionModel:
         dims: Dims = None,
         progress: bool = True,
         memory_budget: int | str | None = None,
+        check_grid: bool = True,
     ) -> xr.DataArray | xr.Dataset:
         """Fill the NaN time steps and cells of a series of any length.
 
@@ -363,9 +382,10 @@ class DiffusionModel:
             :data:`xdiffusion.core.conditioning.DEFAULT_GUIDANCE_WEIGHT`).
         steps, sampler
             Default dpmpp_2m with 25 steps (see :meth:`sampling`).
-        seed, context, batch_size, dims, progress, memory_budget
+        seed, context, batch_size, dims, progress, memory_budget, check_grid
             As for :meth:`sample` (a dask-backed ``data`` gives a lazy result; its gaps
-            are located in one streaming pass at call time).
+            are located in one streaming pass at call time). Units and orientation are
+            conformed as for :meth:`sample`; observed values come back as given.
 
         Returns
         -------
@@ -390,6 +410,7 @@ class DiffusionModel:
             dims=dims,
             progress=progress,
             memory_budget=memory_budget,
+            check_grid=check_grid,
         )
 
     def forecast(
@@ -408,6 +429,7 @@ class DiffusionModel:
         dims: Dims = None,
         progress: bool = True,
         memory_budget: int | str | None = None,
+        check_grid: bool = True,
     ) -> xr.DataArray | xr.Dataset:
         """Continue a series ``lead`` time steps past its end, ``n`` members.
 
@@ -426,9 +448,9 @@ class DiffusionModel:
             As for :meth:`interpolate`.
         steps, sampler
             Default dpmpp_2m_sde with 25 steps (see :meth:`sampling`).
-        seed, batch_size, dims, progress, memory_budget
+        seed, batch_size, dims, progress, memory_budget, check_grid
             As for :meth:`sample` (a dask-backed ``data`` gives a lazy result; only the
-            context is read at call time).
+            context is read at call time); units and orientation as for :meth:`sample`.
 
         Returns
         -------
@@ -454,6 +476,7 @@ class DiffusionModel:
             dims=dims,
             progress=progress,
             memory_budget=memory_budget,
+            check_grid=check_grid,
         )
 
     def downscale(
@@ -472,6 +495,7 @@ class DiffusionModel:
         dims: Dims = None,
         progress: bool = True,
         memory_budget: int | str | None = None,
+        check_grid: bool = True,
     ) -> xr.DataArray | xr.Dataset:
         """Fine fields whose ``factor`` × ``factor`` block means match ``coarse``.
 
@@ -487,8 +511,8 @@ class DiffusionModel:
         n
             Ensemble members.
         factor, like
-            The refinement factor, or a fine template whose grid coordinates the output
-            takes (one of the two).
+            The refinement factor, or a fine template whose grid coordinates (and their
+            order) the output takes (one of the two). The output is in ``coarse``'s units.
         guidance_weight
             Weight of the whitened guidance (default 1; keep it below 2).
         project
@@ -498,6 +522,9 @@ class DiffusionModel:
         seed, batch_size, dims, progress, memory_budget
             As for :meth:`sample` (a dask-backed ``coarse`` gives a lazy result, one task
             per time chunk and member block).
+        check_grid
+            As for :meth:`sample`, on the fine grid: ``like``'s coordinates, or those
+            made by splitting each coarse cell in ``factor``.
         """
         settings = self.sampling(
             "downscale", sampler=sampler, steps=steps, guidance_weight=guidance_weight
@@ -515,6 +542,7 @@ class DiffusionModel:
             dims=dims,
             progress=progress,
             memory_budget=memory_budget,
+            check_grid=check_grid,
         )
 
     # ----------------------------------------------------------------- likelihood
@@ -529,13 +557,16 @@ class DiffusionModel:
         lambda_rec: float | None = None,
         dry_threshold: float | Mapping[str, float] | str | None = "model",
         terms: bool = True,
+        check_grid: bool = True,
     ) -> xr.Dataset | float:
         """Bound on −log p(data) in bits per element, in data space (eq. 4.10).
 
         Parameters
         ----------
         data
-            Series on the model's grid, at least :attr:`frames` long.
+            Series on the model's grid, at least :attr:`frames` long. Variables in other
+            but convertible units are converted to the model's first (as for
+            :meth:`sample`): the bound is that of the data in the model's units.
         n_lambda
             λ strata (network evaluations) per window.
         seed
@@ -551,11 +582,15 @@ class DiffusionModel:
             (:attr:`dry_thresholds`) for each variable with a bounded transform
             (``sqrt``, ``log1p``) or a learned one (see
             :func:`xdiffusion.likelihood.default_dry_thresholds`); a number or mapping
-            variable → number in data units; None: no dry class.
+            variable → number in the model's units; None: no dry class.
         terms
             Return the Dataset of terms (default), or only the bound as a float.
+        check_grid
+            As for :meth:`sample`.
 
-        See :func:`xdiffusion.likelihood.nll` for the terms and the dry class.
+        See Also
+        --------
+        xdiffusion.likelihood.nll : the terms and the dry class.
         """
         if isinstance(dry_threshold, str):
             if dry_threshold != "model":
@@ -580,6 +615,7 @@ class DiffusionModel:
             lambda_rec=lambda_rec,
             bins=thresholds,
             terms=terms,
+            check_grid=check_grid,
         )
 
 

@@ -52,10 +52,10 @@ def _common(name: str, a: object, b: object) -> object:
 
 
 def evaluate(
-    samples: xr.DataArray,
-    reference: xr.DataArray,
+    samples: xr.DataArray | xr.Dataset,
+    reference: xr.DataArray | xr.Dataset,
     *,
-    observations: xr.DataArray | None = None,
+    observations: xr.DataArray | xr.Dataset | None = None,
     dims: Mapping[str, str] | None = None,
     member_dim: str = MEMBER_DIM,
     fair: bool | None = None,
@@ -66,14 +66,17 @@ def evaluate(
     ----------
     samples
         Generated fields (T, Y, X), usually with a ``realization`` dimension (pooled over).
+        A Dataset evaluates each of its gridded variables (those with both spatial
+        dimensions) that ``reference`` has too; see Returns.
     reference
         Reference fields on the same grid (time axis and length may differ; with or
-        without ``realization``).
+        without ``realization``). A Dataset when ``samples`` is one, else a DataArray.
     observations
         Optional observations aligned with ``samples`` but without ``member_dim`` (e.g.
         the truth behind a forecast or downscaling ensemble): adds CRPS (standard and,
         see ``fair``, fair), the rank histogram and, with at least 2 members, the
         spread-skill ratio. ``samples`` must then have the ``member_dim`` dimension.
+        A Dataset with every evaluated variable when ``samples`` is a Dataset.
     dims
         Axis overrides for :func:`~xdiffusion.io.axes.find_axes`, used for all inputs.
     member_dim
@@ -99,7 +102,34 @@ def evaluate(
         least 2 members, ``ensemble_spread``, ``ensemble_mean_rmse`` and
         ``spread_skill_ratio``. Lazy for dask input except the
         range of the full histogram (computed at once).
+
+        For Datasets, each variable ``v`` evaluated is diagnosed on its own (as the
+        DataArray ``samples[v]`` against ``reference[v]``) and its diagnostics are named
+        ``<v>_<name>`` (``pr_psd_log_error``, ``tas_spatial_psd_sample``, ...), with
+        ``long_name`` starting ``"<v>: "``. The histogram dimensions depend on each
+        variable's values and units, so they and their coordinates are prefixed as well
+        (``pr_bin``, ``pr_bin_lower``, ``pr_bin_low``, ...); the other coordinates
+        (``wavenumber``, ``frequency``, ``quantile``, ``rank``, the grid) are shared. The
+        global attribute ``variables`` lists the variables evaluated, in the order of
+        ``samples``. Attributes are built fresh, never copied from the inputs.
+
+    Raises
+    ------
+    TypeError
+        If the inputs mix DataArrays and Datasets, or are not numeric.
+    ValueError
+        If ``samples`` and ``reference`` differ in grid or time step, or Datasets share
+        no gridded variable (or ``observations`` lacks one of them).
     """
+    if any(isinstance(obj, xr.Dataset) for obj in (samples, reference, observations)):
+        return _evaluate_dataset(
+            samples,
+            reference,
+            observations=observations,
+            dims=dims,
+            member_dim=member_dim,
+            fair=fair,
+        )
     samples = _check_da(samples, "samples")
     reference = _check_da(reference, "reference")
     if fair is not None:
@@ -194,6 +224,105 @@ def evaluate(
         "source": f"xdiffusion {__version__}",
         "history": history_line(
             "evaluate", {"observations": observations is not None, "dims": dims, "fair": fair}
+        ),
+    }
+    return ds
+
+
+# ------------------------------------------------------------------ Dataset evaluate
+
+# the dimensions of evaluate() whose coordinates depend on a variable's values and units
+_PER_VARIABLE_DIMS = ("bin", "bin_low")
+
+
+def _prefixed(ds: xr.Dataset, name: str) -> xr.Dataset:
+    """``ds`` (one variable's diagnostics) with its variables and bin dimensions prefixed."""
+    own = [str(k) for k in ds.data_vars]
+    own += [str(k) for k, v in ds.coords.items() if set(v.dims) & set(_PER_VARIABLE_DIMS)]
+    own += [d for d in _PER_VARIABLE_DIMS if d in ds.dims and d not in own]
+    out = ds.rename({k: f"{name}_{k}" for k in own})
+    for k in own:
+        var = out[f"{name}_{k}"].variable
+        if "long_name" in var.attrs:
+            var.attrs = {**var.attrs, "long_name": f"{name}: {var.attrs['long_name']}"}
+    return out
+
+
+def _evaluate_dataset(
+    samples: xr.DataArray | xr.Dataset,
+    reference: xr.DataArray | xr.Dataset,
+    *,
+    observations: xr.DataArray | xr.Dataset | None,
+    dims: Mapping[str, str] | None,
+    member_dim: str,
+    fair: bool | None,
+) -> xr.Dataset:
+    """:func:`evaluate` of every gridded variable in both Datasets, prefixed and merged."""
+    inputs = {"samples": samples, "reference": reference, "observations": observations}
+    if not all(v is None or isinstance(v, xr.Dataset) for v in inputs.values()):
+        kinds = ", ".join(f"{k}= {type(v).__name__}" for k, v in inputs.items() if v is not None)
+        raise TypeError(
+            f"evaluate needs samples=, reference= (and observations=) all DataArrays or "
+            f"all Datasets, got {kinds}; select one variable of a Dataset, e.g. "
+            f"ds['pr'], or pass Datasets throughout"
+        )
+    assert isinstance(samples, xr.Dataset) and isinstance(reference, xr.Dataset)
+    axes = find_axes(samples, dims, require_time=False)
+    names = [
+        str(k)
+        for k, v in samples.data_vars.items()
+        if k in reference.data_vars and axes["Y"] in v.dims and axes["X"] in v.dims
+    ]
+    if not names:
+        raise ValueError(
+            f"samples= and reference= share no gridded variable (with dimensions "
+            f"{axes['Y']!r} and {axes['X']!r}): samples= has {list(map(str, samples.data_vars))}, "
+            f"reference= has {list(map(str, reference.data_vars))}; rename one of them "
+            "(ds.rename({'old': 'new'})) or compare DataArrays"
+        )
+    if isinstance(observations, xr.Dataset):
+        missing = [n for n in names if n not in observations.data_vars]
+        if missing:
+            raise ValueError(
+                f"observations= lacks the variables {missing} evaluated in samples= and "
+                f"reference=; it has {list(map(str, observations.data_vars))}"
+            )
+    parts = []
+    for name in names:
+        try:
+            report = evaluate(
+                samples[name],
+                reference[name],
+                observations=None if observations is None else observations[name],
+                dims=dims,
+                member_dim=member_dim,
+                fair=fair,
+            )
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"variable {name!r}: {err}") from err
+        parts.append(_prefixed(report, name))
+    try:
+        ds = xr.merge(parts, join="exact", compat="identical", combine_attrs="override")
+    except ValueError as err:
+        raise ValueError(
+            f"the diagnostics of {names} are on different coordinates ({err}); evaluate "
+            f"the variables one at a time, e.g. evaluate(samples[{names[0]!r}], "
+            f"reference[{names[0]!r}])"
+        ) from None
+    ds = _no_fill(ds)
+    ds.attrs = {
+        "title": "xdiffusion evaluation of generated samples against a reference",
+        "Conventions": CONVENTIONS,
+        "source": f"xdiffusion {__version__}",
+        "variables": " ".join(names),
+        "history": history_line(
+            "evaluate",
+            {
+                "variables": names,
+                "observations": observations is not None,
+                "dims": dims,
+                "fair": fair,
+            },
         ),
     }
     return ds

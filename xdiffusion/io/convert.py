@@ -16,8 +16,9 @@ import numpy as np
 import xarray as xr
 
 from xdiffusion.io.axes import find_axes
+from xdiffusion.io.conform import Conform
 
-__all__ = ["Prepared", "channel_stats", "prepare", "raise_if_overflow"]
+__all__ = ["Prepared", "channel_stats", "prepare", "raise_if_overflow", "stack_channels"]
 
 
 @dataclass
@@ -29,6 +30,9 @@ class Prepared:
     variables: list[str]
     arrays: list[xr.DataArray]  # per variable, transposed to (T, Y, X)
     is_dataset: bool
+    # how the input was conformed to the model's units and orientation (io.conform), to
+    # undo on outputs; None where nothing was compared
+    conform: Conform | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -118,12 +122,17 @@ def prepare(
                 "all variables must share the time and grid axes"
             )
         out.append(da.transpose(*order))
-    pieces = [d.data.astype(np.float32) for d in out]
+    data = stack_channels(out, has_time="T" in axes)
+    return Prepared(data=data, axes=axes, variables=list(arrays), arrays=out, is_dataset=is_dataset)
+
+
+def stack_channels(arrays: Sequence[xr.DataArray], *, has_time: bool = True):
+    """The (C, T, Y, X) float32 array of per-variable (T, Y, X) arrays ((C, 1, Y, X) without
+    a time axis); a view of dask arrays, never computed."""
+    pieces = [d.data.astype(np.float32) for d in arrays]
     stack = dsa.stack if any(dask.is_dask_collection(p) for p in pieces) else np.stack
     data = stack(pieces)
-    if "T" not in axes:
-        data = data[:, None]
-    return Prepared(data=data, axes=axes, variables=list(arrays), arrays=out, is_dataset=is_dataset)
+    return data if has_time else data[:, None]
 
 
 def channel_stats(

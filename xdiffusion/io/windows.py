@@ -2,8 +2,8 @@
 
 Windows are described by their start index only; the data are read per batch from the
 (possibly dask-backed) array, so all windows are never materialised. A window never spans
-a gap in the time axis: the step is inferred as the most common difference between time
-stamps and every window must consist of steps of exactly that size.
+a gap in the time axis: every window consists of steps of exactly the axis' step, a fixed
+duration or a number of calendar months (:mod:`xdiffusion.io.calendar`).
 """
 
 from __future__ import annotations
@@ -14,65 +14,37 @@ import dask
 import numpy as np
 import xarray as xr
 
+from xdiffusion.io.calendar import TimeStep, check_order, regular_mask, time_steps
+
 __all__ = ["WindowReader", "regular_step", "time_steps", "window_starts"]
 
 
-def _check_missing(values: np.ndarray) -> None:
-    """Raise ValueError for NaT (datetime64), NaN (numeric) or None (cftime) time stamps."""
-    if np.issubdtype(values.dtype, np.datetime64) or np.issubdtype(values.dtype, np.timedelta64):
-        bad, what = np.isnat(values), "NaT (not-a-time)"
-    elif np.issubdtype(values.dtype, np.floating):
-        bad, what = np.isnan(values), "NaN"
-    elif values.dtype == object:
-        bad, what = np.array([v is None for v in values.ravel()], dtype=bool), "None"
-    else:
-        return
-    if bad.any():
-        where = np.flatnonzero(bad)
-        shown = where[:5].tolist() + (["..."] if where.size > 5 else [])
-        raise ValueError(
-            f"the time axis has {where.size} {what} value(s) (at positions {shown}): "
-            "missing time stamps cannot be ordered; drop those steps first, e.g. "
-            "da.isel(time=da['time'].notnull().values)"
-        )
-
-
-def time_steps(time: xr.DataArray | np.ndarray | Sequence) -> np.ndarray:
-    """Differences between consecutive time stamps: seconds (datetime64 or cftime), or the
-    axis' own units for a numeric time axis (e.g. hours as floats)."""
-    values = np.asarray(getattr(time, "values", time))
-    _check_missing(values)
-    if values.size < 2:
-        return np.zeros(0)
-    if np.issubdtype(values.dtype, np.datetime64):
-        return np.diff(values).astype("timedelta64[ns]").astype(np.int64) / 1e9
-    if np.issubdtype(values.dtype, np.number):
-        return np.diff(values.astype(float))
-    # cftime objects: differences are datetime.timedelta
-    return np.array([d.total_seconds() for d in np.diff(values)], dtype=float)
-
-
 def regular_step(time: xr.DataArray | np.ndarray) -> float:
-    """The modal time step (seconds, or the units of a numeric axis).
+    """The modal difference between consecutive stamps (seconds, or the units of a
+    numeric axis); 0 for fewer than two stamps.
 
+    A calendar-month axis has no single step in seconds: see
+    :func:`~xdiffusion.io.calendar.detect_step`, which reads it as months.
     Raises ValueError for unsorted, duplicated or missing (NaT/NaN) times.
     """
     d = time_steps(time)
     if d.size == 0:
         return 0.0
-    if np.any(d <= 0):
-        i = int(np.argmax(d <= 0))
-        kind = "duplicated" if d[i] == 0 else "descending"
-        raise ValueError(
-            f"the time axis has {kind} values (at position {i + 1}); sort it and drop "
-            "duplicates first, e.g. da.sortby('time').drop_duplicates('time')"
-        )
+    check_order(d)
     vals, counts = np.unique(d, return_counts=True)
     return float(vals[np.argmax(counts)])
 
 
-def window_starts(time: xr.DataArray | np.ndarray, frames: int) -> np.ndarray:
-    """Start indices of all windows of ``frames`` steps that do not span a time gap."""
+def window_starts(
+    time: xr.DataArray | np.ndarray, frames: int, step: TimeStep | None = None
+) -> np.ndarray:
+    """Start indices of all windows of ``frames`` steps that do not span a time gap.
+
+    Consecutive stamps of a window are one ``step`` apart (default: the axis' own,
+    :func:`~xdiffusion.io.calendar.detect_step`); a calendar step compares months, so a
+    monthly axis has no gaps at its 28-, 30- and 31-day months. An irregular axis (no
+    dominant step) is refused.
+    """
     n = len(time)
     if frames > n:
         raise ValueError(
@@ -81,8 +53,7 @@ def window_starts(time: xr.DataArray | np.ndarray, frames: int) -> np.ndarray:
         )
     if frames == 1:
         return np.arange(n)
-    step = regular_step(time)
-    ok = np.isclose(time_steps(time), step, rtol=1e-6, atol=1e-3)  # ok[i]: step i→i+1 regular
+    ok = regular_mask(time, step)  # ok[i]: step i→i+1 regular
     # A window starting at s needs ok[s : s + frames - 1] all true: a moving sum.
     c = np.concatenate([[0], np.cumsum(~ok)])
     starts = np.arange(n - frames + 1)
