@@ -157,8 +157,8 @@ def get_model(spec: Spec, *, progress: bool = False) -> tuple[xd.DiffusionModel,
         "spec": dataclasses.asdict(spec),
         "train_seconds": round(seconds, 1),
         "parameters": sum(p.numel() for p in model.module.parameters()),
-        "final_loss": _last(model.history.get("loss")),
-        "final_val_loss": _last(model.history.get("val_loss")),
+        "final_loss": _last(model.history_dict.get("loss")),
+        "final_val_loss": _last(model.history_dict.get("val_loss")),
         "machine": machine(),
     }
     info_path.write_text(json.dumps(info, indent=1))

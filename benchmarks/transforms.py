@@ -1,4 +1,4 @@
-"""Does the input transform matter? "none" against "sqrt" against "learned" (seed 001, §4.2–4.3).
+"""Does the input transform matter? "none", "sqrt" and "learned" (Herbert 2023, §4.2–4.3).
 
 On synthetic hourly precipitation (:func:`xdiffusion.datasets.synthetic_precipitation`),
 the same small model is trained with each transform for the same number of steps on the
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
             lambda_rec_max=args.lambda_rec_max,
         )
         res["seconds_fit"] = round(t_fit, 1)
-        res["final_loss"] = float(np.mean(model.history.get("loss", [np.nan])[-20:]))
+        res["final_loss"] = float(np.mean(model.history_dict.get("loss", [np.nan])[-20:]))
         if model.codec[0].has_learned:
             x, h = model.codec[0].learned.curve(9)
             res["learned_curve"] = {f"{a:.2f}": round(float(b), 4) for a, b in zip(x, h)}

@@ -109,10 +109,10 @@ def test_cli_errors(tmp_path):
 
 
 def test_demo_tiny(tmp_path):
-    from xdiffusion.demo import run_demo
+    from xdiffusion.demo import format_summary, run_demo
 
     summary = run_demo(
-        tmp_path / "demo", tiny=True, size=16, frames=4, progress=False, device="cpu"
+        tmp_path / "demo", tiny=True, size=16, frames=4, progress=False, device="cpu", mode="fit"
     )
     for name in (
         "ensemble.nc",
@@ -121,7 +121,42 @@ def test_demo_tiny(tmp_path):
         "downscaled.nc",
         "report.nc",
         "report.png",
+        "ensemble.png",
+        "interpolation.png",
+        "forecast.png",
+        "downscaling.png",
+        "loss.png",
+        "summary.json",
     ):
         assert (tmp_path / "demo" / name).exists(), name
+        assert name in summary["files"]
     assert (tmp_path / "demo" / "model" / "config.json").exists()
     assert summary["downscale_max_block_error"] < 1e-3
+    assert "crps" in summary["evaluation"]  # the report has observations
+    text = format_summary(summary)
+    assert str((tmp_path / "demo").resolve()) in text
+    assert "interpolation.png" in text and "undertrained" in text
+    assert "--steps 5000" in text
+    assert max(len(line) for line in text.splitlines()) <= 100
+
+
+def test_demo_uses_the_reference_model_for_generation(tmp_path):
+    from xdiffusion.demo import format_summary, run_demo
+
+    both = run_demo(tmp_path / "both", tiny=True, size=16, frames=4, progress=False)
+    assert both["pretrained"]["name"] == "synthetic-precip" and both["mode"] == "both"
+    for name in ("model", "report.png", "report-quick.png", "loss.png", "ensemble.nc"):
+        assert name in both["files"], name
+    # the reference model's 16 × 16 grid and 8 frames, not the quick model's 4 frames
+    ens = xr.open_dataset(tmp_path / "both" / "ensemble.nc")
+    assert ens.sizes["time"] == 12
+    text = format_summary(both)
+    assert "reference model" in text and "report-quick.png" in text
+    # the reference model beats linear interpolation, also in this seconds-long run
+    rmse = both["interpolation_rmse"]
+    assert rmse["diffusion_mean"] < rmse["linear"], rmse
+    only = run_demo(tmp_path / "ref", tiny=True, progress=False, mode="pretrained")
+    assert "model" not in only["files"] and "fit_seconds" not in only
+    assert not (tmp_path / "ref" / "model").exists()
+    with pytest.raises(ValueError, match="mode must be one of"):
+        run_demo(tmp_path / "bad", mode="everything")

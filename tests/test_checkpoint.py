@@ -100,7 +100,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     resumed = xd.fit(da, checkpoint_dir=ckdir, checkpoint_every=5, resume=True, **kw)
     straight = xd.fit(da, **kw)
     assert_same_weights(resumed, straight)
-    assert resumed.history == straight.history  # losses of steps before the kill included
+    assert resumed.history_dict == straight.history_dict  # losses of steps before the kill included
     assert ck.list_checkpoints(ckdir) == [30, 35, 40]
 
 
@@ -134,7 +134,7 @@ def test_resume_after_completion_returns_the_same_model(series, reference, tmp_p
         series, steps=12, checkpoint_dir=tmp_path, checkpoint_every=4, resume=True, **SMALL
     )
     assert_same_weights(again, reference)
-    assert again.history["step"] == list(range(12))
+    assert again.history_dict["step"] == list(range(12))
 
 
 def test_corrupted_newest_checkpoints_are_skipped(series, reference, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -198,7 +199,92 @@ def test_bad_out_fails_before_generating(capsys, files, tmp_path, monkeypatch):
     _fails(capsys, ["demo", "--tiny", "--out", str(a_file)], "exists and is not a directory")
 
 
+def test_fit_refuses_an_existing_model_before_fitting(capsys, files, tmp_path, fake_fit):
+    """A model in --out is replaced only with --overwrite, and the refusal comes first."""
+    data, out = str(files / "data.nc"), tmp_path / "model"
+    assert main(["fit", data, "--out", str(out), "--quiet"]) == 0
+    before = (out / "config.json").read_bytes()
+    err = _fails(capsys, ["fit", data, "--out", str(out)], "already holds a model")
+    assert "--overwrite" in err and "nothing was fitted" in err
+    assert len(fake_fit) == 1 and (out / "config.json").read_bytes() == before
+    assert main(["fit", data, "--out", str(out), "--overwrite", "--quiet"]) == 0
+    assert len(fake_fit) == 2
+    # --overwrite never replaces a directory that holds something else
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("x")
+    _fails(capsys, ["fit", data, "--out", str(full), "--overwrite"], "not an xdiffusion model")
+    assert (full / "keep.txt").exists() and len(fake_fit) == 2
+
+
 # ------------------------------------------------------------------ options
+
+
+def test_help_shows_defaults_and_choices(capsys):
+    def help_of(*argv: str) -> str:
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--help"])
+        assert exc.value.code == 0
+        return " ".join(capsys.readouterr().out.split())  # unwrapped
+
+    fit = help_of("fit")
+    for text in ("(default: 2000)", "(default: 16)", "(default: sqrt)", "(default: small)"):
+        assert text in fit, text
+    assert "{none,sqrt,log1p,learned}" in fit and "{small,reference}" in fit
+    assert "--overwrite" in fit and "(default: None)" not in fit
+    sample = help_of("sample")
+    assert "dpmpp_2m_sde" in sample and "else 20 for sample" in sample
+    assert "--start TIME" in sample and "--length N" in sample
+    assert "else dpmpp_2m_sde for forecast" in help_of("forecast")
+    assert "(default: guidance)" in help_of("interpolate")
+    for command in ("demo", "fit", "sample", "interpolate", "forecast", "downscale", "evaluate"):
+        parser = cli.build_parser()._subparsers._group_actions[0].choices[command]
+        missing = [a.dest for a in parser._actions if not a.help]
+        assert not missing, (command, missing)
+
+
+def test_names_spelled_out_for_help_match_the_registries():
+    from xdiffusion.core.samplers import SAMPLERS
+    from xdiffusion.nets.unet import _PRESETS
+    from xdiffusion.settings import METHODS, TASK_DEFAULTS
+    from xdiffusion.transforms import _REGISTRY
+
+    assert set(cli.SAMPLER_NAMES) == set(SAMPLERS)
+    # other tests register transforms of their own ("test_…") in the same registry
+    shipped = {n for n in _REGISTRY if not n.startswith("test_")}
+    assert set(cli.TRANSFORM_NAMES) == {*shipped, "learned"}
+    assert set(cli.PRESET_NAMES) == set(_PRESETS)
+    assert tuple(cli.METHOD_NAMES) == tuple(METHODS)
+    assert cli.TASK_SAMPLING == TASK_DEFAULTS
+
+
+def test_sample_start_length_and_provenance(files, tmp_path, capsys):
+    """--start/--length pick a stretch of a long template; the history names the model."""
+    data = files / "data.nc"
+    times = xr.open_dataset(data).time.values
+    out = tmp_path / "ens.nc"
+    argv = ["sample", str(files / "model"), "--like", str(data), "--n", "1", "--steps", "2"]
+    argv += ["--quiet", "--device", "cpu"]
+    start = str(np.datetime_as_string(times[5], unit="m"))
+    assert main([*argv, "--start", start, "--length", "4", "--out", str(out)]) == 0
+    ens = xr.open_dataset(out)
+    np.testing.assert_array_equal(ens.time.values, times[5:9])
+    line = ens.attrs["history"].splitlines()[-1]
+    digest = hashlib.sha256((files / "model" / "config.json").read_bytes()).hexdigest()
+    assert f"model={str(files / 'model')!r}" in line
+    assert f"config_sha256={digest[:12]!r}" in line
+    assert "sampler='dpmpp_2m'" in line and "steps=2" in line
+    assert ens.attrs["title"] == "xdiffusion sample output"  # the template had none
+    # --length alone: from the first step; --start alone: to the end
+    assert main([*argv, "--length", "3", "--out", str(tmp_path / "a.nc")]) == 0
+    np.testing.assert_array_equal(xr.open_dataset(tmp_path / "a.nc").time.values, times[:3])
+    assert main([*argv, "--start", start, "--out", str(tmp_path / "b.nc")]) == 0
+    np.testing.assert_array_equal(xr.open_dataset(tmp_path / "b.nc").time.values, times[5:])
+    bad = tmp_path / "bad.nc"
+    _fails(capsys, [*argv, "--start", "2001-01-01", "--out", str(bad)], "after the last")
+    _fails(capsys, [*argv, "--length", "99", "--out", str(bad)], "has only 16 time steps")
+    _fails(capsys, [*argv, "--start", "soon", "--out", str(bad)], "is not a time of")
+    assert not bad.exists()
 
 
 def test_option_syntax():
@@ -244,10 +330,11 @@ def test_fit_options_reach_fit(capsys, files, tmp_path, fake_fit):
     assert call["net"] == TINY_NET
     assert call["time_features"] == ["season", "hour"]
     assert (out / "config.json").exists()
-    assert main([*argv[:4], "--var", "pr2,tas", "--quiet", "--out", str(out)]) == 0
+    again = [*argv[:4], "--overwrite", "--quiet"]  # --out now holds a model
+    assert main([*again, "--var", "pr2,tas", "--out", str(out)]) == 0
     assert list(fake_fit[-1]["data"].data_vars) == ["pr2", "tas"]
     assert fake_fit[-1]["net"] is None and fake_fit[-1]["time_features"] is None
-    assert main([*argv[:4], "--quiet", "--out", str(out), "--net", json.dumps(TINY_NET)]) == 0
+    assert main([*again, "--out", str(out), "--net", json.dumps(TINY_NET)]) == 0
     assert fake_fit[-1]["net"] == TINY_NET
     assert list(fake_fit[-1]["data"].data_vars) == ["pr", "pr2", "tas"]  # default: all
 
@@ -374,7 +461,7 @@ def test_demo_threads_option(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(xdiffusion.demo, "_run", body)
     before = torch.get_num_threads()
     out = tmp_path / "demo"
-    argv = ["demo", "--tiny", "--quiet", "--device", "cpu", "--out", str(out)]
+    argv = ["demo", "--tiny", "--quiet", "--json", "--device", "cpu", "--out", str(out)]
     assert main([*argv, "--threads", "2"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert seen == [2] and summary["threads"] == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -257,3 +258,56 @@ def test_objective_normalises_log_det_like_the_v_loss():
     )
     gen = torch.Generator().manual_seed(1)
     torch.testing.assert_close(l2, v_loss(net, scaled, schedule, generator=gen, mask=mask).mean())
+
+
+# ------------------------------------------------------------------ dry cells: exact zeros
+
+
+@pytest.mark.parametrize("spec", ["sqrt", {"name": "log1p", "scale": 0.1}, "learned"])
+def test_decode_snaps_float_residue_above_the_minimum_to_it(spec):
+    """A sampler ends a few float32 steps above −1 for a dry cell (α·x̂ with α just below
+    1): that decodes to exactly 0, not 1e-14, while real light rain is kept."""
+    from xdiffusion.codec import DECODE_SNAP
+
+    codec = VariableCodec.fit(0.0, 50.0, spec).float()
+    ulp = torch.finfo(torch.float32).eps / 2  # float32 spacing just above -1
+    y = torch.tensor([[-1.0, -1.0 + ulp, -1.0 + 4 * ulp, -1.0 + 0.5 * DECODE_SNAP, -0.99]])
+    out = codec.decode(y)
+    assert out[0, :4].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert out[0, 4] > 0
+    assert codec.decode(torch.tensor([[-1.0 + 2 * DECODE_SNAP]]))[0, 0] > 0
+
+
+class _FixedField(torch.nn.Module):
+    """A v-network whose x̂ is ``target`` (C, H, W) at every noise level, as a network
+    that predicts the field exactly would: v = (α z − x̂) / σ."""
+
+    def __init__(self, target: torch.Tensor, config) -> None:
+        super().__init__()
+        self.register_buffer("target", target)
+        self.config = config
+
+    def forward(self, z, lam, cond=None):
+        from xdiffusion.core.schedule import alpha_sigma
+
+        alpha, sigma = alpha_sigma(lam.to(z.dtype).reshape(-1, 1, 1, 1, 1))
+        return (alpha * z - self.target[:, None]) / sigma
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "ancestral", "ddim", "dpmpp_2m_sde", "dpmpp_3m"])
+def test_generated_dry_cells_are_exact_zeros(tiny_model, series, sampler):
+    import xdiffusion as xd
+    from xdiffusion.model import Denoiser
+
+    ny, nx = tiny_model.grid
+    target = torch.full((1, ny, nx), -1.5)  # dry: x̂ below the range, clipped to -1
+    target[:, : ny // 2] = 0.3  # wet half
+    net = _FixedField(target, tiny_model.net_config)
+    model = xd.DiffusionModel(
+        tiny_model.config, Denoiser(net, tiny_model.codec), valid=tiny_model.valid
+    )
+    tmpl = series.isel(time=slice(0, 6))
+    out = tmpl.diffusion.sample(model, n=2, sampler=sampler, steps=10, progress=False).values
+    dry, wet = out[..., ny // 2 :, :], out[..., : ny // 2, :]
+    assert (dry == 0.0).all(), np.unique(dry)[:5]
+    assert out.min() >= 0.0 and (wet > 0).all()

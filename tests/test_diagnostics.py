@@ -212,7 +212,7 @@ def test_histogram_density_matches_numpy_and_log10():
 
 def test_histogram_low_end_is_relative_to_all_values():
     values = np.array([0.0, 0.05, 0.05, 0.3, 2.0, 5.0, np.nan, 10.0]).reshape(8, 1, 1)
-    h = dg.histogram(field(values), low_end=True, log=False)
+    h = dg.histogram(field(values), 50, value_range=(0, 0.5), log=False)
     assert h["bin_lower"].values[0] == 0.0 and h["bin_upper"].values[-1] == 0.5
     width = 0.01
     dens = dict(zip(np.round(h["bin_lower"].values, 2), h.values))
@@ -220,6 +220,26 @@ def test_histogram_low_end_is_relative_to_all_values():
     assert dens[0.05] == pytest.approx(2 / (7 * width))
     assert dens[0.3] == pytest.approx(1 / (7 * width))
     assert float(h.sum() * width) == pytest.approx(4 / 7)
+
+
+def test_histogram_low_end_range_follows_the_data():
+    """[minimum, 0.9 quantile] of the values, in the data's units, eager or lazy."""
+    rng = np.random.default_rng(3)
+    values = rng.gamma(0.3, 1.0, (20, 6, 6))
+    h = dg.histogram(field(values), low_end=True, log=False)
+    assert h.sizes["bin"] == 50
+    assert h["bin_lower"].values[0] == pytest.approx(values.min())
+    q = np.quantile(values, dg.LOW_END_QUANTILE)
+    assert h["bin_upper"].values[-1] == pytest.approx(q)
+    per_second = field(values / 3600.0).assign_attrs(units="mm s-1")
+    hs = dg.histogram(per_second, low_end=True, log=False)
+    np.testing.assert_allclose(hs["bin_upper"].values, h["bin_upper"].values / 3600.0)
+    lazy = dg.histogram(field(values).chunk({"time": 5}), low_end=True, log=False)
+    np.testing.assert_allclose(lazy.compute().values, h.values)
+    mostly_dry = np.zeros((20, 1, 1))
+    mostly_dry[-1] = 4.0  # the 0.9 quantile is 0: the range widens to a larger quantile
+    hd = dg.histogram(field(mostly_dry), low_end=True, log=False)
+    assert hd["bin_upper"].values[-1] > 0
 
 
 def test_histogram_lazy_with_known_bins():

@@ -116,7 +116,7 @@ def test_same_data_resumes_whatever_the_chunking(series, tmp_path):
     _started(series, tmp_path)
     lazy = series.chunk({"time": 7})  # same values, read lazily
     model = xd.fit(lazy, steps=4, checkpoint_dir=tmp_path, resume=True, **FIT)
-    assert model.history["step"] == [0, 1, 2, 3]
+    assert model.history_dict["step"] == [0, 1, 2, 3]
     straight = xd.fit(series, steps=4, **FIT)
     for k, v in straight.module.state_dict().items():
         assert torch.equal(model.module.state_dict()[k], v), k
@@ -213,7 +213,7 @@ def test_only_an_interrupted_first_checkpoint_starts_afresh(series, tmp_path):
     with pytest.warns(RuntimeWarning, match="json is missing") as rec:
         model = xd.fit(series, steps=2, checkpoint_dir=tmp_path, resume=True, **FIT)
     assert any("nothing was deleted" in str(w.message) for w in rec)
-    assert model.history["step"] == [0, 1]
+    assert model.history_dict["step"] == [0, 1]
     assert (tmp_path / ck.SET_ASIDE / "ckpt-000000002.safetensors").is_file()
 
 

@@ -472,3 +472,89 @@ def test_files_honour_the_umask(tiny_model, tmp_path, umask):
     for f in path.iterdir():
         assert stat.S_IMODE(os.stat(f).st_mode) == 0o666 & ~umask, f.name
     assert stat.S_IMODE(os.stat(ckpt).st_mode) == 0o666 & ~umask
+
+
+SAVE_LOOP = textwrap.dedent(
+    """
+    import sys
+    import xdiffusion as xd
+
+    models = [xd.load(sys.argv[1]), xd.load(sys.argv[2])]
+    print("ready", flush=True)
+    i = 0
+    while True:  # until killed
+        models[i % 2].save(sys.argv[3])
+        i += 1
+    """
+)
+KILLS = 5
+
+
+def test_sigkill_during_repeated_saves_always_leaves_a_loadable_model(
+    tiny_model, other_model, tmp_path
+):
+    """A real process saving over an existing model, killed at random moments, again and
+    again: every time, the path holds one of the two models, whole."""
+    import random
+    import signal
+
+    a, b, path = tmp_path / "a", tmp_path / "b", tmp_path / "m"
+    tiny_model.save(a)
+    other_model.save(b)
+    tiny_model.save(path)
+    rng = random.Random(0)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for _ in range(KILLS):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SAVE_LOOP, str(a), str(b), str(path)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            time.sleep(rng.uniform(0.05, 0.6))  # several saves run in this time
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        got = xd.load(path)
+        assert state_equal(got, tiny_model) or state_equal(got, other_model)
+    other_model.save(path)  # the next save clears what the killed ones left behind
+    assert state_equal(xd.load(path), other_model)
+    assert hidden_leftovers(tmp_path) == [".a.lock", ".b.lock", "a", "b"]
+
+
+# ------------------------------------------------------------------ new fields, provenance
+
+
+def test_file_from_before_conv_pad_loads_with_zero_padding(tiny_model, tmp_path):
+    """A network setting added later takes the value old files' networks had."""
+    path = tmp_path / "m"
+    tiny_model.save(path)
+    edit_config(path, lambda cfg: cfg["net"].pop("conv_pad"))
+    old = xd.load(path)
+    assert old.net_config.conv_pad == "zeros"
+    assert old.module.net.out_conv.padding_mode == "zeros"
+    assert state_equal(old, tiny_model)
+
+
+def test_has_model_and_digests_local_and_remote(tiny_model, tmp_path):
+    import hashlib
+
+    import fsspec
+
+    url = f"memory://xdiffusion-test-{uuid.uuid4().hex}/m"
+    fs, root = fsspec.core.url_to_fs(url)
+    try:
+        for where in (tmp_path / "m", url):
+            assert not persistence.has_model(where)
+            tiny_model.save(where)
+            assert persistence.has_model(where)
+            loaded = xd.load(where)
+            assert loaded.config_sha256 == tiny_model.config_sha256
+            assert loaded.provenance["model"] == str(where)
+        text = fs.cat_file(f"{root}/config.json")
+        assert tiny_model.config_sha256 == hashlib.sha256(text).hexdigest()
+    finally:
+        fs.rm(root.rsplit("/", 1)[0], recursive=True)
+    assert not persistence.has_model(tmp_path)  # a directory holding a model is not one

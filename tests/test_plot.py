@@ -106,8 +106,12 @@ def test_plot_report_writes_png(data, tmp_path):
     fig = plot.plot_report(report, path)
     assert isinstance(fig, Figure)
     assert path.read_bytes()[:4] == PNG_MAGIC
-    text = "\n".join(t.get_text() for a in fig.axes for t in a.texts)
-    assert "psd_log_error" in text and "crps_fair" in text
+    # the scores are bars labelled in words, with their values written next to them
+    labels = [t.get_text() for a in fig.axes for t in a.get_yticklabels()]
+    assert "spatial PSD\n|log10 ratio|" in labels and "fair CRPS" in labels
+    values = [t.get_text() for a in fig.axes for t in a.texts]
+    assert f"{float(report['crps_fair']):.3g}" in values
+    assert f"{float(report['psd_log_error']):.3g}" in values
 
 
 def test_plot_report_without_observations(tmp_path):

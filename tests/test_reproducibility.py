@@ -80,8 +80,8 @@ def test_same_seed_same_weights_other_seed_other_weights(model, series):
         for k in sa:
             assert torch.equal(sa[k], sb[k]), k
         assert any(not torch.equal(sa[k], sc[k]) for k in sa)
-    assert model.history["loss"] == again.history["loss"]
-    assert model.history["loss"] != other.history["loss"]
+    assert model.history_dict["loss"] == again.history_dict["loss"]
+    assert model.history_dict["loss"] != other.history_dict["loss"]
 
 
 def test_fit_does_not_depend_on_global_rng(series):

@@ -197,6 +197,28 @@ def test_reflect_and_zero_padding_modes():
         assert out.shape == z.shape
 
 
+def test_conv_pad_modes_and_the_legacy_default():
+    """conv_pad: both modes run on any grid (down to 1×1 at the coarsest level) with the
+    same weights; a stored config without the field is read as today's files' "zeros"."""
+    nets = {m: perturbed(tiny(conv_pad=m)) for m in ("zeros", "replicate", "reflect")}
+    for mode in ("replicate", "reflect"):
+        nets[mode].load_state_dict(nets["zeros"].state_dict())  # the same tensors
+    for shape in ((1, 1, 2, 9, 11), (1, 1, 1, 1, 1), (1, 1, 1, 2, 5)):
+        z = torch.randn(shape)
+        outs = [net(z, torch.zeros(1)) for net in nets.values()]
+        assert all(o.shape == z.shape and torch.isfinite(o).all() for o in outs)
+        if shape[-1] > 1:  # the edges see different padding
+            assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[1], outs[2])
+    new = unet_config("small")
+    assert new.conv_pad == UNetConfig.conv_pad  # new networks: the dataclass default
+    stored = new.to_dict()
+    assert stored["conv_pad"] == new.conv_pad  # recorded in every new model file
+    del stored["conv_pad"]
+    assert UNetConfig.from_dict(stored).conv_pad == "zeros"  # a file from before the field
+    with pytest.raises(ValueError, match="conv_pad"):
+        UNetConfig.from_dict({**new.to_dict(), "conv_pad": "circular"})
+
+
 def test_config_round_trip_and_rejects_bad_keys():
     cfg = unet_config("reference", channels=3, cond_features=4, dropout=0.1)
     d = json.loads(json.dumps(cfg.to_dict()))

@@ -67,8 +67,12 @@ class _DiffusionAccessor:
         resume: bool = False,
         loader: str = "auto",
         buffer_chunks: int = 4,
+        patch: int | Sequence[int] | None = None,
     ) -> DiffusionModel:
         """Train a model on this object; see :func:`xdiffusion.fit` for every argument.
+
+        ``patch`` (e.g. ``64`` or ``(48, 64)``) trains on random spatial crops of the grid;
+        the model still generates on the whole grid or any sub-region of it.
 
         Returns
         -------
@@ -110,6 +114,7 @@ class _DiffusionAccessor:
             resume=resume,
             loader=loader,
             buffer_chunks=buffer_chunks,
+            patch=patch,
         )
 
     def sample(

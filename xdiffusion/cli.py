@@ -15,6 +15,9 @@ Option syntax shared by several commands:
     number, ``true``/``false``, ``null``, a word, or a list of those joined by ``-``
     (``mults=1-2-2``, ``spatial_attention=none-none-full``). A JSON object
     (``--net '{"width": 16, "mults": [1, 2]}'``) is accepted too.
+``--patch 64`` or ``--patch 48,64``
+    ``fit`` on random spatial crops of 64×64 (or 48×64: ny,nx) cells of the grid; the model
+    generates on the whole grid or any sub-region of it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xarray as xr
 
 from xdiffusion._version import __version__
@@ -36,6 +40,21 @@ __all__ = ["build_parser", "main"]
 
 AXES = ("T", "Y", "X")
 TIME_FEATURES = ("season", "hour")
+# Names the options accept, spelled out here so that --help needs no torch (the registries
+# live in torch modules; tests/test_cli.py checks that these agree with them).
+SAMPLER_NAMES = ("ancestral", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m")
+TRANSFORM_NAMES = ("none", "sqrt", "log1p", "learned")
+PRESET_NAMES = ("small", "reference")
+METHOD_NAMES = ("guidance", "imputation")
+#: Sampler and steps each task runs when neither the call nor the model's fit chose them
+#: (xdiffusion.settings.TASK_DEFAULTS).
+TASK_SAMPLING = {
+    "sample": ("dpmpp_2m", 20),
+    "interpolate": ("dpmpp_2m", 25),
+    "downscale": ("dpmpp_2m", 25),
+    "forecast": ("dpmpp_2m_sde", 25),
+}
+DEVICE_HELP = "torch device: auto (CUDA if available, else CPU), cpu, cuda, cuda:1, mps, …"
 # What the command line turns into "error: <message>" + exit status 2 (see main).
 ERRORS = (ValueError, TypeError, KeyError, OSError, RuntimeError, ImportError)
 
@@ -144,6 +163,24 @@ def parse_time_features(text: str) -> list[str]:
     return names
 
 
+def parse_patch(text: str) -> int | tuple[int, int]:
+    """``"64"`` → 64 (square crops), ``"48,64"`` → (48, 64) (ny, nx) for ``fit --patch``.
+
+    Only the form is checked here; ``fit`` checks the size against the grid and the
+    network (a multiple of 2**(levels − 1), at most the grid).
+    """
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        sides = [int(p) for p in parts]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise argparse.ArgumentTypeError(
+            f"--patch: a positive integer (square crops) or ny,nx such as 48,64, got {text!r}"
+        )
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
+
+
 def parse_threads(text: str) -> int | str:
     """``auto`` or a positive number of torch threads."""
     if text.strip().lower() == "auto":
@@ -220,16 +257,23 @@ def _inside(path: str, other: str) -> bool:
     return os.path.commonpath([path, other]) == other
 
 
-def _check_out(out: str, kind: str, inputs: Sequence[str | None] = ()) -> None:
+def _check_out(
+    out: str, kind: str, inputs: Sequence[str | None] = (), *, overwrite: bool = False
+) -> None:
     """Refuse an unusable ``--out`` before any work starts.
 
     ``kind`` is ``"model"`` (a model directory: fit), ``"folder"`` (demo), ``"zarr"`` (a
-    store written region by region) or ``"netcdf"`` (a file).
+    store written region by region) or ``"netcdf"`` (a file). A model directory that
+    already holds a model is refused unless ``overwrite``.
     """
     if not out.strip():
         raise ValueError("--out is empty; name the output to write")
     if kind == "model" and _is_url(out):
-        return  # model.save checks remote locations itself
+        from xdiffusion.persistence import has_model
+
+        if not overwrite and has_model(out):
+            raise ValueError(_MODEL_EXISTS.format(out=out))
+        return  # model.save checks the rest of remote locations itself
     p = _local(out)
     real = os.path.realpath(p)
     for source in inputs:
@@ -255,7 +299,10 @@ def _check_out(out: str, kind: str, inputs: Sequence[str | None] = ()) -> None:
         if kind == "model":
             from xdiffusion.persistence import is_model_dir
 
-            if not is_model_dir(p) and any(p.iterdir()):
+            if is_model_dir(p):
+                if not overwrite:
+                    raise ValueError(_MODEL_EXISTS.format(out=out))
+            elif any(p.iterdir()):
                 raise ValueError(
                     f"--out {out!r} is a non-empty directory that is not an xdiffusion model; "
                     "choose a new or empty directory"
@@ -279,6 +326,12 @@ def _check_out(out: str, kind: str, inputs: Sequence[str | None] = ()) -> None:
         raise ValueError(f"--out {out!r} cannot be created: {str(parent)!r} is not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(f"--out {out!r} cannot be created: {str(parent)!r} is not writable")
+
+
+_MODEL_EXISTS = (
+    "--out {out!r} already holds a model; pass --overwrite to replace it (nothing was "
+    "fitted), or choose another --out"
+)
 
 
 def _out_kind(out: str) -> str:
@@ -362,6 +415,24 @@ def _scheduler(spec: str | None):
 # ------------------------------------------------------------------ parser
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: X)" to an option's help where the default says something: not for
+    None (the help says what happens then), flags, or help that names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or default is None
+            or default is False
+            or default is argparse.SUPPRESS
+            or "default" in text
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     # also accepted after the command; SUPPRESS keeps the global value when absent here
     p.add_argument(
@@ -392,23 +463,49 @@ def _dims_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _gen_args(p: argparse.ArgumentParser) -> None:
+def _gen_args(p: argparse.ArgumentParser, task: str) -> None:
     _common(p)
-    p.add_argument("model", help="model directory written by `xdiffusion fit`")
+    p.add_argument("model", help="model directory written by `xdiffusion fit` (or a URL)")
     _var_arg(p, "variables to use (default: all)")
     _dims_arg(p)
-    p.add_argument("--n", type=int, default=10, help="ensemble members")
+    p.add_argument("--n", type=int, default=10, help="ensemble members (realizations)")
     p.add_argument(
         "--out",
         required=True,
         help="output netCDF file, or a .zarr store (written region by region; re-running "
         "the same command resumes an interrupted job)",
     )
-    p.add_argument("--steps", type=int, default=None, help="sampler steps")
-    p.add_argument("--sampler", default=None, help="sampler name")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=None)
+    sampler, steps = TASK_SAMPLING[task]
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"sampler steps (network evaluations per sample; default: the model's fit-time "
+        f"choice, else {steps} for {task})",
+    )
+    p.add_argument(
+        "--sampler",
+        default=None,
+        choices=SAMPLER_NAMES,
+        metavar="NAME",
+        help=f"sampler: {', '.join(SAMPLER_NAMES)} (default: the model's fit-time choice, "
+        f"else {sampler} for {task}); the output's history line and 'sampling' attribute "
+        "record what ran",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed: member k depends only on (seed, k), whatever --n or --batch-size",
+    )
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="members generated at once (default: as many as --memory-budget allows); "
+        "does not change the numbers",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--chunks",
@@ -424,7 +521,11 @@ def _gen_args(p: argparse.ArgumentParser) -> None:
         "cluster of N worker processes, each with cores/N torch threads, at most "
         "$OMP_NUM_THREADS) or a scheduler address such as tcp://host:8786",
     )
-    p.add_argument("--memory-budget", default=None, help="memory a call may plan to use, e.g. 4GB")
+    p.add_argument(
+        "--memory-budget",
+        default=None,
+        help="memory a call may plan to use, e.g. 4GB (default: half the machine's memory)",
+    )
     p.add_argument(
         "--no-check-grid",
         action="store_true",
@@ -436,7 +537,9 @@ def _gen_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xdiffusion",
-        description="Spatio-temporal diffusion models for gridded data.",
+        formatter_class=HelpFormatter,
+        description="Spatio-temporal diffusion models for gridded data. 'xdiffusion "
+        "COMMAND --help' lists a command's options.",
         epilog="Errors print 'error: <message>' and exit with status 2; --debug shows the "
         "traceback.",
     )
@@ -447,20 +550,41 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser(
         "demo",
         help="train on synthetic precipitation and run every task",
-        description="Train on synthetic precipitation and run every task. The torch thread "
+        description="Fit a quick model on synthetic precipitation (to show training) and run "
+        "every generating task with the shipped reference model (xdiffusion.load_pretrained), "
+        "writing both models' reports; --fit-only runs the tasks with the quick model, "
+        "--pretrained-only skips the fit. The torch thread "
         "count is chosen from the cores free now (usable cores minus the 1-minute load "
         "average, at least 1; OMP_NUM_THREADS, if set, is used instead); override it with "
         "--threads N. The count used is printed in the summary ('threads').",
     )
     _common(d)
     d.add_argument("--out", default="xdiffusion-demo", help="output folder")
-    d.add_argument("--steps", type=int, default=None, help="training steps")
+    d.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: 300; --tiny: 30)"
+    )
     d.add_argument("--size", type=int, default=32, help="grid size (cells)")
-    d.add_argument("--frames", type=int, default=8)
-    d.add_argument("--members", type=int, default=4)
+    d.add_argument("--frames", type=int, default=8, help="window length in time steps")
+    d.add_argument("--members", type=int, default=4, help="ensemble members of each task")
     d.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--device", default="auto")
+    which = d.add_mutually_exclusive_group()
+    which.add_argument(
+        "--fit-only",
+        action="store_true",
+        help="run every task with the quick model fitted here (no reference model)",
+    )
+    which.add_argument(
+        "--pretrained-only",
+        action="store_true",
+        help="no fit: run every task with the shipped reference model (seconds)",
+    )
+    d.add_argument(
+        "--json",
+        action="store_true",
+        help="print the summary as JSON (as in summary.json) instead of the text for people",
+    )
+    d.add_argument("--seed", type=int, default=0, help="random seed")
+    d.add_argument("--device", default="auto", help=DEVICE_HELP)
     d.add_argument(
         "--threads",
         type=parse_threads,
@@ -470,20 +594,49 @@ def build_parser() -> argparse.ArgumentParser:
         "1-minute load average, at least 1), or OMP_NUM_THREADS if set. A number overrides "
         "both.",
     )
-    d.add_argument("--quiet", action="store_true")
+    d.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    f = sub.add_parser("fit", help="fit a model to a netCDF/zarr file")
+    f = sub.add_parser(
+        "fit",
+        help="fit a model to a netCDF/zarr file",
+        description="Fit a model to a netCDF file or zarr store and write the model "
+        "directory. Prints the training and validation loss at the end (unless --quiet); "
+        "the whole learning curve is kept in the model (model.history, "
+        "xdiffusion.plot.plot_loss).",
+    )
     _common(f)
     f.add_argument("data", help="netCDF file or zarr store")
     _var_arg(f, "variables learned jointly (default: all with time and grid)")
     _dims_arg(f)
-    f.add_argument("--out", required=True, help="model directory to write")
-    f.add_argument("--frames", type=int, default=8)
-    f.add_argument("--steps", type=int, default=2000)
-    f.add_argument("--batch-size", type=int, default=16)
-    f.add_argument("--lr", type=float, default=3e-4)
-    f.add_argument("--transform", default="sqrt")
-    f.add_argument("--preset", default="small", help="network preset: small or reference")
+    f.add_argument(
+        "--out",
+        required=True,
+        help="model directory to write (a new or empty directory; an existing model only "
+        "with --overwrite)",
+    )
+    f.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the model already in --out (checked before fitting; a directory that "
+        "holds anything else is never replaced)",
+    )
+    f.add_argument("--frames", type=int, default=8, help="window length in time steps")
+    f.add_argument("--steps", type=int, default=2000, help="optimisation steps")
+    f.add_argument("--batch-size", type=int, default=16, help="windows per step")
+    f.add_argument("--lr", type=float, default=3e-4, help="learning rate (AdamW)")
+    f.add_argument(
+        "--transform",
+        default="sqrt",
+        choices=TRANSFORM_NAMES,
+        help="transform of the values before scaling: sqrt or log1p for precipitation-like "
+        "data (≥ 0), none, or learned (a monotone network trained jointly)",
+    )
+    f.add_argument(
+        "--preset",
+        default="small",
+        choices=PRESET_NAMES,
+        help="network preset: small (fast on CPU) or reference (Herbert (2023)'s network)",
+    )
     f.add_argument(
         "--net",
         type=parse_net,
@@ -500,33 +653,89 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="season,hour",
         help="condition on the time coordinate: season and/or hour, separated by commas",
     )
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--device", default="auto")
-    f.add_argument("--quiet", action="store_true")
+    f.add_argument(
+        "--patch",
+        type=parse_patch,
+        default=None,
+        metavar="N or NY,NX",
+        help="train on random spatial crops of N×N (or NY×NX) cells of the grid; the model "
+        "still generates on the whole grid or any sub-region of it",
+    )
+    f.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed of initialisation, window order and noise (same seed, same CPU: "
+        "same model)",
+    )
+    f.add_argument("--device", default="auto", help=DEVICE_HELP)
+    f.add_argument("--quiet", action="store_true", help="no progress bar, no loss report")
 
-    s = sub.add_parser("sample", help="unconditional ensemble shaped like a template file")
-    _gen_args(s)
-    s.add_argument("--like", required=True, help="template netCDF (grid, time axis)")
+    s = sub.add_parser(
+        "sample",
+        help="unconditional ensemble shaped like a template file",
+        description="Draw an unconditional ensemble on the grid and time axis of --like "
+        "(its values are not used). --start and --length select a stretch of a long "
+        "template first, e.g. 48 steps of a 20-year file, without reading the rest.",
+    )
+    _gen_args(s, "sample")
+    s.add_argument(
+        "--like", required=True, help="template netCDF file or zarr store (grid, time axis)"
+    )
+    s.add_argument(
+        "--start",
+        default=None,
+        metavar="TIME",
+        help="first time step to generate: the template's first at or after TIME (a date "
+        "such as 2001-07-01 or '2001-07-01 06:00', or a number for a numeric time axis; "
+        "default: the template's first step)",
+    )
+    s.add_argument(
+        "--length",
+        type=int,
+        default=None,
+        metavar="N",
+        help="number of time steps to generate from --start (default: to the template's end)",
+    )
 
     i = sub.add_parser("interpolate", help="fill NaN time steps of a file")
-    _gen_args(i)
-    i.add_argument("data")
-    i.add_argument("--method", default="guidance", choices=["guidance", "imputation"])
-    i.add_argument("--guidance-weight", type=float, default=None)
+    _gen_args(i, "interpolate")
+    i.add_argument("data", help="netCDF file or zarr store with NaN where values are missing")
+    i.add_argument(
+        "--method",
+        default="guidance",
+        choices=METHOD_NAMES,
+        help="conditioning: reconstruction guidance or imputation",
+    )
+    i.add_argument(
+        "--guidance-weight",
+        type=float,
+        default=None,
+        help="weight of reconstruction guidance (default: 3)",
+    )
 
     fc = sub.add_parser("forecast", help="continue a file's series past its end")
-    _gen_args(fc)
-    fc.add_argument("data")
-    fc.add_argument("--lead", type=int, required=True)
-    fc.add_argument("--context", type=int, default=None)
+    _gen_args(fc, "forecast")
+    fc.add_argument("data", help="netCDF file or zarr store whose series to continue")
+    fc.add_argument("--lead", type=int, required=True, help="time steps to forecast")
+    fc.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        help="known time steps each window conditions on (default: half the model's frames)",
+    )
 
     ds = sub.add_parser("downscale", help="fine-grid ensemble from a coarse file")
-    _gen_args(ds)
-    ds.add_argument("data")
+    _gen_args(ds, "downscale")
+    ds.add_argument("data", help="coarse netCDF file or zarr store")
     how = ds.add_mutually_exclusive_group(required=True)
-    how.add_argument("--factor", type=int, default=None, help="refinement factor")
+    how.add_argument("--factor", type=int, default=None, help="refinement factor (e.g. 4)")
     how.add_argument("--like", default=None, help="fine template file whose grid to produce")
-    ds.add_argument("--no-project", action="store_true", help="skip exact block-mean fix")
+    ds.add_argument(
+        "--no-project",
+        action="store_true",
+        help="skip the final correction that makes the block means equal the coarse values",
+    )
 
     e = sub.add_parser(
         "evaluate",
@@ -548,7 +757,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="report: netCDF file (or a .zarr store)")
     _dims_arg(e)
     e.add_argument("--member-dim", default="realization", help="the ensemble dimension")
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument("--quiet", action="store_true", help="no progress bars")
+    for command in sub.choices.values():  # every command's --help shows the defaults
+        command.formatter_class = HelpFormatter
     return parser
 
 
@@ -556,7 +767,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from xdiffusion.demo import run_demo
+    from xdiffusion.demo import format_summary, run_demo
 
     _check_out(args.out, "folder")
     summary = run_demo(
@@ -570,8 +781,9 @@ def _demo(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
         threads=args.threads,
+        mode="fit" if args.fit_only else "pretrained" if args.pretrained_only else "both",
     )
-    print(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
     return 0
 
 
@@ -579,7 +791,7 @@ def _fit(args: argparse.Namespace) -> int:
     from xdiffusion import fitting
     from xdiffusion.nets.unet import unet_config
 
-    _check_out(args.out, "model", [args.data])
+    _check_out(args.out, "model", [args.data], overwrite=args.overwrite)
     net = args.net or {}
     try:  # the network settings, before any data is read
         unet_config(args.preset, **{"channels": 1, **net})
@@ -600,9 +812,13 @@ def _fit(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         progress=not args.quiet,
+        patch=args.patch,
     )
     model.save(args.out)
-    print(f"wrote {args.out}  {model!r}")
+    from xdiffusion.parallel import is_main_process
+
+    if is_main_process():  # under torchrun: one line, from the rank that wrote the model
+        print(f"wrote {args.out}  {model!r}")
     return 0
 
 
@@ -629,6 +845,7 @@ def _generate(args: argparse.Namespace) -> int:
     with _scheduler(args.scheduler):
         if args.command == "sample":
             template = _open(args.like, args.var, args.chunks, args.dims)
+            template = _select_time(template, args.start, args.length, args.dims, args.like)
             out = template.diffusion.sample(model, args.n, **common)
         elif args.command == "interpolate":
             out = data().diffusion.interpolate(
@@ -651,6 +868,58 @@ def _generate(args: argparse.Namespace) -> int:
         job = {k: v for k, v in vars(args).items() if k not in ("quiet", "scheduler", "debug")}
         _write(out, args.out, job=job, progress=not args.quiet)
     return 0
+
+
+def _select_time(
+    ds: xr.Dataset,
+    start: str | None,
+    length: int | None,
+    dims: dict[str, str] | None,
+    path: str,
+) -> xr.Dataset:
+    """The stretch of ``ds`` that ``--start`` and ``--length`` select (indexing only: a lazy
+    file or dask array is read for these steps alone).
+
+    ``start`` picks the first step at or after it: a date string for datetime and cftime
+    axes (partial dates such as ``2001-07`` too), a number for a numeric axis.
+    """
+    if start is None and length is None:
+        return ds
+    if length is not None and length < 1:
+        raise ValueError(f"--length must be a positive number of time steps, got {length}")
+    tdim = _time_dim(ds, dims)
+    if tdim not in ds.dims:
+        raise ValueError(f"--start/--length: {path} has no time dimension {tdim!r}; see --dims")
+    first = 0
+    if start is not None:
+        times = ds.indexes.get(tdim)
+        if times is None:
+            raise ValueError(f"--start: the time dimension {tdim!r} of {path} has no coordinate")
+        key: object = start
+        if np.issubdtype(np.asarray(times).dtype, np.number):
+            try:
+                key = float(start)
+            except ValueError:
+                raise ValueError(
+                    f"--start {start!r}: the time axis of {path} is numeric; give a number"
+                ) from None
+        try:
+            first = int(times.get_slice_bound(key, "left"))
+        except (TypeError, ValueError, KeyError) as err:
+            raise ValueError(
+                f"--start {start!r} is not a time of {path}'s axis {tdim!r} (from "
+                f"{times[0]} to {times[-1]}): {err}"
+            ) from None
+        if first >= len(times):
+            raise ValueError(
+                f"--start {start!r} is after the last time step of {path} ({times[-1]})"
+            )
+    left = ds.sizes[tdim] - first
+    n = left if length is None else length
+    if n > left:
+        where = f" from --start {start!r}" if start is not None else ""
+        raise ValueError(f"--length {n}: {path} has only {left} time steps{where}")
+    return ds.isel({tdim: slice(first, first + n)})
 
 
 def _pick(ds: xr.Dataset, name: str | None, path: str) -> xr.DataArray:

@@ -36,7 +36,15 @@ from xdiffusion.transforms import (
     get_transform,
 )
 
-__all__ = ["Codec", "VariableCodec"]
+__all__ = ["DECODE_SNAP", "Codec", "VariableCodec"]
+
+#: Scaled values within this of −1 decode to exactly −1, i.e. to the training minimum (0
+#: for precipitation). A sampler ends at α·x̂ + (residual noise) with α just below 1 and x̂
+#: clipped to [−1, 1], so a dry cell (x̂ = −1) comes out a few float32 steps (6e-8) above
+#: −1, which sqrt⁻¹ turns into ~1e-14 mm h-1 instead of 0. 1e-5 of the half range is far
+#: above that residue (~1e-7) and far below real structure (with sqrt and a 50 mm h-1
+#: maximum it is 1e-9 mm h-1; with log1p, 2e-5 mm h-1).
+DECODE_SNAP = 1e-5
 
 
 def _as_bound(value: Any, name: str) -> Tensor:
@@ -74,8 +82,9 @@ class VariableCodec(nn.Module):
     Notes
     -----
     :meth:`to_scaled` and :meth:`encode` do not clip: values beyond the training range map
-    outside [−1, 1]. :meth:`decode` clips to [−1, 1], inverts exactly, then clips at
-    ``transform.lower`` (never negative precipitation).
+    outside [−1, 1]. :meth:`decode` clips to [−1, 1], inverts exactly (snapping scaled
+    values within :data:`DECODE_SNAP` of −1 to −1, so that dry cells are exact zeros),
+    then clips at ``transform.lower`` (never negative precipitation).
     """
 
     def __init__(
@@ -193,12 +202,15 @@ class VariableCodec(nn.Module):
         return self.encode_scaled(self.to_scaled(x))
 
     def decode(self, y: Tensor) -> Tensor:
-        """Diffusion space → physical: clip to [−1, 1], exact h_ω⁻¹, unscale, f⁻¹, clip at
-        ``lower``. Not differentiable through h_ω⁻¹ (see :meth:`decode_differentiable`)."""
+        """Diffusion space → physical: clip to [−1, 1], exact h_ω⁻¹, snap scaled values
+        within :data:`DECODE_SNAP` of −1 to −1 (the training minimum comes back exactly:
+        dry cells are 0, not 1e-14), unscale, f⁻¹, clip at ``lower``. Not differentiable
+        through h_ω⁻¹ (see :meth:`decode_differentiable`)."""
         s = _float(y).clamp(-1.0, 1.0)
         if self.learned is not None:
             with torch.autocast(device_type=s.device.type, enabled=False):
                 s = self.learned.inverse(s)
+        s = torch.where(s < -1.0 + DECODE_SNAP, torch.full_like(s, -1.0), s)
         x = self.from_scaled(s)
         return x if self.lower is None else x.clamp(min=self.lower)
 

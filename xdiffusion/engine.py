@@ -232,6 +232,62 @@ class Engine:
         """(ny, nx) of the network's grid."""
         return int(self.valid.shape[-2]), int(self.valid.shape[-1])
 
+    @property
+    def min_region(self) -> int:
+        """Smallest side of a sub-region (:meth:`crop`): the network's downsampling
+        ``2**(levels − 1)`` (one cell of its coarsest level)."""
+        mults = getattr(getattr(self.net, "config", None), "mults", None)
+        return 2 ** (len(mults) - 1) if mults else 1
+
+    def crop(self, ys: slice, xs: slice, *, data: Any = None) -> Engine:
+        """This engine on a sub-region of its grid: rows ``ys`` and columns ``xs``.
+
+        The network, codec and schedule are shared (nothing is copied); only the valid
+        mask is cropped. The network's convolutions are local in space and its temporal
+        attention acts per pixel (any spatial attention spans the grid it is given), so it
+        generates on the sub-region in one piece, as on the whole grid: no tiles.
+
+        Parameters
+        ----------
+        ys, xs
+            Contiguous slices (step 1) of the grid's rows and columns, each at least
+            :attr:`min_region` long unless it spans the whole axis.
+        data
+            What the cropped engine carries as :attr:`data` (the xarray layer passes its
+            spec cropped to the region); default the same object.
+
+        Raises
+        ------
+        ValueError
+            For a slice with a step, outside the grid, empty, or shorter than
+            :attr:`min_region`.
+        """
+        cuts = []
+        for name, sl, n in (("ys", ys, self.grid[0]), ("xs", xs, self.grid[1])):
+            if not isinstance(sl, slice) or sl.step not in (None, 1):
+                raise ValueError(f"{name} must be a slice with step 1, got {sl!r}")
+            start = 0 if sl.start is None else int(sl.start)
+            stop = n if sl.stop is None else int(sl.stop)
+            if not 0 <= start < stop <= n:
+                raise ValueError(f"{name}={sl!r} is not a non-empty part of [0, {n})")
+            if stop - start < min(n, self.min_region):
+                raise ValueError(
+                    f"{name}={sl!r} selects {stop - start} cells; a sub-region needs at least "
+                    f"{self.min_region} (the network's downsampling 2**(levels − 1))"
+                )
+            cuts.append(slice(start, stop))
+        return Engine(
+            self.net,
+            self.codec,
+            self.schedule,
+            self.frames,
+            self.valid[:, cuts[0], cuts[1]],
+            self.device,
+            variables=self.variables,
+            time_features=self.time_features,
+            data=self.data if data is None else data,
+        )
+
     # -- planning -------------------------------------------------------------------------
 
     def plan(self, mask: Tensor, context: int | None = None) -> list[Window]:

@@ -14,16 +14,18 @@ import copy
 import hashlib
 import os
 import platform
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
 
+from xdiffusion import parallel
 from xdiffusion._version import __version__
 from xdiffusion.checkpoint import Checkpointer, list_checkpoints, load_checkpoint, set_aside
 from xdiffusion.codec import Codec, VariableCodec
@@ -32,6 +34,7 @@ from xdiffusion.core.schedule import CosineSchedule
 from xdiffusion.engine import resolve_device
 from xdiffusion.io.calendar import detect_step
 from xdiffusion.io.convert import Prepared, channel_stats, prepare
+from xdiffusion.io.patches import PatchSampler, check_patch, check_patch_size
 from xdiffusion.io.spec import DataSpec, GridSpec, VariableSpec
 from xdiffusion.io.streaming import check_loader, make_loader
 from xdiffusion.io.timefeatures import check_features, n_features
@@ -65,7 +68,14 @@ __all__ = [
     "preserved_global_rng",
     "run_fingerprint",
     "split_windows",
+    "training_report",
 ]
+
+#: Steps whose training losses are averaged for the "final" one in :func:`training_report`
+#: (one mini-batch at random noise levels is too noisy to quote alone).
+REPORT_LAST_STEPS = 50
+#: Relative rise of the validation loss over its best that :func:`training_report` notes.
+REPORT_RISE = 0.05
 
 #: Fewer candidate windows than this: no validation split (all train).
 MIN_WINDOWS_FOR_VALIDATION = 20
@@ -106,9 +116,15 @@ def check_fit_arguments(
     checkpoint_every: Any,
     keep_checkpoints: Any,
     resume: Any,
+    patch: Any = None,
 ) -> dict[str, Any]:
-    """Check the arguments that need no data; returns them as plain Python values."""
+    """Check the arguments that need no data; returns them as plain Python values.
+
+    ``patch`` comes back as ``(ny, nx)`` or None (its size is checked against the grid and
+    the network by :func:`check_patch_size` once they are known).
+    """
     out = {
+        "patch": check_patch(patch),
         "frames": check_positive_int(frames, "frames"),
         "seed": check_train_seed(seed),
         "val_fraction": check_number(val_fraction, "val_fraction", minimum=0.0, maximum=1.0),
@@ -236,11 +252,31 @@ class _Batches:
     frames: int
     device: torch.device
     features: torch.Tensor | None
+    #: Random crops of the grid (``fit(patch=)``); None trains on the whole grid.
+    patches: PatchSampler | None = None
+    #: ``(rank, world_size)``: crops are keyed by a window's row in the global batch.
+    shard: tuple[int, int] = (0, 1)
 
-    def __call__(self, idx: np.ndarray, x: np.ndarray | None = None) -> DiffusionBatch:
-        x = torch.from_numpy(self.reader.read(idx) if x is None else x)
+    def __call__(
+        self, idx: np.ndarray, x: np.ndarray | None = None, *, step: int | None = None
+    ) -> DiffusionBatch:
+        """The batch of windows ``idx`` (read unless given as ``x``, (B, C, F, Y, X)).
+
+        With :attr:`patches`, each window is cropped at an offset keyed by (seed,
+        ``step``, its row in the global batch), and the static mask with it; ``step``
+        None (validation) keys the offsets by the window starts instead.
+        """
+        x = self.reader.read(idx) if x is None else x
+        valid = self.valid.cpu()[None, :, None]
+        if self.patches is not None:
+            rank, world = self.shard
+            rows = np.arange(len(idx)) if step is None else rank + world * np.arange(len(idx))
+            oy, ox, usable = self.patches.offsets(rows, step=step, starts=idx)
+            x = self.patches.crop(x, oy, ox)
+            valid = torch.from_numpy(self.patches.crop_valid(oy, ox, usable))[:, :, None]
+        x = torch.from_numpy(x)
         finite = torch.isfinite(x)
-        mask = finite & self.valid.cpu()[None, :, None]
+        mask = finite & valid
         x = torch.where(finite, x, torch.zeros_like(x))
         with torch.no_grad():
             scaled = self.codec.to_scaled(x)
@@ -335,7 +371,7 @@ def run_fingerprint(
     The data's shape, names and range, its content ``digest`` (:func:`data_digest`), and
     every hyper-parameter that changes the trained weights or the recorded history (all
     of :class:`~xdiffusion.training.TrainConfig` but ``steps``, which may be raised to
-    train longer).
+    train longer), the crop size ``args["patch"]`` of a patch run included.
     """
     train_cfg = {k: v for k, v in cfg.to_dict().items() if k != "steps"}
     return {
@@ -364,6 +400,8 @@ def run_fingerprint(
         "transform_lr_scale": float(cfg.transform_lr_scale),
         "train_config": train_cfg,
         "preset": preset,
+        # only patch runs carry the key: whole-grid runs keep their fingerprint
+        **({"patch": list(args["patch"])} if args.get("patch") else {}),
         **dict(digest or {}),
     }
 
@@ -415,6 +453,7 @@ def model_config(
             "n_val_windows": int(n_val_windows),
             "data_shape": [int(s) for s in p.shape],
             "data_name": str(getattr(data, "name", None) or ""),
+            "patch": list(args["patch"]) if args.get("patch") else None,
             "torch_version": torch.__version__,
             "python": platform.python_version(),
             "history": dict(history),
@@ -517,6 +556,7 @@ def fit(
     resume: bool = False,
     loader: str = "auto",
     buffer_chunks: int = 4,
+    patch: int | Sequence[int] | None = None,
 ) -> DiffusionModel:
     """Train an unconditional spatio-temporal diffusion model on ``data``.
 
@@ -539,7 +579,10 @@ def fit(
     device
         ``"auto"`` (CUDA if available; bf16 autocast there), ``"cpu"``, ``"cuda"``…
     progress
-        tqdm progress bar.
+        tqdm progress bar, and at the end one line on stderr with the final training loss
+        and the final and best validation loss (:func:`training_report`); the whole
+        learning curve is :attr:`DiffusionModel.history
+        <xdiffusion.model.DiffusionModel.history>` either way.
     dims
         Axis overrides, e.g. ``{"T": "time", "Y": "rlat", "X": "rlon"}``.
     variables
@@ -587,6 +630,18 @@ def fit(
         archives larger than memory); ``"random"`` reads each window on its own (fine in
         memory, slow on chunked stores); ``"auto"``: chunked for dask-backed data, random
         otherwise. Either way batches depend on (seed, step) only, so resuming stays exact.
+    patch
+        Train on random spatial crops of this many cells, ``ny = nx = patch`` or
+        ``(ny, nx)``, instead of the whole grid (:mod:`xdiffusion.io.patches`): every
+        window of a batch is cropped at its own offset, drawn from (seed, step, row) so
+        that runs are reproducible and resumable, with the static NaN mask cropped
+        alongside; a crop with under 10 % valid cells is redrawn (up to 8 draws), then
+        left out of the loss. Validation windows are cropped at fixed offsets. Each side
+        must be at most the grid's and a multiple of the network's downsampling
+        ``2**(levels − 1)``. The model still records the whole grid (``grid``, the valid
+        mask, ``config["data"]["grid"]``) and generates on it or on any sub-region of it
+        (the network runs on any grid size); ``config["training"]["patch"]`` and the
+        checkpoint fingerprint record the crop size. None (default): the whole grid.
     """
     t0 = time.perf_counter()
     args = check_fit_arguments(
@@ -605,6 +660,7 @@ def fit(
         checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints,
         resume=resume,
+        patch=patch,
     )
     frames, seed = args["frames"], args["seed"]
     check_loader(loader, buffer_chunks)
@@ -622,7 +678,9 @@ def fit(
         ),
     )
     schedule = CosineSchedule(args["lambda_min"], args["lambda_max"])
-    dev = resolve_device(device)
+    # under torchrun: join the process group; on CUDA each rank takes its LOCAL_RANK device
+    dev = parallel.setup(resolve_device(device))
+    shard = (parallel.rank(), parallel.world_size())
     p = prepare(data, dims=dims, variables=variables)
     feats = check_features(time_features)
     feat_table = None
@@ -637,6 +695,11 @@ def fit(
         )
     except (TypeError, ValueError) as err:
         raise type(err)(f"preset={preset!r}, net={dict(net or {})!r}: {err}") from None
+    if args["patch"] is not None:  # also before the pass over the data
+        levels = len(net_cfg.mults)
+        args["patch"] = check_patch_size(
+            args["patch"], p.shape[2:], 2 ** (levels - 1), levels=levels
+        )
     time_coord = p.time
     starts = window_starts(time_coord if time_coord is not None else np.arange(p.shape[1]), frames)
     if starts.size == 0:
@@ -655,7 +718,19 @@ def fit(
         valid = torch.from_numpy(stats["static_valid"]).to(dev)
         train_starts, val_starts = split_windows(starts, frames, args["val_fraction"])
         thresholds = codec.scaled_thresholds([args["dry_threshold"]] * len(codec))
-        batches = _Batches(WindowReader(p.data, frames), codec, valid, frames, dev, feat_table)
+        patches = None
+        if args["patch"] is not None:
+            patches = PatchSampler(args["patch"], stats["static_valid"], seed)
+        batches = _Batches(
+            WindowReader(p.data, frames),
+            codec,
+            valid,
+            frames,
+            dev,
+            feat_table,
+            patches=patches,
+            shard=shard,
+        )
         windows = make_loader(
             loader,
             p.data,
@@ -665,13 +740,17 @@ def fit(
             seed=seed,
             buffer_chunks=buffer_chunks,
             total_steps=cfg.steps,
+            shard=shard,
         )
         try:
             val_batches = []
-            if val_starts.size:
+            if val_starts.size and parallel.is_main_process():
+                # the global batch size: a distributed run validates on what one process
+                # with the same global batch would
+                size = cfg.batch_size * shard[1]
                 rng = np.random.default_rng([seed, 10**9])
                 for _ in range(VALIDATION_BATCHES):
-                    val_batches.append(batches(rng.choice(val_starts, size=cfg.batch_size)))
+                    val_batches.append(batches(rng.choice(val_starts, size=size)))
 
             def loss_fn(mod: Denoiser, batch: DiffusionBatch, gen: torch.Generator) -> torch.Tensor:
                 return diffusion_objective(mod.net, mod.codec, schedule, batch, thresholds, gen)
@@ -693,9 +772,15 @@ def fit(
                     digest=data_digest(p, stats, feat_table),
                     preset=preset,
                 )
+                # rank 0 first: it may set unreadable checkpoints aside, which the others
+                # must not race with; then every rank loads the same checkpoint
+                if not parallel.is_main_process():
+                    parallel.barrier()
                 history, resume_state = _resume(
                     checkpoint_dir, fingerprint, cfg, module, resume=args["resume"]
                 )
+                if parallel.is_main_process():
+                    parallel.barrier()
                 callback = Checkpointer(
                     checkpoint_dir,
                     every=args["checkpoint_every"],
@@ -707,7 +792,7 @@ def fit(
             result = train(
                 module,
                 loss_fn,
-                lambda step: batches(*windows.batch(step)),
+                lambda step: replace(batches(*windows.batch(step), step=step), share=shard),
                 cfg,
                 device=dev,
                 val_batches=val_batches,
@@ -734,7 +819,14 @@ def fit(
         n_val_windows=len(val_starts),
         history=result.history,
     )
+    config["training"].update(
+        world_size=shard[1],
+        per_rank_batch_size=cfg.batch_size,
+        global_batch_size=cfg.batch_size * shard[1],
+    )
     model = DiffusionModel(config, result.ema, valid=valid, raw_module=module)
+    if args["progress"] and parallel.is_main_process():
+        print(training_report(result.history, config["training"]["seconds"]), file=sys.stderr)
     return model.to(dev)
 
 
@@ -746,3 +838,40 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, str | int | float | bool | list) or v is None:
         return v
     return str(v)
+
+
+def training_report(history: Mapping[str, Sequence[float]], seconds: float | None = None) -> str:
+    """The line ``fit`` prints at the end (unless ``progress=False``).
+
+    The final training loss is the mean over the last :data:`REPORT_LAST_STEPS` steps; the
+    validation loss (EMA weights, fixed held-out windows and noise) is quoted at the last
+    step and at its best, with a note when it ended more than :data:`REPORT_RISE` above its
+    best (over-fitting, or too high a learning rate). ``history`` has the format of
+    :attr:`xdiffusion.model.DiffusionModel.history_dict`.
+
+    >>> training_report({"step": [0, 1], "loss": [0.5, 0.3], "val_step": [1], "val_loss": [0.4]})
+    'fit: 2 steps; training loss 0.4 (mean of the last 2 steps); validation loss 0.4'
+    """
+    steps = list(history.get("step") or [])
+    loss = [float(v) for v in history.get("loss") or []]
+    head = f"fit: {len(steps) or len(loss)} steps"
+    if seconds is not None:
+        head += f" in {seconds:.0f} s"
+    if not loss:
+        return f"{head}; no losses recorded"
+    last = loss[-REPORT_LAST_STEPS:]
+    parts = [head, f"training loss {np.mean(last):.4g} (mean of the last {len(last)} steps)"]
+    val = [float(v) for v in history.get("val_loss") or []]
+    val_steps = list(history.get("val_step") or [])
+    if not val:
+        parts.append("no validation windows")
+    elif len(val) == 1 or len(val_steps) != len(val):
+        parts.append(f"validation loss {val[-1]:.4g}")
+    else:
+        best = int(np.argmin(val))
+        text = f"validation loss {val[-1]:.4g} at the end, best {val[best]:.4g} after "
+        text += f"{val_steps[best] + 1} steps"
+        if val[-1] > val[best] * (1 + REPORT_RISE):
+            text += " (it rose since: fewer steps or more data may help)"
+        parts.append(text)
+    return "; ".join(parts)

@@ -19,7 +19,14 @@ import torch
 import xarray as xr
 
 from xdiffusion.engine import Engine
-from xdiffusion.inputs import check_lower, features, prepare_for, values_of
+from xdiffusion.inputs import (
+    check_lower,
+    features,
+    prepare_for,
+    prepare_region,
+    region_engine,
+    values_of,
+)
 from xdiffusion.io.calendar import continue_times
 from xdiffusion.io.cf import wrap
 from xdiffusion.io.conform import Conform, axis_values
@@ -50,11 +57,13 @@ def _wrap(
     new_variables: dict[str, xr.Variable] | None = None,
     time_like: dict[str, str] | None = None,
     conform: Conform | None = None,
+    provenance: Mapping[str, object] | None = None,
 ) -> xr.DataArray | xr.Dataset:
     """The CF output of a task. ``values``, ``observed``, ``coords`` and ``new_variables``
     are in the model's orientation and units (built on ``p``); the conversion of the input
     (``conform``, default ``p.conform``) is undone here, so that the output has the input's
-    order, coordinates and units."""
+    order, coordinates and units. ``provenance`` (the model's path and configuration hash)
+    opens the ``history`` line's arguments."""
     dims = [p.axes[a] for a in ("T", "Y", "X") if a in p.axes]
     resolved = {k: v for k, v in settings.as_dict().items() if k != "task" and v is not None}
     conform = conform if conform is not None else p.conform
@@ -72,7 +81,7 @@ def _wrap(
         dims=dims,
         members=range(n),
         method=settings.task,
-        arguments={**args, **resolved},
+        arguments={**(provenance or {}), **args, **resolved},
         as_dataset=p.is_dataset,
         observed=observed,
         coords=coords,
@@ -118,11 +127,13 @@ def sample(
     progress: bool = True,
     memory_budget: int | str | None = None,
     check_grid: bool = True,
+    provenance: Mapping[str, object] | None = None,
 ) -> xr.DataArray | xr.Dataset:
     """``n`` unconditional members shaped like ``template``; see ``DiffusionModel.sample``."""
     n, seed = _common(n, seed, batch_size, progress)
     check_grid = check_bool(check_grid, "check_grid")
-    p = prepare_for(engine, template, dims, "template", check_grid=check_grid)
+    # the training grid or a sub-region of it (then the engine cropped to it)
+    p, engine = prepare_region(engine, template, dims, "template", check_grid=check_grid)
     c, t, h, w = p.shape
     mask = torch.zeros(c, t, h, w, dtype=torch.bool)
     plan = engine.plan(mask, context)
@@ -157,7 +168,7 @@ def sample(
                 progress=progress,
             )
             values = engine.static_nan(engine.codec.decode(y)).cpu().numpy()
-    return _wrap(p, values, n, settings, {"n": n, "seed": seed}, template)
+    return _wrap(p, values, n, settings, {"n": n, "seed": seed}, template, provenance=provenance)
 
 
 def interpolate(
@@ -173,11 +184,12 @@ def interpolate(
     progress: bool = True,
     memory_budget: int | str | None = None,
     check_grid: bool = True,
+    provenance: Mapping[str, object] | None = None,
 ) -> xr.DataArray | xr.Dataset:
     """Fill NaN gaps, observed values kept; see ``DiffusionModel.interpolate``."""
     n, seed = _common(n, seed, batch_size, progress)
     check_grid = check_bool(check_grid, "check_grid")
-    p = prepare_for(engine, data, dims, "data", check_grid=check_grid)
+    p, engine = prepare_region(engine, data, dims, "data", check_grid=check_grid)
     budget = resolve_budget(memory_budget)
     cond = features(engine, p.time)
     c, t, h, w = p.shape
@@ -218,7 +230,16 @@ def interpolate(
             dtype=dtype,
         )
         observed = dsa.isfinite(phys)
-        return _wrap(p, values, n, settings, {"n": n, "seed": seed}, data, observed=observed)
+        return _wrap(
+            p,
+            values,
+            n,
+            settings,
+            {"n": n, "seed": seed},
+            data,
+            observed=observed,
+            provenance=provenance,
+        )
     values = values_of(p)
     overflow = np.isinf(values).any(axis=(1, 2, 3))
     if overflow.any():  # float64 values beyond float32's range: say so, not "infinite"
@@ -251,7 +272,9 @@ def interpolate(
     if "T" not in p.axes:
         source = source[:, None]
     out = np.where(obs[None], source[None], gen.astype(dtype))
-    return _wrap(p, out, n, settings, {"n": n, "seed": seed}, data, observed=obs)
+    return _wrap(
+        p, out, n, settings, {"n": n, "seed": seed}, data, observed=obs, provenance=provenance
+    )
 
 
 def future_times(time: xr.DataArray, lead: int) -> np.ndarray:
@@ -283,6 +306,7 @@ def forecast(
     progress: bool = True,
     memory_budget: int | str | None = None,
     check_grid: bool = True,
+    provenance: Mapping[str, object] | None = None,
 ) -> xr.DataArray | xr.Dataset:
     """Continue past the end; see ``DiffusionModel.forecast``."""
     n, seed = _common(n, seed, batch_size, progress)
@@ -296,7 +320,7 @@ def forecast(
         what=f"an integer in [1, frames - 1 = {engine.frames - 1}]",
     )
     check_grid = check_bool(check_grid, "check_grid")
-    p = prepare_for(engine, data, dims, "data", check_grid=check_grid)
+    p, engine = prepare_region(engine, data, dims, "data", check_grid=check_grid)
     if p.shape[1] < ctx:
         raise ValueError(f"data has {p.shape[1]} time steps, fewer than context={ctx}")
     if p.time is None:
@@ -382,6 +406,7 @@ def forecast(
         changed=(tname,),
         new_variables=new_vars,
         time_like=time_like,
+        provenance=provenance,
     )
 
 
@@ -438,6 +463,7 @@ def downscale(
     progress: bool = True,
     memory_budget: int | str | None = None,
     check_grid: bool = True,
+    provenance: Mapping[str, object] | None = None,
 ) -> xr.DataArray | xr.Dataset:
     """Coarse → fine ensemble; see ``DiffusionModel.downscale``."""
     n, seed = _common(n, seed, batch_size, progress)
@@ -447,7 +473,8 @@ def downscale(
     hc, wc = p.shape[2:]
     q = None
     if like is not None:
-        q = prepare_for(engine, like, dims, "like", check_grid=check_grid)
+        # the training grid or a sub-region of it (then the engine cropped to it)
+        q, engine = prepare_region(engine, like, dims, "like", check_grid=check_grid)
         fh, fw = q.shape[2:]
         if fh % hc or fw % wc or fh // hc != fw // wc:
             raise ValueError(
@@ -461,16 +488,34 @@ def downscale(
     elif factor is None:
         raise ValueError("give factor= (an integer ≥ 2) or like= (a fine template)")
     factor = check_positive_int(factor, "factor")
-    if (hc * factor, wc * factor) != engine.grid:
-        raise ValueError(
-            f"coarse grid {(hc, wc)} × factor {factor} = {(hc * factor, wc * factor)} differs "
-            f"from the model's fine grid {engine.grid}"
-        )
-    if check_grid and q is None:
-        # the fine grid the output will have (like= was checked above), before any sampling
-        names = {a: p.axes[a] for a in ("Y", "X")}
-        fine_grid = {a: _fine_values(p.arrays[0], d, factor) for a, d in names.items()}
-        check_grid_of(fine_grid, engine.data, f"coarse refined ×{factor}", names=names)
+    fine_shape = (hc * factor, wc * factor)
+    names = {a: p.axes[a] for a in ("Y", "X")}
+    if q is not None:
+        pass  # like= was located above
+    elif fine_shape == engine.grid:
+        if check_grid:
+            # the fine grid the output will have, before any sampling
+            fine_grid = {a: _fine_values(p.arrays[0], d, factor) for a, d in names.items()}
+            check_grid_of(fine_grid, engine.data, f"coarse refined ×{factor}", names=names)
+    else:  # a sub-region of the training grid, located by the fine grid's coordinates
+        try:
+            fine_grid = {
+                a: _fine_values(p.arrays[0], d, factor) if check_grid else None
+                for a, d in names.items()
+            }
+            engine = region_engine(
+                engine,
+                fine_grid,
+                fine_shape,
+                f"coarse refined ×{factor}",
+                check_grid=check_grid,
+                names=names,
+            )
+        except ValueError as err:
+            raise ValueError(
+                f"coarse grid {(hc, wc)} × factor {factor} = {fine_shape} differs from the "
+                f"model's fine grid {engine.grid}; {err}"
+            ) from None
     budget = resolve_budget(memory_budget)
     c, t = p.shape[:2]
     fine = c * engine.grid[0] * engine.grid[1]
@@ -569,4 +614,5 @@ def downscale(
         new_variables=new_vars,
         # the output takes like's coordinates, so its order too (and coarse's units)
         conform=p.conform.oriented_like(q.conform) if q is not None and q.conform else None,
+        provenance=provenance,
     )

@@ -2,7 +2,9 @@
 
 Shared by :mod:`xdiffusion.generate` and :mod:`xdiffusion.likelihood`: variables and grid
 must match what the model was fitted on, times must be regular, values must lie in the
-codec's domain; per-frame time features are built from the time coordinate.
+codec's domain; per-frame time features are built from the time coordinate. An input on
+a contiguous sub-region of the training grid is run by the engine cropped to it
+(:func:`prepare_region`).
 """
 
 from __future__ import annotations
@@ -16,13 +18,21 @@ import xarray as xr
 
 from xdiffusion.engine import Engine
 from xdiffusion.io.calendar import TimeStep, detect_step
-from xdiffusion.io.conform import axis_values, plan
+from xdiffusion.io.conform import axis_values, locate_region, plan
 from xdiffusion.io.conform import check_grid as _check_grid
 from xdiffusion.io.convert import Prepared, prepare, stack_channels
 from xdiffusion.io.timefeatures import time_features
 from xdiffusion.io.windows import regular_step
 
-__all__ = ["check_lower", "check_time_step", "features", "prepare_for", "values_of"]
+__all__ = [
+    "check_lower",
+    "check_time_step",
+    "features",
+    "prepare_for",
+    "prepare_region",
+    "region_engine",
+    "values_of",
+]
 
 
 def prepare_for(
@@ -33,6 +43,7 @@ def prepare_for(
     *,
     grid: bool = True,
     check_grid: bool = True,
+    stacklevel: int = 5,
 ) -> Prepared:
     """Check ``obj`` against the engine's variables (and grid) and view it as (C, T, Y, X).
 
@@ -44,7 +55,9 @@ def prepare_for(
     Raises ValueError naming ``argument`` for missing variables, a different grid shape
     (unless ``grid=False``) or grid coordinates (unless ``grid=False`` or
     ``check_grid=False``), units that cannot be converted, and descending or duplicated
-    times.
+    times. ``stacklevel`` is that of the missing-units warning
+    (:func:`~xdiffusion.io.conform.plan`). For inputs that may lie on a sub-region of
+    the training grid use :func:`prepare_region`.
     """
     if not isinstance(obj, xr.DataArray | xr.Dataset):
         raise TypeError(
@@ -76,7 +89,9 @@ def prepare_for(
     check_time_step(engine, p, argument)
     spec = engine.data
     bounded = [lo is not None for lo in engine.codec.lower]
-    conform = plan(p.arrays, p.variables, p.axes, spec, argument, bounded=bounded)
+    conform = plan(
+        p.arrays, p.variables, p.axes, spec, argument, bounded=bounded, stacklevel=stacklevel
+    )
     if conform.changes_values:
         arrays = conform.apply(p.arrays)
         data = stack_channels(arrays, has_time="T" in p.axes)
@@ -89,6 +104,83 @@ def prepare_for(
         coords = {"Y": axis_values(p.arrays[0], y), "X": axis_values(p.arrays[0], x)}
         _check_grid(coords, spec, argument, names={"Y": y, "X": x})
     return p
+
+
+def prepare_region(
+    engine: Engine,
+    obj: xr.DataArray | xr.Dataset,
+    dims: Mapping[str, str] | None,
+    argument: str,
+    *,
+    check_grid: bool = True,
+) -> tuple[Prepared, Engine]:
+    """:func:`prepare_for` on the training grid or a sub-region of it, and its engine.
+
+    Returns the prepared input and the engine to run it with: ``engine`` itself on the
+    whole training grid, else ``engine`` cropped to the sub-region the input's
+    coordinates cover (:func:`region_engine`).
+
+    Raises ValueError as :func:`prepare_for` does, and as :func:`region_engine` does for a
+    grid that is neither the training grid nor a locatable sub-region of it.
+    """
+    p = prepare_for(engine, obj, dims, argument, grid=False, stacklevel=6)  # one frame more
+    y, x = (p.axes[a] for a in ("Y", "X"))
+    coords = {"Y": axis_values(p.arrays[0], y), "X": axis_values(p.arrays[0], x)}
+    region = region_engine(
+        engine, coords, tuple(p.shape[2:]), argument, check_grid=check_grid, names={"Y": y, "X": x}
+    )
+    return p, region
+
+
+def region_engine(
+    engine: Engine,
+    coords: Mapping[str, np.ndarray | None],
+    shape: tuple[int, int],
+    argument: str,
+    *,
+    check_grid: bool = True,
+    names: Mapping[str, str] | None = None,
+) -> Engine:
+    """The engine for a grid with coordinates ``coords`` (in the model's orientation).
+
+    The whole training grid gives ``engine``; a contiguous sub-region of it, located by
+    its coordinates against the model's recorded grid
+    (:func:`~xdiffusion.io.conform.locate_region`), gives ``engine`` cropped to it
+    (:meth:`~xdiffusion.engine.Engine.crop`: the same network, the valid mask and the
+    recorded grid cropped). With ``check_grid=False`` coordinates are not compared and
+    the grid is taken as the training grid, so it must have the training grid's size.
+
+    Raises
+    ------
+    ValueError
+        Naming ``argument``: another size with ``check_grid=False``, a grid larger than
+        the model's, coordinates matching no sub-region (or none to locate it with), a
+        same-sized grid with other coordinates, or a sub-region smaller than the
+        network's downsampling.
+    """
+    if not check_grid:
+        if tuple(shape) != engine.grid:
+            raise ValueError(
+                f"{argument} grid {tuple(shape)} differs from the model's grid {engine.grid}; "
+                "with check_grid=False the grid is taken as the training grid and must have "
+                "its size. To generate on a sub-region of the training grid, keep "
+                "check_grid=True and give the sub-region its training-grid coordinates"
+            )
+        return engine
+    ys, xs = locate_region(
+        coords, engine.data, argument, shape=shape, grid=engine.grid, names=names
+    )
+    if (ys.stop - ys.start, xs.stop - xs.start) == engine.grid:
+        return engine
+    small = min(engine.grid[0], engine.min_region), min(engine.grid[1], engine.min_region)
+    if shape[0] < small[0] or shape[1] < small[1]:
+        raise ValueError(
+            f"{argument} grid {tuple(shape)} is a sub-region of the model's grid "
+            f"{engine.grid} smaller than the network's downsampling: each side needs at "
+            f"least {engine.min_region} cells (2**(levels − 1)); use a larger region"
+        )
+    spec = engine.data.crop(ys, xs) if engine.data is not None else None
+    return engine.crop(ys, xs, data=spec)
 
 
 def check_time_step(engine: Engine, p: Prepared, argument: str) -> None:

@@ -35,7 +35,7 @@ from torch import Tensor
 from xdiffusion.codec import Codec
 from xdiffusion.core.likelihood import LN2, vlb_terms
 from xdiffusion.engine import Engine
-from xdiffusion.inputs import check_lower, features, prepare_for
+from xdiffusion.inputs import check_lower, features, prepare_region
 from xdiffusion.io.windows import WindowReader, window_starts
 from xdiffusion.validation import (
     check_bool,
@@ -171,7 +171,9 @@ def nll(
         features gets each window's features from the time coordinate of ``data``.
     data
         (time, y, x) DataArray, or Dataset with the model's variables, on the model's grid
-        and at least ``model.frames`` long; may be dask-backed (read window by window).
+        or a contiguous sub-region of it (located by its coordinates; the network runs on
+        the region alone, with the valid mask cropped to it), at least ``model.frames``
+        long; may be dask-backed (read window by window).
     n_lambda
         λ strata (network evaluations) per window for the diffusion term; the Monte-Carlo
         error falls like n_lambda^(−3/2) (stratification) and with the number of windows.
@@ -198,8 +200,9 @@ def nll(
         Return the Dataset of terms (default); ``False`` returns only the data-space bound
         in bits per element as a float.
     check_grid
-        Refuse (default) ``data`` whose 1-D grid coordinates differ from the training
-        grid's; False evaluates it anyway. Variables in other but convertible units are
+        Refuse (default) ``data`` whose 1-D grid coordinates are neither the training
+        grid's nor a sub-region's; False evaluates it anyway (on a grid of the training
+        grid's size). Variables in other but convertible units are
         converted to the model's first, so the bound (and ``bins``) are in the model's
         units.
 
@@ -226,7 +229,7 @@ def nll(
     if bins is None:
         bins = [None] * len(engine.variables)
     check_grid = check_bool(check_grid, "check_grid")
-    p = prepare_for(engine, data, dims, "data", check_grid=check_grid)
+    p, engine = prepare_region(engine, data, dims, "data", check_grid=check_grid)
     # (T, K) time-coordinate features for models conditioned on season / hour, else None
     feats = features(engine, p.time)
     frames = engine.frames

@@ -10,6 +10,8 @@ xarray objects and run the tensor :class:`~xdiffusion.engine.Engine`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -18,15 +20,16 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from xdiffusion import generate, likelihood
+from xdiffusion import generate, likelihood, parallel
 from xdiffusion.codec import Codec
 from xdiffusion.core.samplers import SAMPLERS
 from xdiffusion.core.schedule import CosineSchedule
+from xdiffusion.diagnostics.learning import history_dataset
 from xdiffusion.engine import Engine, resolve_device
 from xdiffusion.io.spec import DataSpec
 from xdiffusion.io.timefeatures import TIME_FEATURES, n_features
 from xdiffusion.nets import UNet3D, UNetConfig
-from xdiffusion.persistence import Shapes, bad_model, read_model, write_model
+from xdiffusion.persistence import CONFIG, Shapes, bad_model, read_model, write_model
 from xdiffusion.settings import SamplingSettings, resolve_sampling
 from xdiffusion.validation import check_bool, is_int, is_number
 
@@ -41,6 +44,11 @@ SUPPORTED_SCHEMAS = (1, 2)
 WEIGHTS = "ema.safetensors"
 RAW_WEIGHTS = "weights.safetensors"
 VALID = "valid"
+#: Hex digits of the configuration's SHA-256 quoted in ``history`` lines (as ``git`` quotes
+#: commits: enough to tell models apart, short enough to read).
+CONFIG_HASH_CHARS = 12
+#: How the provenance names a model that was fitted in this session and never saved/loaded.
+IN_MEMORY = "in-memory"
 
 Dims = Mapping[str, str] | None
 
@@ -83,6 +91,11 @@ class DiffusionModel:
         Boolean (C, H, W): False where a cell was NaN at every training time step.
     raw_module
         The raw (non-averaged) weights, kept so that training can be continued.
+    path
+        Where the model was loaded from or last saved to (None: fitted in memory); see
+        :attr:`provenance`.
+    config_sha256
+        SHA-256 of that location's ``config.json`` (None: of the configuration in memory).
     """
 
     def __init__(
@@ -92,10 +105,14 @@ class DiffusionModel:
         *,
         valid: Tensor | None = None,
         raw_module: Denoiser | None = None,
+        path: str | None = None,
+        config_sha256: str | None = None,
     ) -> None:
         self.config = config
         self.module = module.eval().requires_grad_(False)
         self.raw_module = raw_module
+        self.path = path
+        self._config_sha256 = config_sha256
         self.schedule = CosineSchedule.from_dict(config["schedule"])
         c, ny, nx = len(self.variables), *self.grid
         self.valid = valid if valid is not None else torch.ones(c, ny, nx, dtype=torch.bool)
@@ -145,9 +162,44 @@ class DiffusionModel:
         return DataSpec.from_config(self.config.get("data"), self.config.get("variables"))
 
     @property
-    def history(self) -> dict[str, list[float]]:
-        """Training and validation loss history."""
+    def history_dict(self) -> dict[str, list[float]]:
+        """The loss history as recorded in the configuration: lists ``step``, ``loss``,
+        ``val_step`` and ``val_loss`` (see :attr:`history` for a Dataset)."""
         return self.config.get("training", {}).get("history", {})
+
+    @property
+    def history(self) -> xr.Dataset:
+        """The learning curve as a Dataset (empty for a model file that recorded none).
+
+        ``loss`` (dimension ``step``): the training loss of each optimisation step, the
+        objective of one mini-batch (v-loss, plus the h_ω log-determinant term of a learned
+        transform) at random noise levels, so noisy; smooth it to read a trend (e.g.
+        ``history.loss.rolling(step=50).mean()``). ``val_loss`` (dimension ``val_step``):
+        the loss of the EMA weights on fixed held-out windows with fixed noise, every
+        ``val_every`` steps and at the last step, comparable from one step to the next;
+        absent without validation windows. Plot it with :func:`xdiffusion.plot.plot_loss`.
+        """
+        return history_dataset(self.history_dict)
+
+    @property
+    def config_sha256(self) -> str:
+        """SHA-256 (hex) of the model's ``config.json``: of the file it was loaded from or
+        last saved to (``sha256sum model/config.json``), which records the SHA-256 of the
+        weight files too; for a model fitted in memory and not yet saved, of its
+        configuration as canonical JSON (sorted keys)."""
+        if self._config_sha256 is None:
+            text = json.dumps(self.config, sort_keys=True, separators=(",", ":"), default=str)
+            return hashlib.sha256(text.encode()).hexdigest()
+        return self._config_sha256
+
+    @property
+    def provenance(self) -> dict[str, str]:
+        """What generated outputs record of the model in their ``history`` line:
+        ``{"model": path or "in-memory", "config_sha256": first 12 hex digits}``."""
+        return {
+            "model": self.path if self.path is not None else IN_MEMORY,
+            "config_sha256": self.config_sha256[:CONFIG_HASH_CHARS],
+        }
 
     @property
     def engine(self) -> Engine:
@@ -252,11 +304,19 @@ class DiffusionModel:
             model, deleting its contents. An existing model directory is replaced without
             it.
 
+        Afterwards :attr:`path` and :attr:`config_sha256` name the written model, so the
+        ``history`` lines of outputs generated next identify it (:attr:`provenance`).
+
         Raises
         ------
         ValueError
             For an empty path, an unusable URL scheme, an existing file, or a non-empty
             directory that is not a model when ``overwrite`` is False.
+
+        Notes
+        -----
+        In a torchrun job (several processes in a torch.distributed group) only rank 0
+        writes; every rank returns once the model is written.
         """
         overwrite = check_bool(overwrite, "overwrite")
         ema = dict(self.module.state_dict())
@@ -265,7 +325,17 @@ class DiffusionModel:
         if self.raw_module is not None:
             files[RAW_WEIGHTS] = dict(self.raw_module.state_dict())
         config = {**self.config, "schema_version": SCHEMA_VERSION}
-        write_model(path, config, files, overwrite=overwrite)
+        if parallel.world_size() > 1:
+            # a torchrun job: every rank holds the same model, rank 0 writes it, and the
+            # others wait until it is there (so that they can load it next)
+            if parallel.is_main_process():
+                write_model(path, config, files, overwrite=overwrite)
+            parallel.barrier()
+            return
+        digests: dict[str, str] = {}
+        write_model(path, config, files, overwrite=overwrite, digests=digests)
+        # outputs generated from now on name the saved model
+        self.path, self._config_sha256 = _path_label(path), digests[CONFIG]
 
     # ----------------------------------------------------------------- generation
     def sample(
@@ -288,8 +358,12 @@ class DiffusionModel:
         Parameters
         ----------
         template
-            DataArray or Dataset on the model's grid whose coordinates, length and
-            metadata the output takes (its values are not used). Longer than
+            DataArray or Dataset on the model's grid, or on a contiguous sub-region of it
+            (located by its 1-D grid coordinates; at least ``2**(levels − 1)`` cells a
+            side), whose coordinates, length and metadata the output takes (its values
+            are not used). The network runs fully convolutionally on the whole template
+            grid at once, with the model's valid mask cropped to it (docs/data.md,
+            "Training on patches, generating on any grid"). Longer than
             :attr:`frames`: extended autoregressively, each window conditioned on the last
             ``context`` frames (Herbert (2023) §4.4). Checked against the training data
             (:attr:`data`): other but convertible units (mm day-1 for a model of mm h-1)
@@ -317,9 +391,10 @@ class DiffusionModel:
             anything is allocated, naming ``n``; ``batch_size=None`` picks the largest
             member batch that fits.
         check_grid
-            Refuse (default) an input whose 1-D grid coordinates differ from the training
-            grid's (another region or resolution of the same shape); False generates on
-            it anyway, as if it were the training grid.
+            Refuse (default) an input whose 1-D grid coordinates are neither the training
+            grid's nor those of a contiguous sub-region of it (another region or
+            resolution); False generates on it anyway, as if it were the training grid
+            (it must then have the training grid's size).
 
         Returns
         -------
@@ -343,6 +418,7 @@ class DiffusionModel:
             progress=progress,
             memory_budget=memory_budget,
             check_grid=check_grid,
+            provenance=self.provenance,
         )
 
     def interpolate(
@@ -371,7 +447,8 @@ class DiffusionModel:
         Parameters
         ----------
         data
-            Series with NaN where values are missing, on the model's grid.
+            Series with NaN where values are missing, on the model's grid or a
+            sub-region of it (as for :meth:`sample`'s ``template``).
         n
             Ensemble members.
         method
@@ -411,6 +488,7 @@ class DiffusionModel:
             progress=progress,
             memory_budget=memory_budget,
             check_grid=check_grid,
+            provenance=self.provenance,
         )
 
     def forecast(
@@ -436,7 +514,8 @@ class DiffusionModel:
         Parameters
         ----------
         data
-            The series; its last ``context`` steps are the initial condition.
+            The series; its last ``context`` steps are the initial condition. On the
+            model's grid or a sub-region of it (as for :meth:`sample`'s ``template``).
         lead
             Time steps to generate; the time coordinate continues the input's calendar and
             step (cftime calendars too).
@@ -477,6 +556,7 @@ class DiffusionModel:
             progress=progress,
             memory_budget=memory_budget,
             check_grid=check_grid,
+            provenance=self.provenance,
         )
 
     def downscale(
@@ -507,7 +587,9 @@ class DiffusionModel:
         Parameters
         ----------
         coarse
-            Coarse series, finite, on a grid ``factor`` times coarser than the model's.
+            Coarse series, finite, on a grid ``factor`` times coarser than the model's or
+            than a sub-region of it (located by the fine coordinates, as for
+            :meth:`sample`'s ``template``).
         n
             Ensemble members.
         factor, like
@@ -543,6 +625,7 @@ class DiffusionModel:
             progress=progress,
             memory_budget=memory_budget,
             check_grid=check_grid,
+            provenance=self.provenance,
         )
 
     # ----------------------------------------------------------------- likelihood
@@ -564,7 +647,8 @@ class DiffusionModel:
         Parameters
         ----------
         data
-            Series on the model's grid, at least :attr:`frames` long. Variables in other
+            Series on the model's grid (or a sub-region of it, as for :meth:`sample`'s
+            ``template``), at least :attr:`frames` long. Variables in other
             but convertible units are converted to the model's first (as for
             :meth:`sample`): the bound is that of the data in the model's units.
         n_lambda
@@ -836,18 +920,36 @@ def load(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> Diff
         _check_shapes(config, shapes, label)
         return config
 
+    digests: dict[str, str] = {}
     config, files = read_model(
         path,
         schema_versions=SUPPORTED_SCHEMAS,
         required=("frames", "grid", "variables", "net", "schedule"),
         check=check,
+        digests=digests,
     )
     ema = dict(files[WEIGHTS])
     valid = ema.pop(VALID)
     module = _build(config, ema, label, WEIGHTS)
     raw = _build(config, files[RAW_WEIGHTS], label, RAW_WEIGHTS) if RAW_WEIGHTS in files else None
-    model = DiffusionModel(config, module, valid=valid.bool(), raw_module=raw)
+    model = DiffusionModel(
+        config,
+        module,
+        valid=valid.bool(),
+        raw_module=raw,
+        path=_path_label(path),
+        config_sha256=digests[CONFIG],
+    )
     return model.to(dev)
+
+
+def _path_label(path: str | os.PathLike) -> str:
+    """How the provenance names a model location: a local path as given (``~`` expanded,
+    ``file://`` dropped), a URL as given."""
+    text = os.fspath(path)
+    if "://" in text and not text.startswith("file://"):
+        return text
+    return os.path.expanduser(text.removeprefix("file://"))
 
 
 def check_model(model: Any, name: str = "model") -> DiffusionModel:

@@ -57,6 +57,7 @@ __all__ = [
     "atomic_write",
     "bad_model",
     "file_mode",
+    "has_model",
     "is_model_dir",
     "read_model",
     "resolve_location",
@@ -363,8 +364,12 @@ def _check_file_name(name: Any) -> str | None:
     return None
 
 
-def _write_dir(directory: Path, config: Mapping[str, Any], files: Mapping[str, Any]) -> None:
-    """Write every weight file, then ``config.json``, into the empty ``directory``."""
+def _write_dir(
+    directory: Path, config: Mapping[str, Any], files: Mapping[str, Any]
+) -> dict[str, str]:
+    """Write every weight file, then ``config.json``, into the empty ``directory``.
+
+    Returns the SHA-256 of every file written, ``config.json`` included."""
     mode = file_mode()
     hashes = {}
     for name, tensors in files.items():
@@ -382,6 +387,7 @@ def _write_dir(directory: Path, config: Mapping[str, Any], files: Mapping[str, A
     _fsync_file(target)
     os.chmod(directory, file_mode(directory=True))
     _fsync_dir(directory)
+    return {**hashes, CONFIG: sha256_of(target)}
 
 
 def _not_a_model_message(where: str) -> str:
@@ -424,12 +430,31 @@ def is_model_dir(path: str | os.PathLike) -> bool:
         return False
 
 
+def has_model(path: str | os.PathLike) -> bool:
+    """Whether a model (a ``config.json`` with a ``schema_version``) is at ``path``: a local
+    directory (:func:`is_model_dir`) or a URL (see :func:`resolve_location`).
+
+    :func:`write_model` replaces such a model without ``overwrite=True``; the command line
+    asks for ``--overwrite`` first.
+    """
+    location = resolve_location(path)
+    if not isinstance(location, str):
+        return is_model_dir(location)
+    fs, root = _url_fs(location)
+    config = f"{root}/{CONFIG}"
+    try:
+        return bool(fs.isfile(config)) and _is_model_config(fs.cat_file(config))
+    except OSError:
+        return False
+
+
 def write_model(
     path: str | os.PathLike,
     config: Mapping[str, Any],
     files: Mapping[str, dict[str, Tensor]],
     *,
     overwrite: bool = False,
+    digests: dict[str, str] | None = None,
 ) -> Path | str:
     """Write a model directory: each safetensors file, then ``config.json`` with their hashes.
 
@@ -452,6 +477,9 @@ def write_model(
         names.
     overwrite
         Replace an existing non-empty directory that is not a model, with all its contents.
+    digests
+        If given, filled with file name → SHA-256 of every file written, ``config.json``
+        included (what identifies the model, e.g. in the provenance of generated files).
 
     Returns
     -------
@@ -466,7 +494,7 @@ def write_model(
     """
     location = resolve_location(path)
     if isinstance(location, str):
-        return _write_remote(location, config, files, overwrite=overwrite)
+        return _write_remote(location, config, files, overwrite=overwrite, digests=digests)
     path = location
     if path.is_symlink() and path.is_dir():
         path = Path(os.path.realpath(path))  # write where the link points; keep the link
@@ -486,8 +514,10 @@ def write_model(
         _remove_stale(parent, path.name)
         tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{path.name}{_TMP_TAG}"))
         try:
-            _write_dir(tmp, config, files)
+            written = _write_dir(tmp, config, files)
             _swap_in(tmp, path)
+            if digests is not None:
+                digests.update(written)
         finally:
             if os.path.lexists(tmp):
                 _remove(tmp)
@@ -495,7 +525,12 @@ def write_model(
 
 
 def _write_remote(
-    url: str, config: Mapping[str, Any], files: Mapping[str, Any], *, overwrite: bool
+    url: str,
+    config: Mapping[str, Any],
+    files: Mapping[str, Any],
+    *,
+    overwrite: bool,
+    digests: dict[str, str] | None = None,
 ) -> str:
     fs, root = _url_fs(url)
     if fs.exists(root):
@@ -511,11 +546,13 @@ def _write_remote(
             fs.rm(root, recursive=True)
     with tempfile.TemporaryDirectory(prefix="xdiffusion-save-") as tmp:
         local = Path(tmp)
-        _write_dir(local, config, files)
+        written = _write_dir(local, config, files)
         fs.makedirs(root, exist_ok=True)
         for name in files:
             fs.put_file(str(local / name), f"{root}/{name}")
         fs.put_file(str(local / CONFIG), f"{root}/{CONFIG}")
+    if digests is not None:
+        digests.update(written)
     return url
 
 
@@ -547,6 +584,7 @@ def read_model(
     required: Sequence[str] = (),
     check: Callable[[dict[str, Any], Shapes], dict[str, Any] | None] | None = None,
     label: str | None = None,
+    digests: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict[str, Tensor]]]:
     """Read and verify a model directory (or URL) written by :func:`write_model`.
 
@@ -570,6 +608,9 @@ def read_model(
         safetensors headers; raises to refuse the model, may return a replacement config.
     label
         How messages name the model (default ``path``).
+    digests
+        If given, filled with file name → SHA-256 of every file read, ``config.json``
+        included (of the bytes read, so that it identifies what was loaded).
 
     Returns
     -------
@@ -586,6 +627,7 @@ def read_model(
                 schema_versions=schema_versions,
                 required=required,
                 check=check,
+                digests=digests,
             )
     return _read_local(
         location,
@@ -593,6 +635,7 @@ def read_model(
         schema_versions=schema_versions,
         required=required,
         check=check,
+        digests=digests,
     )
 
 
@@ -613,20 +656,22 @@ def _download(url: str, local: Path, label: str) -> None:
             fs.get_file(f"{root}/{name}", str(local / name))
 
 
-def _read_config(path: Path, label: str) -> dict[str, Any]:
+def _read_config(path: Path, label: str) -> tuple[dict[str, Any], str]:
+    """The configuration in ``path``'s ``config.json`` and the SHA-256 of its bytes."""
     config_file = path / CONFIG
     if not config_file.is_file():
         raise bad_model(
             label,
             f"no {CONFIG} (pass the directory written by model.save())" + _interrupted_hint(path),
         )
+    raw = config_file.read_bytes()
     try:
-        config = json.loads(config_file.read_text())
+        config = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise bad_model(label, f"{CONFIG} is not valid JSON ({err})") from None
     if not isinstance(config, dict):
         raise bad_model(label, f"{CONFIG} must hold a JSON object")
-    return config
+    return config, hashlib.sha256(raw).hexdigest()
 
 
 def _header_shapes(f: Path, name: str, label: str) -> dict[str, tuple[int, ...]]:
@@ -644,8 +689,9 @@ def _read_local(
     schema_versions: Sequence[int],
     required: Sequence[str],
     check: Callable[[dict[str, Any], Shapes], dict[str, Any] | None] | None,
+    digests: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, dict[str, Tensor]]]:
-    config = _read_config(path, label)
+    config, config_digest = _read_config(path, label)
     version = config.get("schema_version")
     if version not in schema_versions or isinstance(version, bool):
         raise bad_model(
@@ -689,4 +735,6 @@ def _read_local(
             files[name] = load_file(path / name)
         except (SafetensorError, OSError) as err:
             raise bad_model(label, f"{name} is not a safetensors file ({err})") from None
+    if digests is not None:
+        digests.update({**hashes, CONFIG: config_digest})
     return config, files

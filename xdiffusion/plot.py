@@ -1,4 +1,5 @@
-"""Matplotlib figures of the diagnostics (Figs. 4.1–4.4 and 4.12 of Herbert (2023)).
+"""Matplotlib figures of the diagnostics (Figs. 4.1–4.4 and 4.12 of Herbert (2023)) and of
+the generating tasks.
 
 matplotlib is an optional dependency (``pip install 'xdiffusion[plot]'``): it is imported
 inside the functions, so ``import xdiffusion.plot`` works without it. Figures are built with
@@ -8,11 +9,19 @@ function takes ``ax=`` to draw into existing axes and returns the Figure.
 Inputs are the outputs of :mod:`xdiffusion.diagnostics`: a DataArray, the Dataset of
 :func:`~xdiffusion.diagnostics.evaluate` (sample and reference drawn together), or a
 mapping ``{label: DataArray}`` to compare several models as in Herbert (2023)'s figures.
+
+Maps (:func:`plot_fields`, :func:`plot_interpolation`, :func:`plot_forecast`,
+:func:`plot_downscaling`) share one colour scale per figure (a power law for precipitation,
+so drizzle is not coloured as dry), label their axes with the grid's coordinates (names and
+units; latitude/longitude lines where the fields carry 2-D lat/lon), their colour bar with
+the variable's long name and units, and their rows "observed", "truth" or "generated";
+panels holding generated values in a conditional task are framed in red.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from os import PathLike
 from typing import Any
 
@@ -23,15 +32,76 @@ from xdiffusion.io.axes import find_axes
 
 __all__ = [
     "plot_bias_map",
+    "plot_downscaling",
+    "plot_ensemble_scores",
     "plot_fields",
+    "plot_forecast",
     "plot_histogram",
+    "plot_interpolation",
     "plot_psd",
     "plot_qq",
     "plot_rank_histogram",
     "plot_report",
+    "plot_scores",
 ]
 
 _PAIR = ("sample", "reference")
+
+#: Exponent of the colour scale of precipitation maps: a value v is coloured by
+#: ((v - vmin) / (vmax - vmin)) ** PRECIPITATION_GAMMA, so drizzle (a few per cent of the
+#: maximum) stands out from dry cells instead of sharing the first colour with them.
+PRECIPITATION_GAMMA = 0.5
+#: Precipitation maps leave cells ≤ 0 (dry) white and colour the rest with the colour map
+#: from this fraction of its range on, so the lightest drizzle is visibly not dry.
+WET_COLOUR_START = 0.15
+#: Lower limit of a logarithmic colour scale (``norm="log"``), as a fraction of the upper.
+LOG_FLOOR_FRACTION = 1e-3
+#: Colour scales of the maps (``norm=``); ``"auto"`` is ``"power"`` for precipitation.
+NORMS = ("auto", "linear", "power", "log")
+#: Variable names taken for precipitation when ``standard_name`` does not say.
+PRECIPITATION_NAMES = frozenset({"pr", "precip", "precipitation", "prate", "tp", "rain", "rr"})
+#: Side of one map panel, inches.
+PANEL_INCHES = 1.7
+#: Width and height (inches) added to a map grid's panels for labels and the colour bar.
+GRID_MARGIN_INCHES = (1.3, 1.0)
+#: At most this many ticks along each axis of a map panel.
+MAP_TICKS = 3
+#: At most this many latitude (longitude) lines drawn from 2-D lat/lon coordinates.
+GRATICULE_LINES = 4
+#: Font size of titles, axis and tick labels in map grids (points).
+SMALL_FONT = 7
+#: Frame colour and width of the panels holding generated values.
+GENERATED_COLOUR = "tab:red"
+GENERATED_LINEWIDTH = 1.8
+#: Log axes spanning fewer decades than this are labelled at 1, 2 and 5 times powers of 10.
+LOG_LABEL_DECADES = 2.0
+#: The rank histogram's y axis reaches this multiple of its tallest bar (legend room).
+RANK_HEADROOM = 1.3
+#: Columns of :func:`plot_report` and the size of one of its panels (inches).
+REPORT_COLUMNS = 3
+REPORT_PANEL = (4.4, 3.6)
+#: The dimensionless summaries of evaluate() drawn by :func:`plot_scores`.
+SCORE_LABELS = {
+    "psd_log_error": "spatial PSD\n|log10 ratio|",
+    "temporal_psd_log_error": "temporal PSD\n|log10 ratio|",
+    "qq_relative_error": "quantiles\n|relative error|",
+    "mean_abs_mean_normalised_bias": "mean |bias| / mean",
+}
+#: The scores against observations drawn by :func:`plot_ensemble_scores` (data units).
+ENSEMBLE_LABELS = {
+    "crps": "CRPS",
+    "crps_fair": "fair CRPS",
+    "ensemble_spread": "spread",
+    "ensemble_mean_rmse": "RMSE of the mean",
+}
+_DEGREES = {
+    "degrees_north": "°N",
+    "degree_north": "°N",
+    "degrees_east": "°E",
+    "degree_east": "°E",
+    "degrees": "°",
+    "degree": "°",
+}
 
 
 def _new_axes(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
@@ -164,6 +234,8 @@ def plot_psd(
         if da.ndim != 1:
             raise ValueError(f"PSD {label!r} must be 1-D, got dims {da.dims}")
         ax.loglog(da[da.dims[0]].values, da.values, label=label)
+    _tidy_log_axis(ax.xaxis, np.concatenate([np.ravel(d[d.dims[0]].values) for _, d in series]))
+    _tidy_log_axis(ax.yaxis, np.concatenate([np.ravel(d.values) for _, d in series]))
     da0 = series[0][1]
     ax.set_xlabel(_label(da0[da0.dims[0]], str(da0.dims[0])))
     units = da0.attrs.get("units")
@@ -231,6 +303,281 @@ def _grid_coords(da: xr.DataArray, ydim: str, xdim: str) -> tuple[np.ndarray, np
     return np.asarray(y), np.asarray(x)
 
 
+def _tidy_log_axis(axis: Any, values: np.ndarray) -> None:
+    """Readable ticks on a logarithmic axis: no labelled minor ticks that overlap.
+
+    Over two decades or more only the powers of ten are labelled; over less, 1, 2 and 5
+    times them (plain numbers), so a short axis still has a few labels.
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    positive = values[np.isfinite(values) & (values > 0)]
+    if positive.size < 2:
+        return
+    decades = float(np.log10(positive.max() / positive.min()))
+    if decades < LOG_LABEL_DECADES:
+        axis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+# --------------------------------------------------------------------------- map grids
+
+
+def _is_precipitation(da: xr.DataArray) -> bool:
+    standard = str(da.attrs.get("standard_name", "")).lower()
+    return (
+        "precipitation" in standard
+        or "rainfall" in standard
+        or str(da.name).lower() in PRECIPITATION_NAMES
+    )
+
+
+def _is_generated(da: xr.DataArray) -> bool:
+    """Whether ``da`` is an output of a generating method (they record ``sampling``)."""
+    return "sampling" in da.attrs
+
+
+def _axis_label(da: xr.DataArray, dim: str) -> str:
+    """``"x [km]"``, ``"lat [°N]"``: the coordinate's name and units, short for small panels."""
+    if dim not in da.coords:
+        return f"{dim} (index)"
+    units = str(da[dim].attrs.get("units", ""))
+    units = _DEGREES.get(units, units)
+    return f"{dim} [{units}]" if units not in ("", "1") else str(dim)
+
+
+def _colour_norm(norm: str, values: np.ndarray, vmax: float | None, precipitation: bool) -> Any:
+    """The colour normalisation of a map grid: one scale for every panel."""
+    from matplotlib import colors
+
+    if norm not in NORMS:
+        raise ValueError(f"norm={norm!r} must be one of {', '.join(map(repr, NORMS))}")
+    kind = ("power" if precipitation else "linear") if norm == "auto" else norm
+    finite = values[np.isfinite(values)]
+    lo = float(finite.min()) if finite.size else 0.0
+    hi = float(vmax) if vmax is not None else (float(finite.max()) if finite.size else 1.0)
+    if kind == "log":
+        if not hi > 0:
+            raise ValueError("norm='log' needs positive values (or a positive vmax=)")
+        # values ≤ 0 are masked: dry cells stay white, drizzle gets a colour
+        return colors.LogNorm(vmin=hi * LOG_FLOOR_FRACTION, vmax=hi)
+    if not hi > lo:
+        hi = lo + 1.0
+    if kind == "power":
+        return colors.PowerNorm(PRECIPITATION_GAMMA, vmin=lo, vmax=hi)
+    return colors.Normalize(vmin=lo, vmax=hi)
+
+
+def _geo_coords(da: xr.DataArray, ydim: str, xdim: str) -> list[tuple[xr.DataArray, str]]:
+    """2-D latitude / longitude coordinates of ``da`` on (Y, X), with their suffix."""
+    found = []
+    for coord in da.coords.values():
+        if coord.ndim != 2 or set(coord.dims) != {ydim, xdim}:
+            continue
+        standard = str(coord.attrs.get("standard_name", ""))
+        units = str(coord.attrs.get("units", ""))
+        if standard == "latitude" or units in ("degrees_north", "degree_north"):
+            found.append((coord, "°N"))
+        elif standard == "longitude" or units in ("degrees_east", "degree_east"):
+            found.append((coord, "°E"))
+    return found
+
+
+def _graticule(ax: Any, da: xr.DataArray, ydim: str, xdim: str) -> None:
+    """Labelled latitude and longitude lines from 2-D coordinates (no cartopy needed)."""
+    from matplotlib.ticker import MaxNLocator
+
+    y, x = _grid_coords(da, ydim, xdim)
+    for coord, suffix in _geo_coords(da, ydim, xdim):
+        values = np.asarray(coord.transpose(ydim, xdim).values, dtype=float)
+        if not np.isfinite(values).any() or np.nanmax(values) <= np.nanmin(values):
+            continue
+        levels = MaxNLocator(GRATICULE_LINES).tick_values(np.nanmin(values), np.nanmax(values))
+        lines = ax.contour(x, y, values, levels=levels, colors="0.35", linewidths=0.5)
+        ax.clabel(lines, fontsize=SMALL_FONT - 2, fmt=lambda v, s=suffix: f"{v:g}{s}")
+
+
+def _time_text(value: Any) -> str:
+    """A short time label: ``"01-03 05:00"`` (month-day hour:minute)."""
+    if isinstance(value, np.datetime64):
+        return np.datetime_as_string(value, unit="m")[5:].replace("T", " ")
+    if hasattr(value, "strftime"):  # cftime and datetime
+        return value.strftime("%m-%d %H:%M")
+    return str(value)
+
+
+def _lead_text(value: Any, start: Any, k: int) -> str:
+    """The lead of a forecast frame: ``"+3 h"`` from the last observed time, else ``"+3"``."""
+    try:
+        delta = value - start
+        hours = (
+            delta / np.timedelta64(1, "h")
+            if isinstance(delta, np.timedelta64)
+            else delta.total_seconds() / 3600.0
+        )
+        return f"+{float(hours):g} h"
+    except (TypeError, AttributeError, ValueError):
+        return f"+{k}"
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One row of a map grid: a label, one (Y, X) field per column (None: no panel), and
+    whether each was generated (framed in :data:`GENERATED_COLOUR`)."""
+
+    label: str
+    frames: tuple[xr.DataArray | None, ...]
+    generated: tuple[bool, ...]
+
+
+def _frames(da: xr.DataArray, tdim: str | None, count: int) -> tuple[xr.DataArray, ...]:
+    if tdim is None or tdim not in da.dims:
+        return (da,)
+    return tuple(da.isel({tdim: j}) for j in range(count))
+
+
+def _aligned(
+    other: xr.DataArray,
+    target: xr.DataArray,
+    axes: Mapping[str, str],
+    dims: Mapping[str, str] | None,
+    member_dim: str,
+    argument: str,
+) -> tuple[xr.DataArray | None, ...]:
+    """The (Y, X) fields of ``other`` at the time steps of ``target``: by time label where
+    the two share time stamps, else by position (None where ``other`` has none)."""
+    if not isinstance(other, xr.DataArray):
+        raise TypeError(f"{argument}= must be a DataArray, got {type(other).__name__}")
+    if member_dim in other.dims:
+        raise ValueError(
+            f"{argument}= must have no {member_dim!r} dimension; select one member, e.g. "
+            f"{argument}.isel({member_dim}=0)"
+        )
+    found = find_axes(other, dims, require_time=False)
+    other = other.rename({found[k]: axes[k] for k in found if k in axes and found[k] != axes[k]})
+    extra = set(other.dims) - {axes.get("T"), axes["Y"], axes["X"]}
+    if extra:
+        raise ValueError(f"{argument}= has extra dimensions {sorted(map(str, extra))}; select them")
+    tdim = axes.get("T")
+    if tdim is None or tdim not in target.dims:
+        return (
+            (other.isel({tdim: 0}) if tdim is not None and tdim in other.dims else other).compute(),
+        )
+    if tdim not in other.dims:
+        raise ValueError(f"{argument}= has no time dimension {tdim!r}")
+    n = other.sizes[tdim]
+    positions: list[int | None] = [j if j < n else None for j in range(target.sizes[tdim])]
+    if tdim in other.indexes and tdim in target.indexes:
+        index = other.indexes[tdim]
+        found_at = [index.get_loc(t) if t in index else None for t in target.indexes[tdim]]
+        if any(isinstance(p, int | np.integer) for p in found_at):
+            positions = [int(p) if isinstance(p, int | np.integer) else None for p in found_at]
+    # only the frames drawn are read (and computed, for dask input), once
+    wanted = [p for p in positions if p is not None]
+    frames = iter(_frames(other.isel({tdim: wanted}).compute(), tdim, len(wanted)))
+    return tuple(next(frames) if p is not None else None for p in positions)
+
+
+def _map_grid(
+    rows: Sequence[_Row],
+    titles: Sequence[str],
+    *,
+    ydim: str,
+    xdim: str,
+    label: str,
+    precipitation: bool,
+    norm: str,
+    vmax: float | None,
+    cmap: str,
+    title: str | None,
+    ax: Sequence[Any] | np.ndarray | None,
+) -> Any:
+    """Rows × columns of maps on one colour scale, labelled with the grid's coordinates."""
+    from matplotlib.ticker import MaxNLocator
+
+    nrows, ncols = len(rows), len(titles)
+    if ax is None:
+        from matplotlib.figure import Figure
+
+        # room for the titles, tick and axis labels around the square panels
+        height = PANEL_INCHES * nrows + GRID_MARGIN_INCHES[1] + (0.3 if title else 0.0)
+        width = PANEL_INCHES * ncols + GRID_MARGIN_INCHES[0]
+        fig = Figure(figsize=(width, height), layout="constrained")
+        grid = np.asarray(fig.subplots(nrows, ncols, squeeze=False)).reshape(-1)
+    else:
+        grid = np.asarray(ax, dtype=object).reshape(-1)
+        if grid.size < nrows * ncols:
+            raise ValueError(f"ax= has {grid.size} axes; {nrows} x {ncols} are needed")
+        fig = grid[0].get_figure()
+    fields = [f for row in rows for f in row.frames if f is not None]
+    values = np.concatenate([np.asarray(f.values, dtype=float).ravel() for f in fields])
+    colour = _colour_norm(norm, values, vmax, precipitation)
+    dry = precipitation and not bool(np.any(values < 0))  # white where 0, see WET_COLOUR_START
+    if dry:
+        from matplotlib import colormaps
+        from matplotlib.colors import ListedColormap
+
+        base = colormaps[cmap] if isinstance(cmap, str) else cmap
+        cmap = ListedColormap(base(np.linspace(WET_COLOUR_START, 1.0, 256)), name="wet")
+        label += "; white: 0 (dry)"
+    xlabel, ylabel = _axis_label(fields[0], xdim), _axis_label(fields[0], ydim)
+    mesh = None
+    for i, row in enumerate(rows):
+        for j in range(ncols):
+            a = grid[i * ncols + j]
+            frame = row.frames[j] if j < len(row.frames) else None
+            if frame is None:
+                a.set_axis_off()
+                continue
+            frame = frame.transpose(ydim, xdim)
+            field = np.asarray(frame.values, dtype=float)
+            if dry:  # masked cells show the white background
+                field = np.ma.masked_where(~(field > 0), field)
+            y, x = _grid_coords(frame, ydim, xdim)
+            mesh = a.pcolormesh(x, y, field, cmap=cmap, norm=colour, shading="auto")
+            if not np.isfinite(np.asarray(frame.values, dtype=float)).any():
+                a.text(
+                    0.5,
+                    0.5,
+                    "missing",
+                    transform=a.transAxes,
+                    ha="center",
+                    va="center",
+                    fontsize=SMALL_FONT,
+                    color="0.4",
+                )
+            _graticule(a, frame, ydim, xdim)
+            a.set_aspect("equal")
+            a.tick_params(labelsize=SMALL_FONT - 1, length=2, pad=1)
+            a.xaxis.set_major_locator(MaxNLocator(MAP_TICKS))
+            a.yaxis.set_major_locator(MaxNLocator(MAP_TICKS))
+            below = (
+                i + 1 < nrows and j < len(rows[i + 1].frames) and rows[i + 1].frames[j] is not None
+            )
+            if below:
+                a.tick_params(labelbottom=False)
+            else:
+                a.set_xlabel(xlabel, fontsize=SMALL_FONT)
+            if j == 0:
+                a.set_ylabel(f"{row.label}\n{ylabel}" if row.label else ylabel, fontsize=SMALL_FONT)
+            else:
+                a.tick_params(labelleft=False)
+            if i == 0:
+                a.set_title(titles[j], fontsize=SMALL_FONT)
+            if j < len(row.generated) and row.generated[j]:
+                for spine in a.spines.values():
+                    spine.set_edgecolor(GENERATED_COLOUR)
+                    spine.set_linewidth(GENERATED_LINEWIDTH)
+    if mesh is not None:
+        bar = fig.colorbar(mesh, ax=list(grid[: nrows * ncols]), shrink=0.8, aspect=30)
+        bar.set_label(label, fontsize=SMALL_FONT)
+        bar.ax.tick_params(labelsize=SMALL_FONT - 1)
+    if title:
+        fig.suptitle(title, fontsize=SMALL_FONT + 2)
+    return fig
+
+
 def plot_bias_map(
     obj: xr.DataArray | xr.Dataset,
     *,
@@ -239,7 +586,9 @@ def plot_bias_map(
     cmap: str = "RdBu_r",
     ax: Any = None,
 ) -> Any:
-    """Map of the mean-normalised bias (Fig. 4.12), with its mean absolute value.
+    """Map of the mean-normalised bias (Fig. 4.12), with its mean absolute value and, from
+    the attributes ``sample_fields`` / ``reference_fields`` of ``evaluate``, the number of
+    fields behind each mean (its sample size) in the title.
 
     Parameters
     ----------
@@ -278,11 +627,17 @@ def plot_bias_map(
     y, x = _grid_coords(da, axes["Y"], axes["X"])
     mesh = ax.pcolormesh(x, y, values, cmap=cmap, vmin=-vmax, vmax=vmax, shading="auto")
     fig.colorbar(mesh, ax=ax, label="mean-normalised bias")
-    ax.set_xlabel(_label(da[axes["X"]], axes["X"]))
-    ax.set_ylabel(_label(da[axes["Y"]], axes["Y"]))
+    ax.set_xlabel(_axis_label(da, axes["X"]))
+    ax.set_ylabel(_axis_label(da, axes["Y"]))
     ax.set_aspect("equal")
     mean_abs = float(np.nanmean(np.abs(values))) if np.isfinite(values).any() else np.nan
-    ax.set_title(f"mean-normalised bias (mean |b| = {mean_abs:.2f})")
+    title = f"mean-normalised bias (mean |b| = {mean_abs:.2f})"
+    if "sample_fields" in da.attrs and "reference_fields" in da.attrs:
+        title += (
+            f"\nmeans of {int(da.attrs['sample_fields'])} generated and "
+            f"{int(da.attrs['reference_fields'])} reference fields"
+        )
+    ax.set_title(title)
     return fig
 
 
@@ -314,28 +669,65 @@ def plot_rank_histogram(obj: xr.DataArray | xr.Dataset, *, ax: Any = None) -> An
     ax.set_xlabel("rank of observation")
     ax.set_ylabel(str(obj.attrs.get("long_name", "frequency")))
     ax.set_title("rank histogram")
-    ax.legend()
+    top = np.nanmax(values) if np.isfinite(values).any() else 1.0
+    ax.set_ylim(0, RANK_HEADROOM * top if top > 0 else 1.0)  # room for the legend
+    ax.legend(loc="upper center", ncols=1)
     return fig
+
+
+def _first_members(da: xr.DataArray, member_dim: str, max_members: int) -> xr.DataArray:
+    """The first ``max_members`` members of ``da``, computed once (lazy outputs of the
+    generating methods would otherwise be generated again for every panel)."""
+    if member_dim in da.dims:
+        da = da.isel({member_dim: slice(0, max(1, int(max_members)))})
+    return da.compute()
+
+
+def _members(
+    da: xr.DataArray, member_dim: str, max_members: int
+) -> list[tuple[int | None, xr.DataArray]]:
+    """(member number, member) pairs of the first ``max_members`` members, or (None, da)."""
+    if member_dim not in da.dims:
+        return [(None, da)]
+    count = min(da.sizes[member_dim], max(1, int(max_members)))
+    numbers = (
+        [int(v) for v in da[member_dim].values[:count]]
+        if member_dim in da.coords
+        else list(range(count))
+    )
+    return [(numbers[i], da.isel({member_dim: i})) for i in range(count)]
+
+
+def _member_label(prefix: str, number: int | None) -> str:
+    return prefix if number is None else f"{prefix} {number}"
 
 
 def plot_fields(
     da: xr.DataArray,
     *,
+    observed: xr.DataArray | None = None,
     dims: Mapping[str, str] | None = None,
     member_dim: str = "realization",
     max_members: int = 4,
     max_frames: int = 10,
     vmax: float | None = None,
+    norm: str = "auto",
     cmap: str = "Blues",
+    title: str | None = None,
     ax: Sequence[Any] | np.ndarray | None = None,
 ) -> Any:
-    """A grid of sample frames: one row per member, one column per time step (Fig. 4.1).
+    """A grid of maps: one row per member, one column per time step (Fig. 4.1).
 
     Parameters
     ----------
     da
         Fields (T, Y, X), optionally with ``member_dim``; the first ``max_members``
-        members and ``max_frames`` time steps are drawn, on one colour scale.
+        members and ``max_frames`` time steps are drawn, on one colour scale. Rows of an
+        output of a generating method (it records ``sampling``) are labelled "generated".
+    observed
+        Observed fields (T, Y, X) drawn as a first row labelled "observed", at the time
+        steps of ``da`` (by time stamp where they share them, else by position), e.g. the
+        template an ensemble was sampled on.
     dims
         Axis overrides for :func:`~xdiffusion.io.axes.find_axes`.
     member_dim
@@ -344,66 +736,429 @@ def plot_fields(
         Grid size limits.
     vmax
         Upper colour limit; default the largest value drawn (lower limit: the smallest).
+    norm
+        Colour scale: ``"power"`` (values to the power :data:`PRECIPITATION_GAMMA`, so
+        drizzle is not coloured as dry), ``"log"`` (from :data:`LOG_FLOOR_FRACTION` ×
+        ``vmax``; zeros left white), ``"linear"``, or ``"auto"`` (default): ``"power"`` for
+        precipitation (by ``standard_name`` or a name such as ``pr``), else ``"linear"``.
     cmap
         Colour map.
+    title
+        Figure title; default "generated by the diffusion model …" for generated fields,
+        none otherwise; ``""`` for none.
     ax
         Existing axes, at least rows × columns of them (row-major); default a new Figure.
 
     Returns
     -------
     matplotlib.figure.Figure
+        Axes show the grid's coordinates (names and units; labelled latitude/longitude
+        lines where the fields have 2-D lat/lon), the colour bar the variable's long name
+        and units.
     """
     if not isinstance(da, xr.DataArray):
         raise TypeError(f"da= must be a DataArray, got {type(da).__name__}")
     axes = find_axes(da, dims, require_time=False)
-    sel: dict[str, slice] = {}
-    if member_dim in da.dims:
-        sel[member_dim] = slice(0, max(1, int(max_members)))
-    if "T" in axes:
-        sel[axes["T"]] = slice(0, max(1, int(max_frames)))
-    da = da.isel(sel)
-    extra = set(da.dims) - {member_dim, axes["Y"], axes["X"], axes.get("T")}
+    tdim = axes.get("T")
+    if tdim is not None:
+        da = da.isel({tdim: slice(0, max(1, int(max_frames)))})
+    da = _first_members(da, member_dim, max_members)
+    extra = set(da.dims) - {member_dim, axes["Y"], axes["X"], tdim}
     if extra:
         raise ValueError(f"da= has extra dimensions {sorted(map(str, extra))}; select them")
-    order = [d for d in (member_dim, axes.get("T"), axes["Y"], axes["X"]) if d in da.dims]
-    values = np.asarray(da.transpose(*order).values, dtype=float)
-    rows = da.sizes[member_dim] if member_dim in da.dims else 1
-    cols = da.sizes[axes["T"]] if "T" in axes else 1
-    values = values.reshape(rows, cols, *values.shape[-2:])
-    if ax is None:
-        from matplotlib.figure import Figure
+    cols = da.sizes[tdim] if tdim is not None else 1
+    generated = _is_generated(da)
+    rows = []
+    if observed is not None:
+        rows.append(
+            _Row("observed", _aligned(observed, da, axes, dims, member_dim, "observed"), ())
+        )
+    prefix = "generated" if generated else ("member" if member_dim in da.dims else "")
+    for number, member in _members(da, member_dim, max_members):
+        rows.append(_Row(_member_label(prefix, number), _frames(member, tdim, cols), ()))
+    times = da[tdim].values if tdim is not None and tdim in da.coords else [""] * cols
+    if title is None and generated:
+        title = "generated by the diffusion model" + (
+            " (top row: observed)" if observed is not None else ""
+        )
+    return _map_grid(
+        rows,
+        [_time_text(t) for t in times],
+        ydim=axes["Y"],
+        xdim=axes["X"],
+        label=_label(da, "value"),
+        precipitation=_is_precipitation(da),
+        norm=norm,
+        vmax=vmax,
+        cmap=cmap,
+        title=title,
+        ax=ax,
+    )
 
-        fig = Figure(figsize=(1.6 * cols + 1.2, 1.6 * rows + 0.4), layout="constrained")
-        grid = np.asarray(fig.subplots(rows, cols, squeeze=False)).reshape(-1)
-    else:
-        grid = np.asarray(ax, dtype=object).reshape(-1)
-        if grid.size < rows * cols:
-            raise ValueError(f"ax= has {grid.size} axes; {rows} x {cols} are needed")
-        fig = grid[0].get_figure()
-    finite = values[np.isfinite(values)]
-    vmin = float(finite.min()) if finite.size else 0.0
-    top = vmax if vmax is not None else (float(finite.max()) if finite.size else 1.0)
-    y, x = _grid_coords(da, axes["Y"], axes["X"])
-    times = da[axes["T"]].values if "T" in axes and axes["T"] in da.coords else None
-    mesh = None
-    for i in range(rows):
-        for j in range(cols):
-            a = grid[i * cols + j]
-            mesh = a.pcolormesh(x, y, values[i, j], cmap=cmap, vmin=vmin, vmax=top, shading="auto")
-            a.set_xticks([])
-            a.set_yticks([])
-            a.set_aspect("equal")
-            if i == 0 and times is not None:
-                a.set_title(str(times[j])[:16], fontsize=7)
-            if j == 0 and member_dim in da.dims:
-                a.set_ylabel(
-                    f"member {int(da[member_dim].values[i])}"
-                    if member_dim in da.coords
-                    else f"member {i}",
-                    fontsize=8,
-                )
-    fig.colorbar(mesh, ax=list(grid[: rows * cols]), label=_label(da, "value"), shrink=0.8)
+
+def _generated_steps(
+    filled: xr.DataArray,
+    observed: xr.DataArray | None,
+    axes: Mapping[str, str],
+    dims: Mapping[str, str] | None,
+    member_dim: str,
+) -> np.ndarray:
+    """Which time steps of an interpolate() output hold generated values."""
+    tdim = axes["T"]
+    flag = f"{filled.name}_status"
+    if flag in filled.coords:  # 1 observed, 0 generated (io.cf.wrap)
+        status = filled[flag]
+        other = [d for d in status.dims if d != tdim]
+        return np.asarray((status == 0).any(other).values, dtype=bool).reshape(-1)
+    if observed is not None:
+        frames = _aligned(observed, filled, axes, dims, member_dim, "observed")
+        return np.array([f is None or bool(f.isnull().any()) for f in frames])
+    raise ValueError(
+        f"filled= has no {flag!r} coordinate (interpolate() adds it) to tell generated time "
+        "steps from observed ones; pass observed= (the input with gaps)"
+    )
+
+
+def plot_interpolation(
+    filled: xr.DataArray,
+    *,
+    truth: xr.DataArray | None = None,
+    observed: xr.DataArray | None = None,
+    dims: Mapping[str, str] | None = None,
+    member_dim: str = "realization",
+    max_members: int = 2,
+    max_frames: int = 8,
+    vmax: float | None = None,
+    norm: str = "auto",
+    cmap: str = "Blues",
+    title: str | None = None,
+    ax: Sequence[Any] | np.ndarray | None = None,
+) -> Any:
+    """Gap filling: consecutive frames, the generated ones framed in red.
+
+    Parameters
+    ----------
+    filled
+        Output of ``interpolate`` (``realization``, T, Y, X): its ``<name>_status``
+        coordinate tells which time steps were generated (else ``observed`` does).
+    truth
+        The complete series (T, Y, X), drawn as the first row "truth": what the gaps hid.
+    observed
+        The input with gaps; drawn as the first row (gaps "missing") when ``truth`` is not
+        given.
+    dims, member_dim
+        Axis overrides; name of the ensemble dimension.
+    max_members, max_frames
+        Members drawn (one row each) and frames: ``max_frames`` consecutive time steps
+        starting one before the first gap.
+    vmax, norm, cmap
+        Colour scale, as in :func:`plot_fields`.
+    title
+        Figure title (a default explains the frames; ``""`` for none).
+    ax
+        Existing axes, at least rows × columns of them; default a new Figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if not isinstance(filled, xr.DataArray):
+        raise TypeError(f"filled= must be a DataArray, got {type(filled).__name__}")
+    axes = find_axes(filled, dims)
+    tdim = axes["T"]
+    gap = _generated_steps(filled, observed, axes, dims, member_dim)
+    n = filled.sizes[tdim]
+    count = min(n, max(1, int(max_frames)))
+    start = max(0, min(int(np.argmax(gap)) - 1 if gap.any() else 0, n - count))
+    part = _first_members(filled.isel({tdim: slice(start, start + count)}), member_dim, max_members)
+    gap = gap[start : start + count]
+    rows = []
+    shown = truth if truth is not None else observed
+    if shown is not None:
+        name = "truth" if truth is not None else "observed"
+        rows.append(_Row(name, _aligned(shown, part, axes, dims, member_dim, name), ()))
+    for number, member in _members(part, member_dim, max_members):
+        frames = _frames(member.drop_vars(f"{filled.name}_status", errors="ignore"), tdim, count)
+        rows.append(_Row(_member_label("generated", number), frames, tuple(gap)))
+    titles = [_time_text(t) + ("\ngap" if g else "") for t, g in zip(part[tdim].values, gap)]
+    if title is None:
+        title = (
+            "gap filling: time steps in the gaps generated (red frames), the others observed "
+            "and kept exactly"
+        )
+    return _map_grid(
+        rows,
+        titles,
+        ydim=axes["Y"],
+        xdim=axes["X"],
+        label=_label(filled, "value"),
+        precipitation=_is_precipitation(filled),
+        norm=norm,
+        vmax=vmax,
+        cmap=cmap,
+        title=title,
+        ax=ax,
+    )
+
+
+def plot_forecast(
+    forecast: xr.DataArray,
+    *,
+    history: xr.DataArray | None = None,
+    truth: xr.DataArray | None = None,
+    dims: Mapping[str, str] | None = None,
+    member_dim: str = "realization",
+    context: int = 1,
+    max_members: int = 3,
+    max_lead: int = 6,
+    vmax: float | None = None,
+    norm: str = "auto",
+    cmap: str = "Blues",
+    title: str | None = None,
+    ax: Sequence[Any] | np.ndarray | None = None,
+) -> Any:
+    """A forecast ensemble: the last observed frames, then the generated leads (red frames).
+
+    Parameters
+    ----------
+    forecast
+        Output of ``forecast`` (``realization``, T, Y, X): the new time steps only.
+    history
+        The observed series the forecast continues; its last ``context`` frames open every
+        row, and leads are counted from its last time step.
+    truth
+        What happened (T, Y, X) at the forecast's time steps (by time stamp, else by
+        position): the first row, "observed".
+    dims, member_dim
+        Axis overrides; name of the ensemble dimension.
+    context
+        Observed frames of ``history`` shown before the first lead.
+    max_members, max_lead
+        Members drawn (one row each) and leads (columns).
+    vmax, norm, cmap
+        Colour scale, as in :func:`plot_fields`.
+    title
+        Figure title (a default explains the rows; ``""`` for none).
+    ax
+        Existing axes, at least rows × columns of them; default a new Figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if not isinstance(forecast, xr.DataArray):
+        raise TypeError(f"forecast= must be a DataArray, got {type(forecast).__name__}")
+    axes = find_axes(forecast, dims)
+    tdim = axes["T"]
+    fc = _first_members(
+        forecast.isel({tdim: slice(0, max(1, int(max_lead)))}), member_dim, max_members
+    )
+    leads = fc.sizes[tdim]
+    before: tuple[xr.DataArray | None, ...] = ()
+    start = None
+    titles = []
+    if history is not None and int(context) > 0:
+        found = find_axes(history, dims)
+        past = history.isel({found["T"]: slice(-int(context), None)})
+        past = past.rename({found[k]: axes[k] for k in found if found[k] != axes[k]})
+        before = _aligned(past, past, axes, dims, member_dim, "history")
+        if tdim in past.coords:
+            start = past[tdim].values[-1]
+            titles += [f"{_time_text(t)}\nobserved" for t in past[tdim].values]
+        else:
+            titles += ["observed"] * len(before)
+    fc_times = fc[tdim].values if tdim in fc.coords else [None] * leads
+    titles += [
+        (f"{_time_text(t)}\n" if t is not None else "") + _lead_text(t, start, k + 1)
+        for k, t in enumerate(fc_times)
+    ]
+    rows = []
+    if truth is not None:
+        after = _aligned(truth, fc, axes, dims, member_dim, "truth")
+        rows.append(_Row("observed", before + after, ()))
+    elif before:
+        rows.append(_Row("observed", before, ()))
+    marks = (False,) * len(before) + (True,) * leads
+    for number, member in _members(fc, member_dim, max_members):
+        rows.append(
+            _Row(_member_label("generated", number), before + _frames(member, tdim, leads), marks)
+        )
+    if title is None:
+        title = "forecast: observed, then generated leads (red frames)" + (
+            "; top row: what was observed" if truth is not None else ""
+        )
+    return _map_grid(
+        rows,
+        titles,
+        ydim=axes["Y"],
+        xdim=axes["X"],
+        label=_label(forecast, "value"),
+        precipitation=_is_precipitation(forecast),
+        norm=norm,
+        vmax=vmax,
+        cmap=cmap,
+        title=title,
+        ax=ax,
+    )
+
+
+def plot_downscaling(
+    downscaled: xr.DataArray,
+    coarse: xr.DataArray,
+    *,
+    truth: xr.DataArray | None = None,
+    dims: Mapping[str, str] | None = None,
+    member_dim: str = "realization",
+    max_members: int = 2,
+    max_frames: int = 4,
+    vmax: float | None = None,
+    norm: str = "auto",
+    cmap: str = "Blues",
+    title: str | None = None,
+    ax: Sequence[Any] | np.ndarray | None = None,
+) -> Any:
+    """Downscaling: the coarse input, generated fine fields (red frames) and the truth.
+
+    Parameters
+    ----------
+    downscaled
+        Output of ``downscale`` (``realization``, T, Y, X) on the fine grid.
+    coarse
+        The coarse input (T, Y, X), drawn on its own grid as the first row.
+    truth
+        The fine fields behind ``coarse`` (T, Y, X), drawn as the last row.
+    dims, member_dim
+        Axis overrides; name of the ensemble dimension.
+    max_members, max_frames
+        Members (rows) and time steps (columns) drawn.
+    vmax, norm, cmap
+        Colour scale, as in :func:`plot_fields`.
+    title
+        Figure title (a default names the rows and the factor; ``""`` for none).
+    ax
+        Existing axes, at least rows × columns of them; default a new Figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if not isinstance(downscaled, xr.DataArray):
+        raise TypeError(f"downscaled= must be a DataArray, got {type(downscaled).__name__}")
+    axes = find_axes(downscaled, dims, require_time=False)
+    tdim = axes.get("T")
+    if tdim is not None:
+        downscaled = downscaled.isel({tdim: slice(0, max(1, int(max_frames)))})
+    downscaled = _first_members(downscaled, member_dim, max_members)
+    cols = downscaled.sizes[tdim] if tdim is not None else 1
+    rows = [
+        _Row("coarse input", _aligned(coarse, downscaled, axes, dims, member_dim, "coarse"), ())
+    ]
+    for number, member in _members(downscaled, member_dim, max_members):
+        frames = _frames(member, tdim, cols)
+        rows.append(_Row(_member_label("generated", number), frames, (True,) * cols))
+    if truth is not None:
+        rows.append(_Row("truth", _aligned(truth, downscaled, axes, dims, member_dim, "truth"), ()))
+    times = (
+        downscaled[tdim].values if tdim is not None and tdim in downscaled.coords else [""] * cols
+    )
+    if title is None:
+        coarse_x = find_axes(coarse, dims, require_time=False)["X"]
+        factor = downscaled.sizes[axes["X"]] / max(1, coarse.sizes[coarse_x])
+        title = f"downscaling ×{factor:g}: coarse input, generated fine fields (red frames)" + (
+            ", truth" if truth is not None else ""
+        )
+    return _map_grid(
+        rows,
+        [_time_text(t) for t in times],
+        ydim=axes["Y"],
+        xdim=axes["X"],
+        label=_label(downscaled, "value"),
+        precipitation=_is_precipitation(downscaled),
+        norm=norm,
+        vmax=vmax,
+        cmap=cmap,
+        title=title,
+        ax=ax,
+    )
+
+
+def _bars(ax: Any, names: Sequence[str], values: Sequence[float], colours: Sequence[str]) -> None:
+    """Horizontal bars with their values written next to them."""
+    positions = np.arange(len(names))
+    ax.barh(positions, values, color=colours, height=0.6)
+    ax.set_yticks(positions, labels=list(names))
+    ax.invert_yaxis()
+    top = max([v for v in values if np.isfinite(v)] or [1.0])
+    for k, v in zip(positions, values):
+        ax.text(v + 0.02 * top, k, f"{v:.3g}", va="center", fontsize=9)
+    ax.set_xlim(0, 1.25 * top if top > 0 else 1.0)
+
+
+def plot_scores(report: xr.Dataset, *, ax: Any = None) -> Any:
+    """The summary distances of an evaluate() Dataset as bars (0: like the reference).
+
+    Parameters
+    ----------
+    report
+        The Dataset of :func:`~xdiffusion.diagnostics.evaluate`.
+    ax
+        Axes to draw into; default a new Figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    found = [(label, float(report[k])) for k, label in SCORE_LABELS.items() if k in report]
+    if not found:
+        raise ValueError(f"report= has none of the scores {sorted(SCORE_LABELS)}")
+    fig, ax = _new_axes(ax, (5, 3))
+    _bars(ax, [n for n, _ in found], [v for _, v in found], ["tab:gray"] * len(found))
+    ax.set_xlabel("distance from the reference (0 = identical)")
+    ax.set_title("summary scores")
     return fig
+
+
+def plot_ensemble_scores(report: xr.Dataset, *, ax: Any = None) -> Any:
+    """CRPS and spread-skill of an ensemble against observations, as bars.
+
+    Parameters
+    ----------
+    report
+        The Dataset of :func:`~xdiffusion.diagnostics.evaluate` with ``observations=``:
+        ``crps``, ``crps_fair``, ``ensemble_spread``, ``ensemble_mean_rmse`` (those present,
+        in the data's units) and ``spread_skill_ratio`` (in the title).
+    ax
+        Axes to draw into; default a new Figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    found = [(k, label) for k, label in ENSEMBLE_LABELS.items() if k in report]
+    if not found:
+        raise ValueError(
+            "report= has no ensemble scores: evaluate(samples, reference, observations=...) "
+            "adds them"
+        )
+    fig, ax = _new_axes(ax, (5, 3))
+    colours = ["tab:blue" if k.startswith("crps") else "tab:orange" for k, _ in found]
+    _bars(ax, [label for _, label in found], [float(report[k]) for k, _ in found], colours)
+    units = report[found[0][0]].attrs.get("units")
+    ax.set_xlabel("score" + (f" [{units}]" if units not in (None, "", "1") else ""))
+    title = "ensemble against observations"
+    if "spread_skill_ratio" in report:
+        ratio = float(report["spread_skill_ratio"])
+        title += f"\nspread-skill ratio {ratio:.2f} (1: calibrated, < 1: overconfident)"
+    ax.set_title(title)
+    return fig
+
+
+def _mosaic(names: Sequence[str], columns: int) -> list[list[str]]:
+    """Rows of ``columns`` panel names; the last panel widens to fill its row (no blanks)."""
+    rows = [list(names[i : i + columns]) for i in range(0, len(names), columns)]
+    if rows and len(rows[-1]) < columns:
+        rows[-1] += [rows[-1][-1]] * (columns - len(rows[-1]))
+    return rows
 
 
 def plot_report(
@@ -414,8 +1169,10 @@ def plot_report(
 ) -> Any:
     """Multi-panel summary of an :func:`~xdiffusion.diagnostics.evaluate` Dataset.
 
-    Panels: full and low-end histograms, QQ, spatial and temporal PSDs, bias map, rank
-    histogram (with observations) and the summary scalars.
+    Panels: full and low-end histograms, QQ, spatial and temporal PSDs, bias map (with its
+    sample size), the summary scores as bars and, when the report was made with
+    observations, the rank histogram and the CRPS / spread-skill scores. Panels whose
+    diagnostics are absent are left out, not left blank.
 
     Parameters
     ----------
@@ -435,27 +1192,106 @@ def plot_report(
     from matplotlib.figure import Figure
 
     report = report.compute()
-    fig = Figure(figsize=(15, 12), layout="constrained")
-    ax = fig.subplot_mosaic(
-        [["hist", "low", "qq"], ["psd", "tpsd", "bias"], ["rank", "text", "text"]]
-    )
-    plot_histogram(report, ax=ax["hist"])
-    ax["hist"].set_title("distribution")
-    plot_histogram(report, low_end=True, ax=ax["low"])
-    ax["low"].set_title("distribution, low end")
-    plot_qq(report, ax=ax["qq"])
-    plot_psd(report, kind="spatial", ax=ax["psd"])
+
+    def low(ax: Any) -> None:
+        plot_histogram(report, low_end=True, ax=ax)
+        ax.set_title("distribution, low end")
+
+    def full(ax: Any) -> None:
+        plot_histogram(report, ax=ax)
+        ax.set_title("distribution")
+
+    panels: dict[str, Any] = {
+        "hist": full,
+        "low": low,
+        "qq": lambda ax: plot_qq(report, ax=ax),
+        "psd": lambda ax: plot_psd(report, kind="spatial", ax=ax),
+    }
     if "temporal_psd_sample" in report:
-        plot_psd(report, kind="temporal", ax=ax["tpsd"])
-    else:
-        ax["tpsd"].set_axis_off()
-    plot_bias_map(report, ax=ax["bias"])
+        panels["tpsd"] = lambda ax: plot_psd(report, kind="temporal", ax=ax)
+    panels["bias"] = lambda ax: plot_bias_map(report, ax=ax)
     if "rank_histogram" in report:
-        plot_rank_histogram(report, ax=ax["rank"])
-    else:
-        ax["rank"].set_axis_off()
-    lines = [f"{name}: {float(var):.4g}" for name, var in report.data_vars.items() if var.ndim == 0]
-    ax["text"].set_axis_off()
-    ax["text"].text(0.0, 1.0, "\n".join(lines), va="top", family="monospace", fontsize=10)
+        panels["rank"] = lambda ax: plot_rank_histogram(report, ax=ax)
+    if any(k in report for k in ENSEMBLE_LABELS):
+        panels["ensemble"] = lambda ax: plot_ensemble_scores(report, ax=ax)
+    if any(k in report for k in SCORE_LABELS):
+        panels["scores"] = lambda ax: plot_scores(report, ax=ax)
+    layout = _mosaic(list(panels), REPORT_COLUMNS)
+    fig = Figure(
+        figsize=(REPORT_PANEL[0] * REPORT_COLUMNS, REPORT_PANEL[1] * len(layout)),
+        layout="constrained",
+    )
+    axes = fig.subplot_mosaic(layout)
+    for name, draw in panels.items():
+        draw(axes[name])
     fig.suptitle(str(report.attrs.get("title", "xdiffusion evaluation")))
     return _finish(fig, path, dpi)
+
+
+def plot_loss(
+    model_or_history: Any,
+    ax: Any = None,
+    path: str | PathLike | None = None,
+    *,
+    smooth: int | None = None,
+    dpi: float | None = None,
+) -> Any:
+    """The learning curve: training loss (faint: every step; solid: a running mean) and
+    validation loss against the step, on a log scale.
+
+    Read it as: both curves falling, the fit is still learning (more ``steps=`` would
+    help); the validation loss flat while the training loss falls, the model has learnt
+    what these data teach it; the validation loss rising, it is over-fitting (fewer steps,
+    more data). The training loss of one step is one mini-batch at random noise levels, so
+    only its running mean shows a trend; the validation loss uses fixed windows and noise.
+
+    Parameters
+    ----------
+    model_or_history
+        A fitted :class:`~xdiffusion.DiffusionModel`, its ``history`` Dataset, or the
+        history dict (``model.history_dict``).
+    ax
+        Axes to draw into (default: a new figure).
+    path
+        If given, the figure is saved there (format from the suffix, e.g. ``.png``).
+    smooth
+        Steps of the running mean (default 5 % of the steps; see
+        :func:`xdiffusion.diagnostics.smoothed_loss`).
+    dpi
+        Resolution when saving.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from xdiffusion.diagnostics.learning import history_dataset, smoothed_loss
+
+    history = getattr(model_or_history, "history", model_or_history)
+    if isinstance(history, Mapping) and not isinstance(history, xr.Dataset):
+        history = history_dataset(history)
+    if not isinstance(history, xr.Dataset):
+        raise TypeError(
+            "model_or_history= must be a DiffusionModel, its history Dataset or its "
+            f"history_dict, got {type(model_or_history).__name__}"
+        )
+    if "loss" not in history and "val_loss" not in history:
+        raise ValueError("model_or_history= has no losses recorded (a model file without them?)")
+    fig, ax = _new_axes(ax, (7, 4))
+    if "loss" in history:
+        loss = history["loss"]
+        ax.plot(loss["step"], loss, color="C0", alpha=0.25, lw=0.6, label="training (per step)")
+        mean = smoothed_loss(loss, smooth)
+        ax.plot(loss["step"], mean, color="C0", lw=1.6, label="training (running mean)")
+    if "val_loss" in history:
+        val = history["val_loss"]
+        # the step after which it was computed, on the training curve's axis
+        ax.plot(val["val_step"], val, "o-", color="C1", ms=3, lw=1.4, label="validation")
+    ax.set_yscale("log")
+    ax.set_xlabel("optimisation step")
+    ax.set_ylabel("loss")
+    ax.legend(loc="upper right")
+    ax.set_title("learning curve")
+    return _finish(fig, path, dpi)
+
+
+__all__ += ["plot_loss"]  # appended here: the list above is kept as it was

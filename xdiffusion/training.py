@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from xdiffusion.codec import Codec
 from xdiffusion.core.diffusion import v_loss
 from xdiffusion.core.schedule import CosineSchedule
+from xdiffusion.parallel import all_mean, is_main_process, world_size
 from xdiffusion.validation import check_int, check_number, is_number
 
 __all__ = [
@@ -172,11 +173,15 @@ class DiffusionBatch:
         Boolean (B, C, F, H, W): finite values in cells the model learns.
     cond
         (B, F, K) per-frame features, or None.
+    share
+        ``(rank, world_size)`` of a data-parallel run: this batch is rows
+        ``rank::world_size`` of the global batch (see :func:`~xdiffusion.core.diffusion.v_loss`).
     """
 
     scaled: Tensor
     mask: Tensor
     cond: Tensor | None = None
+    share: tuple[int, int] = (0, 1)
 
 
 def diffusion_objective(
@@ -214,7 +219,9 @@ def diffusion_objective(
     """
     y = codec.encode_scaled(batch.scaled)
     kw = {"cond": batch.cond} if batch.cond is not None else None
-    loss = v_loss(net, y, schedule, generator=generator, mask=batch.mask, net_kwargs=kw)
+    loss = v_loss(
+        net, y, schedule, generator=generator, mask=batch.mask, net_kwargs=kw, share=batch.share
+    )
     if codec.has_learned:
         count = batch.mask.expand_as(y).flatten(1).sum(1).clamp_min(1).to(loss.dtype)
         loss = loss + codec.penalty(batch.scaled, batch.mask, scaled_thresholds) / count
@@ -265,6 +272,19 @@ def param_groups(module: nn.Module, transform_lr_scale: float) -> list[dict]:
     return groups
 
 
+class _Objective(nn.Module):
+    """The loss as a module's forward, so that DistributedDataParallel sees the forward it
+    needs to schedule the gradient all-reduce."""
+
+    def __init__(self, module: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.module = module
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Batch, generator: torch.Generator) -> Tensor:
+        return self.loss_fn(self.module, batch, generator)
+
+
 def train(
     module: nn.Module,
     loss_fn: LossFn,
@@ -306,8 +326,24 @@ def train(
     history
         Loss history to extend in place (a resumed run continues its checkpointed history,
         and a checkpoint callback sees the losses so far); a new one if None.
+
+    Notes
+    -----
+    In a torch.distributed run (:mod:`xdiffusion.parallel`), each rank's ``batch_fn``
+    gives its share of the global batch; gradients are averaged by
+    DistributedDataParallel, so every rank holds the same weights and EMA; the recorded
+    loss is the mean over ranks (the global batch's loss); validation, the progress bar
+    and ``callback`` run on rank 0 only.
     """
     params = [p for p in module.parameters() if p.requires_grad]
+    world = world_size()
+    main = is_main_process()
+    objective: nn.Module = _Objective(module, loss_fn)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        objective = DistributedDataParallel(objective, device_ids=ids)
     opt = torch.optim.AdamW(
         param_groups(module, config.transform_lr_scale),
         lr=config.lr,
@@ -331,7 +367,7 @@ def train(
     t_start = time.perf_counter()
     bar = tqdm(
         range(start_step, config.steps),
-        disable=not progress,
+        disable=not (progress and main),
         desc="fit",
         initial=start_step,
         total=config.steps,
@@ -344,11 +380,13 @@ def train(
         module.train()
         batch = batch_fn(step)
         with autocast_context(device):
-            loss = loss_fn(module, batch, step_generator(config.seed, step, device))
-        if not torch.isfinite(loss):
+            loss = objective(batch, step_generator(config.seed, step, device))
+        # every rank checks the same (global) value, so all stop together
+        global_loss = all_mean(loss.detach())
+        if not torch.isfinite(global_loss):
             raise FloatingPointError(
-                f"training loss became {loss.item()} at step {step}; lower lr= or check "
-                "the data for extreme values"
+                f"training loss became {global_loss.item()} at step {step}; lower lr= or "
+                "check the data for extreme values"
             )
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -356,17 +394,18 @@ def train(
             torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
         opt.step()
         ema_update(ema, module, min(config.ema_decay, (1 + step) / (10 + step)))
-        value = float(loss.detach())
+        value = float(global_loss)
         history["step"].append(step)
         history["loss"].append(value)
         running = value if running is None else 0.98 * running + 0.02 * value
         if progress and step % 10 == 0:
             bar.set_postfix(loss=f"{running:.4f}")
         last = step == config.steps - 1
-        if val_batches and config.val_every and ((step + 1) % config.val_every == 0 or last):
+        due = config.val_every and ((step + 1) % config.val_every == 0 or last)
+        if val_batches and due and main:
             history["val_step"].append(step)
             history["val_loss"].append(validation_loss(ema, loss_fn, val_batches, config, device))
-        if callback is not None:
+        if callback is not None and main:
             callback(step, module, ema, opt)
     bar.close()
     return TrainResult(

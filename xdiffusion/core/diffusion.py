@@ -62,6 +62,7 @@ def v_loss(
     mask: Tensor | None = None,
     t: Tensor | None = None,
     net_kwargs: dict | None = None,
+    share: tuple[int, int] = (0, 1),
 ) -> Tensor:
     """Per-sample v-prediction loss ‖v − v̂(z_t, λ_t)‖² with t ~ U(0, 1) (eq. 2.65, 2.68).
 
@@ -81,6 +82,11 @@ def v_loss(
         sample so that masking does not change the loss scale.
     t
         Optional diffusion times (B,); drawn if not given.
+    share
+        ``(rank, world_size)``: ``x`` holds rows ``rank::world_size`` of a global batch of
+        ``B × world_size``; t and ε are drawn for the global batch and the same rows kept,
+        so that the ranks of a data-parallel run together draw exactly what one process
+        with the global batch draws.
 
     Returns
     -------
@@ -88,9 +94,12 @@ def v_loss(
         Loss per sample, shape (B,).
     """
     b = x.shape[0]
+    rank, world = share
+    rows = slice(rank, None, world)
     if t is None:
-        t = torch.rand(b, generator=generator, device=x.device, dtype=x.dtype)
-    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        t = torch.rand(b * world, generator=generator, device=x.device, dtype=x.dtype)[rows]
+    shape = (b * world, *x.shape[1:])
+    eps = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)[rows]
     lam = schedule.lam(t)
     if mask is not None:
         # Masked elements carry no information: give the network zeros there, never NaNs.

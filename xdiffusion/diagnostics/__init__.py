@@ -23,24 +23,29 @@ Conventions
 
 from xdiffusion.diagnostics._util import MEMBER_DIM
 from xdiffusion.diagnostics.distributions import (
+    LOW_END_QUANTILE,
     histogram,
     mean_normalised_bias,
     qq,
     seed_quantiles,
 )
 from xdiffusion.diagnostics.ensemble import crps, rank_histogram, spread_skill
+from xdiffusion.diagnostics.learning import history_dataset, smoothed_loss
 from xdiffusion.diagnostics.report import evaluate
 from xdiffusion.diagnostics.spectra import spatial_psd, temporal_psd
 
 __all__ = [
+    "LOW_END_QUANTILE",
     "MEMBER_DIM",
     "crps",
     "evaluate",
     "histogram",
+    "history_dataset",
     "mean_normalised_bias",
     "qq",
     "rank_histogram",
     "seed_quantiles",
+    "smoothed_loss",
     "spatial_psd",
     "spread_skill",
     "temporal_psd",

@@ -23,7 +23,42 @@ from xdiffusion.diagnostics._util import (
 from xdiffusion.io.axes import find_axes
 from xdiffusion.validation import is_int
 
-__all__ = ["histogram", "mean_normalised_bias", "qq", "seed_quantiles"]
+__all__ = ["LOW_END_QUANTILE", "histogram", "mean_normalised_bias", "qq", "seed_quantiles"]
+
+#: The low-end histogram covers [minimum, this quantile] of the values: for hourly
+#: precipitation in mm h-1 (70-80 % dry) about [0, 0.5 mm h-1], the range of Herbert (2023)'s
+#: Fig. 4.2a, and the same share of the distribution in any other units or variable.
+LOW_END_QUANTILE = 0.9
+# tried in turn when the data are so concentrated that a quantile equals the minimum
+_LOW_END_FALLBACKS = (LOW_END_QUANTILE, 0.99, 1.0)
+
+
+def _low_end_range(arrays: Sequence[xr.DataArray], labels: Sequence[str]) -> tuple[float, float]:
+    """[minimum, LOW_END_QUANTILE quantile] of the values, the larger quantile of the arrays.
+
+    Computed at once (also for dask input), like the range of the full histogram.
+    """
+    import dask
+
+    levels = np.array([0.0, *_LOW_END_FALLBACKS])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN input: handled below
+        found = dask.compute(*[_pooled_quantiles(a, levels) for a in arrays])
+    table = np.asarray([np.asarray(f, dtype=float) for f in found])  # (array, level)
+    if not np.isfinite(table).any():
+        raise ValueError(f"no finite values to bin in {' and '.join(labels)}")
+    lo = float(np.nanmin(table[:, 0]))
+    if not np.isfinite(lo):
+        raise ValueError(
+            f"infinite values in {' and '.join(labels)}: the low end of the histogram has no "
+            "finite range; replace them with NaN first, e.g. da.where(np.isfinite(da)), or "
+            "pass value_range="
+        )
+    for k in range(1, levels.size):
+        hi = float(np.nanmax(table[:, k]))
+        if np.isfinite(hi) and hi > lo:
+            return lo, hi
+    return lo, lo + 1.0
 
 
 def _bin_edges(
@@ -52,7 +87,8 @@ def _bin_edges(
         if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
             raise ValueError(f"value_range={value_range!r} must be (low, high) with low < high")
     elif low_end:
-        lo, hi = 0.0, 0.5
+        labels = list(names) if names is not None else [f"input {i}" for i in range(len(arrays))]
+        lo, hi = _low_end_range(arrays, labels)
     else:
         import dask
 
@@ -99,11 +135,15 @@ def histogram(
     log
         Return log10 of the density (units ``1``; empty bins are NaN, not −inf).
     low_end
-        Fine view of the low end: bins over [0, 0.5] in the data's units (0.5 mm h-1 for
-        precipitation in mm h-1), where Herbert (2023) sees sampling noise (Fig. 4.2a).
+        Fine view of the low end, where Herbert (2023) sees sampling noise (Fig. 4.2a): bins
+        over [minimum, :data:`LOW_END_QUANTILE` (0.9) quantile] of the values, so the range
+        follows the data's units and distribution (about [0, 0.5] for hourly precipitation
+        in mm h-1, Herbert's range; × 1/3600 in kg m-2 s-1). Pass ``value_range=(0, 0.5)``
+        for a fixed range.
     value_range
-        (low, high) of equal-width bins; default [0, 0.5] with ``low_end``, else the data's
-        minimum and maximum (computed at once, even for dask input).
+        (low, high) of equal-width bins; default the minimum and the 0.9 quantile with
+        ``low_end`` (a larger quantile if that equals the minimum), else the data's minimum
+        and maximum (computed at once, even for dask input).
     dims
         Only checked against ``da`` if given: values are pooled over all dimensions.
 
@@ -114,8 +154,8 @@ def histogram(
         ``bin_lower`` and ``bin_upper``. The density is counts / (number of finite values ×
         bin width): values outside the bins count in the total, so a ``low_end`` view lies
         on the full one. Units: the inverse of ``da``'s (``(mm h-1)-1``), or ``1`` for
-        log10. Lazy for dask input when the bins are known (``bins`` edges, ``value_range``
-        or ``low_end``).
+        log10. Lazy for dask input when the bins are known (``bins`` edges or
+        ``value_range``).
     """
     da = _check_da(da, "da")
     _validate_dims(da, dims)
@@ -280,6 +320,11 @@ def _matched_grids(
     return da, ref, a["Y"], a["X"]
 
 
+def _fields(da: xr.DataArray, ydim: str, xdim: str) -> int:
+    """The number of (Y, X) fields in ``da``: the product of its other dimensions' sizes."""
+    return int(np.prod([n for d, n in da.sizes.items() if d not in (ydim, xdim)], dtype=np.int64))
+
+
 def mean_normalised_bias(
     da: xr.DataArray,
     reference: xr.DataArray,
@@ -303,8 +348,10 @@ def mean_normalised_bias(
     -------
     xr.Dataset
         ``mean_normalised_bias`` (Y, X), NaN where the reference mean is 0 (the ratio is
-        undefined there), and ``mean_abs_mean_normalised_bias`` (0-d, mean of |b| over the
-        other cells). Lazy for dask input.
+        undefined there), with attributes ``sample_fields`` and ``reference_fields`` (the
+        number of (Y, X) fields averaged: the sample size of each mean), and
+        ``mean_abs_mean_normalised_bias`` (0-d, mean of |b| over the other cells). Lazy for
+        dask input.
     """
     da = _check_da(da, "da")
     reference = _check_da(reference, "reference")
@@ -325,6 +372,9 @@ def mean_normalised_bias(
         "units": "1",
         "comment": "(sample mean - reference mean) / reference mean over all but the "
         "grid dimensions; NaN where the reference mean is 0",
+        # the number of (Y, X) fields behind each mean: the bias map's sample size
+        "sample_fields": _fields(da, ydim, xdim),
+        "reference_fields": _fields(ref, ydim, xdim),
     }
     scalar = scalar.reset_coords(drop=True)
     scalar.attrs = {"long_name": "mean absolute mean-normalised bias", "units": "1"}

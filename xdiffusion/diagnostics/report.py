@@ -92,7 +92,8 @@ def evaluate(
     xr.Dataset
         ``spatial_psd_*``, ``temporal_psd_*`` (the temporal PSD over windows of the shorter
         series' length), ``histogram_*`` (full range, dimension ``bin``), ``histogram_low_*``
-        ([0, 0.5], dimension ``bin_low``), ``qq_sample``, ``qq_reference``,
+        ([minimum, 0.9 quantile] of the values, dimension ``bin_low``; see
+        :func:`~xdiffusion.diagnostics.histogram`), ``qq_sample``, ``qq_reference``,
         ``qq_relative_error_by_quantile``, ``mean_normalised_bias``, where ``*`` is
         ``sample`` or ``reference``; 0-d summaries ``psd_log_error`` and
         ``temporal_psd_log_error`` (mean |log10(P_sample / P_reference)|),
@@ -101,7 +102,7 @@ def evaluate(
         ``crps_fair`` (means over points; see ``fair``), ``rank_histogram`` and, with at
         least 2 members, ``ensemble_spread``, ``ensemble_mean_rmse`` and
         ``spread_skill_ratio``. Lazy for dask input except the
-        range of the full histogram (computed at once).
+        ranges of the full and low-end histograms (computed at once).
 
         For Datasets, each variable ``v`` evaluated is diagnosed on its own (as the
         DataArray ``samples[v]`` against ``reference[v]``) and its diagnostics are named

@@ -7,7 +7,8 @@ grid of another region. :func:`plan` compares an input (its per-variable arrays,
 :class:`~xdiffusion.io.convert.Prepared` holds them) with the model's
 :class:`~xdiffusion.io.spec.DataSpec` and returns a :class:`Conform`: what to do to the
 input before generation (convert units, reverse Y or X) and how to undo it on the output.
-:func:`check_grid` refuses another region or resolution.
+:func:`check_grid` refuses another region or resolution; :func:`locate_region` finds where
+a grid lies in the training grid (the whole of it, or a contiguous sub-region).
 
 Pure xarray and numpy (no torch). Everything is elementwise or a reversed ``isel``, so a
 dask-backed input stays lazy. ``cf_units`` (UDUNITS-2) is imported only when two unit
@@ -35,6 +36,7 @@ __all__ = [
     "UnitConversion",
     "axis_values",
     "check_grid",
+    "locate_region",
     "plan",
 ]
 
@@ -334,6 +336,7 @@ def plan(
     argument: str,
     *,
     bounded: Sequence[bool] | None = None,
+    stacklevel: int = 5,
 ) -> Conform:
     """What to do to an input so that it matches the model's training data.
 
@@ -354,6 +357,9 @@ def plan(
     bounded
         Per variable whether the model's transform has a lower bound (then unit
         conversions with an offset are refused).
+    stacklevel
+        Of the missing-units warning: 5 points at the caller of ``DiffusionModel.<task>``
+        through ``prepare_for`` and ``generate.<task>``.
 
     Returns
     -------
@@ -388,7 +394,7 @@ def plan(
                 "converted)",
                 UserWarning,
                 # plan ← prepare_for ← generate.<task> ← DiffusionModel.<task> ← the caller
-                stacklevel=5,
+                stacklevel=stacklevel,
             )
     flipped: list[str] = []
     grid = spec.grid if spec is not None else None
@@ -450,8 +456,7 @@ def check_grid(
         if mine is None or theirs is None or not np.isfinite(theirs).all():
             continue
         if mine.size == theirs.size:
-            spacing = float(np.median(np.abs(np.diff(theirs)))) if theirs.size > 1 else 0.0
-            tol = GRID_RTOL * spacing + COORD_EPS * float(np.abs(theirs).max(initial=0.0))
+            tol = _tolerance(theirs)
             with np.errstate(invalid="ignore"):
                 if np.all(np.abs(mine - theirs) <= tol):
                     continue
@@ -461,6 +466,110 @@ def check_grid(
             f"{argument} grid differs from the model's: its {a} coordinate {name!r} runs "
             f"{_describe(mine)}, but the model was fitted on {model_name!r} running "
             f"{_describe(theirs)} (another region or resolution). Use data on the model's "
-            "grid, or pass check_grid=False to generate on this grid anyway (the model "
-            "then treats it as its training grid)"
+            "grid or on a contiguous sub-region of it, or pass check_grid=False to generate "
+            "on this grid anyway (the model then treats it as its training grid)"
         )
+
+
+def _tolerance(theirs: np.ndarray) -> float:
+    """Largest difference from the model's coordinate ``theirs`` that counts as equal."""
+    spacing = float(np.median(np.abs(np.diff(theirs)))) if theirs.size > 1 else 0.0
+    return GRID_RTOL * spacing + COORD_EPS * float(np.abs(theirs).max(initial=0.0))
+
+
+def _offset(mine: np.ndarray, theirs: np.ndarray) -> int | None:
+    """First ``o`` with ``mine`` equal to ``theirs[o : o + len(mine)]`` (within
+    :func:`_tolerance`), or None."""
+    n, tol = mine.size, _tolerance(theirs)
+    with np.errstate(invalid="ignore"):
+        for o in np.flatnonzero(np.abs(theirs[: theirs.size - n + 1] - mine[0]) <= tol):
+            if np.all(np.abs(theirs[o : o + n] - mine) <= tol):
+                return int(o)
+    return None
+
+
+def locate_region(
+    coords: Mapping[str, np.ndarray | None],
+    spec: DataSpec | None,
+    argument: str,
+    *,
+    shape: Sequence[int],
+    grid: Sequence[int],
+    names: Mapping[str, str] | None = None,
+) -> tuple[slice, slice]:
+    """Where an input's grid lies in the training grid: all of it, or a sub-region.
+
+    An axis as long as the model's is checked as :func:`check_grid` does (its coordinate,
+    where both sides have one, equal to the model's). A shorter axis must have a 1-D
+    numeric coordinate equal (within :data:`GRID_RTOL` of the spacing plus
+    :data:`COORD_EPS` of the magnitude) to a run of consecutive cells of the model's.
+
+    Parameters
+    ----------
+    coords
+        Axis (``"Y"``, ``"X"``) → the input's 1-D coordinate values in the model's
+        orientation, or None where the input has none.
+    spec
+        The model's data spec (its recorded grid coordinates).
+    argument
+        What the coordinates are, for the message (e.g. ``"template"``).
+    shape, grid
+        ``(ny, nx)`` of the input and of the model's training grid.
+    names
+        Axis → the input's dimension name, for the message.
+
+    Returns
+    -------
+    tuple of slice
+        Rows and columns of the training grid the input covers (step 1).
+
+    Raises
+    ------
+    ValueError
+        For an axis longer than the model's, a shorter one without coordinates on either
+        side (it cannot be located), coordinates that match no run of the model's, and
+        (through :func:`check_grid`) a same-sized axis with other coordinates.
+    """
+    model_grid = spec.grid if spec is not None else None
+    shape_, grid_ = tuple(int(v) for v in shape), tuple(int(v) for v in grid)
+    head = f"{argument} grid {shape_} differs from the model's grid {grid_}"
+    cuts = []
+    for i, a in enumerate(_ORIENTED_AXES):
+        n, big = shape_[i], grid_[i]
+        model_name = (model_grid.y_name if a == "Y" else model_grid.x_name) if model_grid else a
+        name = (names or {}).get(a, model_name)
+        mine = coords.get(a)
+        theirs = _spec_axis(model_grid, a) if model_grid is not None else None
+        if theirs is not None and not np.isfinite(theirs).all():
+            theirs = None
+        if n == big:
+            check_grid({a: mine}, spec, argument, names=names)
+            cuts.append(slice(0, n))
+            continue
+        if n > big:
+            raise ValueError(
+                f"{head}: its {a} axis {name!r} has {n} cells, more than the model's {big}. "
+                "Generate on the training grid or a contiguous sub-region of it (or use "
+                "downscale() for coarser inputs)"
+            )
+        if mine is None or theirs is None:
+            whose = (
+                f"{argument} has no numeric 1-D coordinate {name!r}"
+                if mine is None
+                else f"the model recorded no coordinate {model_name!r}"
+            )
+            raise ValueError(
+                f"{head}, and {whose} to locate it as a sub-region of the training grid. Use "
+                f"a template on the training grid, or give {argument} the training grid's "
+                "coordinates of the sub-region (or use downscale() for coarser inputs)"
+            )
+        o = _offset(mine, theirs)
+        if o is None:
+            raise ValueError(
+                f"{head} and is not a sub-region of it: its {a} coordinate {name!r} runs "
+                f"{_describe(mine)}, which matches no {n} consecutive cells of the model's "
+                f"{model_name!r} running {_describe(theirs)}. Use data on the model's grid or "
+                "on a contiguous sub-region of it (or downscale() for coarser inputs)"
+            )
+        cuts.append(slice(o, o + n))
+    return cuts[0], cuts[1]

@@ -9,7 +9,7 @@ other units, on other rows, another region or another time step. No torch here.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -94,6 +94,14 @@ class GridSpec:
         (y, ya), (x, xa) = coord(y_name), coord(x_name)
         return cls(y_name, x_name, y, x, ya, xa)
 
+    def crop(self, ys: slice, xs: slice) -> GridSpec:
+        """The sub-region of rows ``ys`` and columns ``xs`` (generation on a sub-region)."""
+        return replace(
+            self,
+            y=None if self.y is None else self.y[ys],
+            x=None if self.x is None else self.x[xs],
+        )
+
 
 @dataclass(frozen=True)
 class DataSpec:
@@ -133,6 +141,10 @@ class DataSpec:
             GridSpec.from_config(grid) if grid is not None else None,
             cfg.get("time_step"),
         )
+
+    def crop(self, ys: slice, xs: slice) -> DataSpec:
+        """This spec with its grid cropped to rows ``ys`` and columns ``xs``."""
+        return replace(self, grid=None if self.grid is None else self.grid.crop(ys, xs))
 
 
 def _jsonable(attrs: Mapping[str, Any]) -> dict[str, Any]:

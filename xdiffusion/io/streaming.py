@@ -144,14 +144,29 @@ class RandomWindows:
         Windows per step.
     seed
         Seed of the draws.
+    shard
+        ``(rank, world_size)`` of a distributed run: step ``s`` draws the global batch of
+        ``batch_size × world_size`` starts exactly as one process would, and this rank keeps
+        (and reads) rows ``rank::world_size`` — disjoint shares whose union is the
+        single-process batch.
     """
 
     kind = "random"
 
-    def __init__(self, data, frames: int, starts, *, batch_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        data,
+        frames: int,
+        starts,
+        *,
+        batch_size: int,
+        seed: int,
+        shard: tuple[int, int] = (0, 1),
+    ) -> None:
         self.frames = check_positive_int(frames, "frames")
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.seed = check_seed(seed)
+        self.rank, self.world = check_shard(shard)
         self.starts = _check_starts(starts, int(data.shape[1]), self.frames)
         self.reader = WindowReader(data, self.frames)
         self.wait_seconds = 0.0
@@ -159,7 +174,8 @@ class RandomWindows:
     def starts_at(self, step: int) -> np.ndarray:
         """The window starts of step ``step``."""
         rng = np.random.default_rng([self.seed, int(step)])
-        return rng.choice(self.starts, size=self.batch_size, replace=True)
+        drawn = rng.choice(self.starts, size=self.batch_size * self.world, replace=True)
+        return drawn[self.rank :: self.world]
 
     def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
         """``(starts, windows)`` of step ``step``; windows are (B, C, frames, Y, X) float32."""
@@ -171,7 +187,7 @@ class RandomWindows:
 
     def describe(self) -> dict:
         """Settings that determine the batches (for checkpoint fingerprints)."""
-        return {"kind": self.kind}
+        return {"kind": self.kind, **_shard_description(self.world)}
 
     def close(self) -> None:
         """Nothing to release."""
@@ -220,6 +236,11 @@ class ChunkedWindows:
         Number of steps that will be asked for, if known: nothing past it is prefetched.
     max_block_bytes
         Chunks larger than this are split into several blocks.
+    shard
+        ``(rank, world_size)`` of a distributed run: this rank's round ``r`` is the
+        single-process sequence's round ``r × world_size + rank``, so ranks hold disjoint
+        blocks (within an epoch) and draw ``batch_size`` windows per step from their own
+        buffer; one rank reads only its share of the store.
     """
 
     kind = "chunked"
@@ -237,7 +258,9 @@ class ChunkedWindows:
         prefetch: bool = True,
         total_steps: int | None = None,
         max_block_bytes: int = MAX_BLOCK_BYTES,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
+        self.rank, self.world = check_shard(shard)
         if getattr(data, "ndim", None) != 4:
             shape = getattr(data, "shape", None)
             raise ValueError(f"data must be a (channel, time, y, x) array, got shape {shape}")
@@ -300,6 +323,7 @@ class ChunkedWindows:
         return int(self.edges[block]), min(int(self.edges[block + 1]) + self.frames - 1, n_time)
 
     def _load(self, r: int, have: dict) -> _Round:
+        r = r * self.world + self.rank  # this rank's share of the single-process rounds
         blocks = self.blocks_of_round(r)
         pieces = {int(k): have[int(k)] for k in blocks if int(k) in have}
         todo = np.array([int(k) for k in blocks if int(k) not in pieces], dtype=np.int64)
@@ -380,6 +404,7 @@ class ChunkedWindows:
             "steps_per_round": self.steps_per_round,
             "blocks": len(self.edges) - 1,
             "block_edges_sha256": _digest(self.edges),
+            **_shard_description(self.world),
         }
 
     def close(self) -> None:
@@ -419,6 +444,7 @@ def make_loader(
     seed: int,
     buffer_chunks: int = 4,
     total_steps: int | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> RandomWindows | ChunkedWindows:
     """The training-window loader for ``kind``.
 
@@ -431,13 +457,15 @@ def make_loader(
         As for the loaders.
     buffer_chunks, total_steps
         :class:`ChunkedWindows` settings (ignored by ``"random"``).
+    shard
+        ``(rank, world_size)`` of a distributed run (see the loaders).
     """
     if not isinstance(kind, str) or kind not in LOADERS:
         raise ValueError(f"loader must be one of {list(LOADERS)}, got {kind!r}")
     if kind == "auto":
         kind = "chunked" if dask.is_dask_collection(data) else "random"
     if kind == "random":
-        return RandomWindows(data, frames, starts, batch_size=batch_size, seed=seed)
+        return RandomWindows(data, frames, starts, batch_size=batch_size, seed=seed, shard=shard)
     return ChunkedWindows(
         data,
         frames,
@@ -446,7 +474,26 @@ def make_loader(
         seed=seed,
         buffer_chunks=buffer_chunks,
         total_steps=total_steps,
+        shard=shard,
     )
+
+
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    """``(rank, world_size)`` with 0 ≤ rank < world_size, or ValueError."""
+    try:
+        rank, world = (int(v) for v in shard)
+    except (TypeError, ValueError):
+        raise ValueError(f"shard must be (rank, world_size), got {shard!r}") from None
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(
+            f"shard must be (rank, world_size) with 0 ≤ rank < world_size, got {shard!r}"
+        )
+    return rank, world
+
+
+def _shard_description(world: int) -> dict:
+    # single-process runs keep their old fingerprint (resume across versions)
+    return {} if world == 1 else {"world_size": world}
 
 
 def check_loader(loader: str, buffer_chunks: int) -> None:

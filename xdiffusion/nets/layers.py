@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "CONV_PAD_MODES",
     "SPATIAL_ATTENTION_KINDS",
     "Downsample",
+    "EdgeConv2d",
     "LambdaEmbedding",
     "Pointwise",
     "ResBlock",
@@ -30,12 +32,39 @@ __all__ = [
 ]
 
 SPATIAL_ATTENTION_KINDS = ("none", "linear", "full")
+#: How the 3×3 convolutions pad the grid's edges (``padding_mode`` of ``nn.Conv2d``):
+#: ``"zeros"`` (the edge sees a frame of zeros, which differs from any field in diffusion
+#: space, so edge cells are a case of their own), ``"replicate"`` (the edge values
+#: continued outward) or ``"reflect"`` (mirrored about the edge cell, so a corner sees its
+#: neighbours rather than copies of itself; replicate on a level whose grid has a side of
+#: 1). See :class:`EdgeConv2d`.
+CONV_PAD_MODES = ("zeros", "replicate", "reflect")
+
+
+class EdgeConv2d(nn.Conv2d):
+    """3×3 convolution with padding 1 whose edge padding is one of :data:`CONV_PAD_MODES`.
+
+    The parameters are those of ``nn.Conv2d(c_in, c_out, 3, padding=1)`` whatever the
+    mode, so weights move between modes. ``"reflect"`` needs two cells a side; a smaller
+    grid (the coarsest level of a tiny input) is padded by replication instead.
+    """
+
+    def __init__(self, c_in: int, c_out: int, padding_mode: str = "zeros") -> None:
+        super().__init__(c_in, c_out, 3, padding=1, padding_mode=padding_mode)
+
+    def _conv_forward(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        if self.padding_mode == "reflect" and min(x.shape[-2:]) < 2:
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode="replicate")
+            return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return super()._conv_forward(x, weight, bias)
 
 
 class LambdaEmbedding(nn.Module):
     """Embed the log-SNR λ by fixed Fourier features followed by an MLP.
 
-    The network is conditioned on λ_t rather than t (seed eqs. 2.60–2.67: the v-predictor
+    The network is conditioned on λ_t rather than t (Herbert (2023), eqs. 2.60–2.67: the v-predictor
     is v̂_θ(z_t, λ_t)). λ spans roughly [λmin, λmax] = [−30, 30], so it is divided by
     ``lam_scale`` first and then sampled by sines and cosines whose periods range
     geometrically from the whole interval (period 4 in the scaled unit, i.e. smooth and
@@ -99,16 +128,26 @@ class ResBlock(nn.Module):
         GroupNorm groups (must divide ``c_in`` and ``c_out``).
     dropout : float
         Dropout probability before the second convolution.
+    conv_pad : str
+        Edge padding of the 3×3 convolutions, one of :data:`CONV_PAD_MODES`.
     """
 
-    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, dropout: float) -> None:
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        emb_dim: int,
+        groups: int,
+        dropout: float,
+        conv_pad: str = "zeros",
+    ) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, c_in)
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.conv1 = EdgeConv2d(c_in, c_out, conv_pad)
         self.film = nn.Linear(emb_dim, 2 * c_out)
         self.groups = groups
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.conv2 = EdgeConv2d(c_out, c_out, conv_pad)
         self.skip = Pointwise(c_in, c_out) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:

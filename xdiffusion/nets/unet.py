@@ -1,6 +1,6 @@
 """Spatio-temporal U-Net v̂_θ(z_t, λ_t) for video diffusion (pure torch, no xarray).
 
-The network predicts v = α ε − σ x (seed eq. 2.67) from a noisy video z_t and its log-SNR
+The network predicts v = α ε − σ x (Herbert (2023), eq. 2.67) from a noisy video z_t and its log-SNR
 λ_t. Layout follows the reference video U-Net (Herbert (2023), after Ho et al.'s video
 diffusion models): (1, 3, 3) convolutional ResNet blocks with GroupNorm and FiLM
 conditioning on a Fourier embedding of λ, spatial-only down/up-sampling with skip
@@ -24,8 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from xdiffusion.nets.layers import (
+    CONV_PAD_MODES,
     SPATIAL_ATTENTION_KINDS,
     Downsample,
+    EdgeConv2d,
     LambdaEmbedding,
     ResBlock,
     SpatialAttention,
@@ -34,9 +36,13 @@ from xdiffusion.nets.layers import (
 )
 from xdiffusion.validation import check_bool, check_int, check_number, is_int, is_number
 
-__all__ = ["PAD_MODES", "UNet3D", "UNetConfig", "unet_config"]
+__all__ = ["CONV_PAD_MODES", "LEGACY_DEFAULTS", "PAD_MODES", "UNet3D", "UNetConfig", "unet_config"]
 
 PAD_MODES = ("replicate", "reflect", "zeros")
+#: Values of fields added after model files were first written, assumed by
+#: :meth:`UNetConfig.from_dict` when a stored configuration lacks them: what those files'
+#: networks did (a new default applies to new configurations only).
+LEGACY_DEFAULTS: dict[str, Any] = {"conv_pad": "zeros"}
 
 
 @dataclass
@@ -89,6 +95,11 @@ class UNetConfig:
     max_relative_position : int
         Largest frame offset with its own learned temporal-attention bias; further offsets
         share the bias of this one.
+    conv_pad : str
+        Edge padding of every 3×3 convolution: ``"zeros"``, ``"replicate"`` or
+        ``"reflect"`` (see :data:`~xdiffusion.nets.layers.CONV_PAD_MODES`). A stored
+        configuration without it is read as ``"zeros"`` (:data:`LEGACY_DEFAULTS`). The
+        weights have the same shapes either way.
     """
 
     channels: int = 1
@@ -110,6 +121,7 @@ class UNetConfig:
     dropout: float = 0.0
     pad_mode: str = "replicate"
     max_relative_position: int = 16
+    conv_pad: str = "zeros"
 
     def __post_init__(self) -> None:
         self.mults = tuple(self.mults) if isinstance(self.mults, list | tuple) else self.mults
@@ -213,6 +225,10 @@ class UNetConfig:
             raise ValueError(
                 f"UNetConfig.pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}"
             )
+        if self.conv_pad not in CONV_PAD_MODES:
+            raise ValueError(
+                f"UNetConfig.conv_pad must be one of {CONV_PAD_MODES}, got {self.conv_pad!r}"
+            )
 
     @property
     def level_channels(self) -> tuple[int, ...]:
@@ -238,6 +254,9 @@ class UNetConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> UNetConfig:
         """Build and validate a config from :meth:`to_dict` output.
 
+        Fields the dict lacks take their :data:`LEGACY_DEFAULTS` value if they have one (a
+        model file written before the field existed), else the dataclass default.
+
         Raises
         ------
         ValueError
@@ -251,7 +270,7 @@ class UNetConfig:
         if unknown:
             raise ValueError(f"unknown UNetConfig keys {unknown}; valid keys are {sorted(known)}")
         try:
-            return cls(**dict(d))
+            return cls(**{**LEGACY_DEFAULTS, **dict(d)})
         except TypeError as err:  # e.g. a list where a number belongs
             raise ValueError(f"malformed UNetConfig: {err}") from err
 
@@ -300,7 +319,9 @@ def unet_config(preset: str = "small", channels: int = 1, **overrides: Any) -> U
     """
     if preset not in _PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(_PRESETS)}")
-    d = dict(_PRESETS[preset], channels=channels)
+    # the dataclass defaults for new networks (from_dict fills LEGACY_DEFAULTS otherwise)
+    d = {**{k: getattr(UNetConfig, k) for k in LEGACY_DEFAULTS}, **_PRESETS[preset]}
+    d["channels"] = channels
     levels = len(overrides.get("mults", d["mults"]))
     if "mults" in overrides and levels != len(d["mults"]):
         # Changing the depth without restating the per-level lists: extend the preset's
@@ -319,7 +340,7 @@ def unet_config(preset: str = "small", channels: int = 1, **overrides: Any) -> U
 
 
 class UNet3D(nn.Module):
-    """Spatio-temporal U-Net predicting v̂_θ(z_t, λ_t) (seed eqs. 2.67–2.69).
+    """Spatio-temporal U-Net predicting v̂_θ(z_t, λ_t) (Herbert (2023), eqs. 2.67–2.69).
 
     Parameters
     ----------
@@ -348,7 +369,8 @@ class UNet3D(nn.Module):
 
         self.embed = LambdaEmbedding(cfg.fourier_dim, emb, cfg.lam_scale)
         self.cond_proj = nn.Linear(cfg.cond_features, emb) if cfg.cond_features else None
-        self.stem = nn.Conv2d(cfg.channels, cfg.width, 3, padding=1)
+        pad = cfg.conv_pad
+        self.stem = EdgeConv2d(cfg.channels, cfg.width, pad)
 
         def attn(c: int, spatial: str, temporal: bool) -> nn.ModuleList:
             mods = nn.ModuleList()
@@ -369,7 +391,7 @@ class UNet3D(nn.Module):
         for i, c in enumerate(chans):
             blocks = nn.ModuleList()
             for j in range(cfg.blocks):
-                blocks.append(ResBlock(c_prev if j == 0 else c, c, emb, g, cfg.dropout))
+                blocks.append(ResBlock(c_prev if j == 0 else c, c, emb, g, cfg.dropout, pad))
             c_prev = c
             self.down_blocks.append(blocks)
             self.down_attn.append(attn(c, cfg.spatial_attention[i], cfg.temporal_attention[i]))
@@ -378,23 +400,23 @@ class UNet3D(nn.Module):
                 c_prev = chans[i + 1]
 
         c = chans[-1]
-        self.mid1 = ResBlock(c, c, emb, g, cfg.dropout)
+        self.mid1 = ResBlock(c, c, emb, g, cfg.dropout, pad)
         self.mid_attn = attn(c, cfg.mid_spatial_attention, cfg.mid_temporal_attention)
-        self.mid2 = ResBlock(c, c, emb, g, cfg.dropout)
+        self.mid2 = ResBlock(c, c, emb, g, cfg.dropout, pad)
 
         self.up_blocks, self.up_attn, self.ups = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for i in reversed(range(len(chans))):
             c = chans[i]
             blocks = nn.ModuleList()
             for j in range(cfg.blocks):
-                blocks.append(ResBlock(2 * c if j == 0 else c, c, emb, g, cfg.dropout))
+                blocks.append(ResBlock(2 * c if j == 0 else c, c, emb, g, cfg.dropout, pad))
             self.up_blocks.append(blocks)
             self.up_attn.append(attn(c, cfg.spatial_attention[i], cfg.temporal_attention[i]))
             if i > 0:
                 self.ups.append(Upsample(c, chans[i - 1]))
 
         self.out_norm = nn.GroupNorm(g, cfg.width)
-        self.out_conv = nn.Conv2d(cfg.width, cfg.out_channels or cfg.channels, 3, padding=1)
+        self.out_conv = EdgeConv2d(cfg.width, cfg.out_channels or cfg.channels, pad)
         # Zero output layer: the untrained network predicts v̂ = 0.
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
@@ -442,7 +464,7 @@ class UNet3D(nn.Module):
     def forward(
         self, z: torch.Tensor, lam: torch.Tensor | float, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Predict v̂_θ(z, λ) (seed eq. 2.67).
+        """Predict v̂_θ(z, λ) (Herbert (2023), eq. 2.67).
 
         Parameters
         ----------
