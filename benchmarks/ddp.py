@@ -1,11 +1,11 @@
 """Data-parallel training on one machine: 1 rank × 2 threads vs 2 ranks × 1 thread.
 
-Both runs fit the same model (``small`` preset, 32 × 32 × 8 windows of synthetic
-precipitation) with the same global batch and seed; the 2-rank run is started with
-``torchrun`` (``python -m torch.distributed.run --standalone``, gloo). Reports training
-samples per second of each (the ratio; target ≥ 1.6× on a 2-core machine) and both loss
-curves side by side (equal up to reduction order: the ranks draw exactly the single
-process's batch, t and ε).
+A third run, 1 rank × 1 thread, is the scaling baseline. All fit the same model (``small``
+preset, 32 × 32 × 8 windows of synthetic precipitation) with the same global batch and
+seed; the 2-rank run is started with ``torchrun`` (``python -m torch.distributed.run
+--standalone``, gloo). Reports training samples per second of each (the ratio; target
+≥ 1.6× on a 2-core machine) and the loss curves side by side (equal up to reduction
+order: the ranks draw exactly the single process's batch, t and ε).
 
 Prints one JSON document. ``--quick``: fewer steps. Run it alone on the machine.
 """
@@ -67,13 +67,17 @@ def main() -> None:
         script = tmp / "fit.py"
         script.write_text(SCRIPT)
         one = _run([sys.executable, str(script), str(data), str(steps), str(GLOBAL_BATCH), "2"], 2)
+        single = _run(
+            [sys.executable, str(script), str(data), str(steps), str(GLOBAL_BATCH), "1"], 1
+        )
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
         two = _run(
             [*torchrun, "--nproc_per_node=2", str(script), str(data), str(steps),
              str(GLOBAL_BATCH // 2), "1"],
             1,
         )  # fmt: skip
-    rate = {k: GLOBAL_BATCH * steps / r["seconds"] for k, r in (("one", one), ("two", two))}
+    runs = (("one", one), ("two", two), ("single", single))
+    rate = {k: GLOBAL_BATCH * steps / r["seconds"] for k, r in runs}
     loss_one, loss_two = np.asarray(one["loss"]), np.asarray(two["loss"])
     result = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -86,8 +90,10 @@ def main() -> None:
         "samples_per_second": {
             "one_rank_two_threads": round(rate["one"], 2),
             "two_ranks_one_thread": round(rate["two"], 2),
+            "one_rank_one_thread": round(rate["single"], 2),
         },
         "speedup_two_ranks_over_one": round(rate["two"] / rate["one"], 3),
+        "speedup_two_ranks_over_one_rank_one_thread": round(rate["two"] / rate["single"], 3),
         "loss": {
             "one_rank": [round(v, 5) for v in loss_one.tolist()],
             "two_ranks": [round(v, 5) for v in loss_two.tolist()],

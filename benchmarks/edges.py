@@ -124,6 +124,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--net", default="{}", help="network settings as a JSON object")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--pretrained",
+        default=None,
+        help="measure a shipped model (e.g. synthetic-precip) on data in its setting "
+        "instead of fitting one",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     net = json.loads(args.net)
@@ -139,11 +145,19 @@ def main(argv: list[str] | None = None) -> dict:
         nt_train=400,
         seed=args.seed,
     )
-    model, info = get_model(spec)
+    if args.pretrained:
+        from xdiffusion.pretrained import load_pretrained, reference_data
+
+        model = load_pretrained(args.pretrained)
+        info = {"pretrained": args.pretrained, "steps": model.config["training"]["steps"]}
+        spec = Spec(ny=model.grid[0], nx=model.grid[1], frames=model.frames, net=())
+        reference = reference_data(REFERENCE_STEPS, seed=args.seed + 1, name=args.pretrained)
+    else:
+        model, info = get_model(spec)
+        reference = spec.data(REFERENCE_STEPS, args.seed + 1)
     top = float(model.codec[0].decode(torch.ones(1, 1)).item())  # the training maximum
-    reference = spec.data(REFERENCE_STEPS, args.seed + 1)
     t = time.perf_counter()
-    ens = reference.isel(time=slice(0, args.frames)).diffusion.sample(
+    ens = reference.isel(time=slice(0, model.frames)).diffusion.sample(
         model, args.members, steps=args.sampling_steps, seed=args.seed + 2, progress=False
     )
     sample_s = time.perf_counter() - t

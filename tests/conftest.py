@@ -60,3 +60,32 @@ def rng():
 
 def as_dataset(da: xr.DataArray) -> xr.Dataset:
     return da.to_dataset()
+
+
+def cf_high_failures(path, tmp_path):
+    """compliance-checker cf:1.8 on a written file: (failed high-priority checks, report).
+
+    Skips the test when compliance-checker is not installed.
+    """
+    import json
+
+    pytest.importorskip("compliance_checker")
+    from compliance_checker.runner import CheckSuite, ComplianceChecker
+
+    CheckSuite.load_all_available_checkers()
+    report = tmp_path / f"{path.stem}-cf.json"
+    ComplianceChecker.run_checker(
+        str(path),
+        checker_names=["cf:1.8"],
+        verbose=0,
+        criteria="normal",
+        output_filename=str(report),
+        output_format="json",
+    )
+    result = json.loads(report.read_text())["cf:1.8"]
+    failed = [
+        (c["name"], c["msgs"])
+        for c in result.get("high_priorities", [])
+        if c["value"][0] < c["value"][1]
+    ]
+    return failed, result

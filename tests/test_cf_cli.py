@@ -5,47 +5,25 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import cf_high_failures
 
 from xdiffusion.cli import main
 
 GEN = dict(steps=3, progress=False)
 
 
-def _compliance(path, tmp_path):
-    pytest.importorskip("compliance_checker")
-    from compliance_checker.runner import CheckSuite, ComplianceChecker
-
-    CheckSuite.load_all_available_checkers()
-    report = tmp_path / f"{path.stem}-cf.json"
-    ComplianceChecker.run_checker(
-        str(path),
-        checker_names=["cf:1.8"],
-        verbose=0,
-        criteria="normal",
-        output_filename=str(report),
-        output_format="json",
-    )
-    result = json.loads(report.read_text())["cf:1.8"]
-    failed = [
-        (c["name"], c["msgs"])
-        for c in result.get("high_priorities", [])
-        if c["value"][0] < c["value"][1]
-    ]
-    return failed, result
-
-
 def test_netcdf_outputs_pass_cf_checker(tiny_model, series, tmp_path):
     ens = series.isel(time=slice(0, 4)).to_dataset().diffusion.sample(tiny_model, n=2, **GEN)
     path = tmp_path / "ens.nc"
     ens.to_netcdf(path)
-    high, _ = _compliance(path, tmp_path)
+    high, _ = cf_high_failures(path, tmp_path)
     assert high == [], high
     gappy = series.isel(time=slice(0, 8)).to_dataset().copy(deep=True)  # not the fixture
     gappy["pr"][{"time": [2, 3]}] = np.nan
     filled = gappy.diffusion.interpolate(tiny_model, n=2, **GEN)
     path = tmp_path / "filled.nc"
     filled.to_netcdf(path)
-    high, _ = _compliance(path, tmp_path)
+    high, _ = cf_high_failures(path, tmp_path)
     assert high == [], high
 
 

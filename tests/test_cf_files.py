@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import TINY_NET
+from conftest import TINY_NET, cf_high_failures
 
 from xdiffusion.cli import main
 from xdiffusion.io.grids import rotated_to_geographic
@@ -39,25 +39,7 @@ def models(files):
 
 
 def compliance(path, tmp_path):
-    pytest.importorskip("compliance_checker")
-    from compliance_checker.runner import CheckSuite, ComplianceChecker
-
-    CheckSuite.load_all_available_checkers()
-    report = tmp_path / f"{path.stem}-cf.json"
-    ComplianceChecker.run_checker(
-        str(path),
-        checker_names=["cf:1.8"],
-        verbose=0,
-        criteria="normal",
-        output_filename=str(report),
-        output_format="json",
-    )
-    result = json.loads(report.read_text())["cf:1.8"]
-    return [
-        (c["name"], c["msgs"])
-        for c in result.get("high_priorities", [])
-        if c["value"][0] < c["value"][1]
-    ]
+    return cf_high_failures(path, tmp_path)[0]
 
 
 def check_file(path, tmp_path, source):
