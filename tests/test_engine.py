@@ -170,6 +170,7 @@ def test_package_has_no_import_cycle():
         "xdiffusion.settings",
         "xdiffusion.core",
         "xdiffusion.nets",
+        "xdiffusion.accel",
     ],
 )
 def test_tensor_layers_never_reach_xarray(module):

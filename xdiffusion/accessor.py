@@ -68,11 +68,14 @@ class _DiffusionAccessor:
         loader: str = "auto",
         buffer_chunks: int = 4,
         patch: int | Sequence[int] | None = None,
+        compile: bool = False,
     ) -> DiffusionModel:
         """Train a model on this object; see :func:`xdiffusion.fit` for every argument.
 
         ``patch`` (e.g. ``64`` or ``(48, 64)``) trains on random spatial crops of the grid;
         the model still generates on the whole grid or any sub-region of it.
+        ``compile=True`` trains with the network's forward under ``torch.compile``
+        (for GPUs; raises if torch.compile is unavailable, never falls back silently).
 
         Returns
         -------
@@ -115,6 +118,7 @@ class _DiffusionAccessor:
             loader=loader,
             buffer_chunks=buffer_chunks,
             patch=patch,
+            compile=compile,
         )
 
     def sample(

@@ -662,6 +662,12 @@ def build_parser() -> argparse.ArgumentParser:
         "still generates on the whole grid or any sub-region of it",
     )
     f.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the network through torch.compile during training (worth it on a GPU; "
+        "fails with an error where torch.compile is unavailable)",
+    )
+    f.add_argument(
         "--seed",
         type=int,
         default=0,
@@ -813,6 +819,7 @@ def _fit(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.quiet,
         patch=args.patch,
+        compile=args.compile,
     )
     model.save(args.out)
     from xdiffusion.parallel import is_main_process

@@ -27,6 +27,7 @@ import xarray as xr
 
 from xdiffusion import parallel
 from xdiffusion._version import __version__
+from xdiffusion.accel import apply_memory_format, compile_network, to_device
 from xdiffusion.checkpoint import Checkpointer, list_checkpoints, load_checkpoint, set_aside
 from xdiffusion.codec import Codec, VariableCodec
 from xdiffusion.core.samplers import get_sampler
@@ -283,8 +284,9 @@ class _Batches:
         cond = None
         if self.features is not None:
             cond = torch.stack([self.features[int(s) : int(s) + self.frames] for s in idx])
-            cond = cond.to(self.device)
-        return DiffusionBatch(scaled.to(self.device), mask.to(self.device), cond)
+            cond = to_device(cond, self.device)
+        # pinned memory and non-blocking copies on CUDA; a plain .to on the CPU
+        return DiffusionBatch(to_device(scaled, self.device), to_device(mask, self.device), cond)
 
 
 def _sha256(*parts: bytes | str) -> str:
@@ -454,6 +456,7 @@ def model_config(
             "data_shape": [int(s) for s in p.shape],
             "data_name": str(getattr(data, "name", None) or ""),
             "patch": list(args["patch"]) if args.get("patch") else None,
+            "compile": bool(args.get("compile", False)),
             "torch_version": torch.__version__,
             "python": platform.python_version(),
             "history": dict(history),
@@ -557,6 +560,7 @@ def fit(
     loader: str = "auto",
     buffer_chunks: int = 4,
     patch: int | Sequence[int] | None = None,
+    compile: bool = False,
 ) -> DiffusionModel:
     """Train an unconditional spatio-temporal diffusion model on ``data``.
 
@@ -642,6 +646,23 @@ def fit(
         mask, ``config["data"]["grid"]``) and generates on it or on any sub-region of it
         (the network runs on any grid size); ``config["training"]["patch"]`` and the
         checkpoint fingerprint record the crop size. None (default): the whole grid.
+    compile
+        Run the network's forward through ``torch.compile`` during training (the first
+        steps then include compilation; worth it for long runs on a GPU). The EMA
+        weights used for validation and the returned model run eagerly (compile them for
+        generation with :meth:`DiffusionModel.compile
+        <xdiffusion.model.DiffusionModel.compile>`). Raises
+        :class:`~xdiffusion.accel.CompileError` if ``torch.compile`` is unavailable or
+        fails (never a silent fallback). Recorded as ``config["training"]["compile"]``;
+        not part of the checkpoint fingerprint (a run may be resumed with or without
+        it). Off by default; compiled kernels may round differently from eager ones.
+
+    Notes
+    -----
+    On CUDA the training runs under bf16 autocast (the codec, h_ω, the loss and its
+    reductions stay float32), the convolution weights are stored channels-last, and
+    batches are copied from pinned host memory with non-blocking copies. None of this
+    happens on the CPU, whose results are bit-reproducible.
     """
     t0 = time.perf_counter()
     args = check_fit_arguments(
@@ -662,6 +683,7 @@ def fit(
         resume=resume,
         patch=patch,
     )
+    args["compile"] = check_bool(compile, "compile")
     frames, seed = args["frames"], args["seed"]
     check_loader(loader, buffer_chunks)
     cfg = TrainConfig(
@@ -714,7 +736,10 @@ def fit(
 
     with preserved_global_rng(dev):  # the caller's global RNG states are left as they were
         torch.manual_seed(seed)  # network initialisation, then dropout draws
-        module = Denoiser(UNet3D(net_cfg), codec).to(dev)
+        # channels-last convolution weights on CUDA only (a no-op on the CPU)
+        module = apply_memory_format(Denoiser(UNet3D(net_cfg), codec).to(dev), dev)
+        # shares module.net's weights; the EMA copy and the saved state stay eager
+        train_net = compile_network(module.net) if args["compile"] else None
         valid = torch.from_numpy(stats["static_valid"]).to(dev)
         train_starts, val_starts = split_windows(starts, frames, args["val_fraction"])
         thresholds = codec.scaled_thresholds([args["dry_threshold"]] * len(codec))
@@ -753,7 +778,8 @@ def fit(
                     val_batches.append(batches(rng.choice(val_starts, size=size)))
 
             def loss_fn(mod: Denoiser, batch: DiffusionBatch, gen: torch.Generator) -> torch.Tensor:
-                return diffusion_objective(mod.net, mod.codec, schedule, batch, thresholds, gen)
+                net = train_net if train_net is not None and mod is module else mod.net
+                return diffusion_objective(net, mod.codec, schedule, batch, thresholds, gen)
 
             history: dict[str, list] = {}
             resume_state: dict[str, Any] = {}

@@ -21,6 +21,7 @@ import xarray as xr
 from torch import Tensor, nn
 
 from xdiffusion import generate, likelihood, parallel
+from xdiffusion.accel import CompiledNet, apply_memory_format, compile_network
 from xdiffusion.codec import Codec
 from xdiffusion.core.samplers import SAMPLERS
 from xdiffusion.core.schedule import CosineSchedule
@@ -117,6 +118,8 @@ class DiffusionModel:
         c, ny, nx = len(self.variables), *self.grid
         self.valid = valid if valid is not None else torch.ones(c, ny, nx, dtype=torch.bool)
         self.device = torch.device("cpu")
+        #: The network's forward through torch.compile (:meth:`compile`), or None: eager.
+        self._compiled: CompiledNet | None = None
 
     # ----------------------------------------------------------------- description
     @property
@@ -205,7 +208,7 @@ class DiffusionModel:
     def engine(self) -> Engine:
         """The tensor engine over this model's weights, on :attr:`device`."""
         return Engine(
-            self.module.net,
+            self._compiled if self._compiled is not None else self.module.net,
             self.module.codec,
             self.schedule,
             self.frames,
@@ -231,8 +234,34 @@ class DiffusionModel:
     def to(self, device: str | torch.device) -> DiffusionModel:
         """Move the weights to ``device`` (``"auto"`` allowed); returns ``self``."""
         self.device = resolve_device(device)
-        self.module.to(self.device)
+        # channels-last convolution weights on CUDA, contiguous elsewhere
+        apply_memory_format(self.module.to(self.device), self.device)
         self.valid = self.valid.to(self.device)
+        return self
+
+    @property
+    def compiled(self) -> bool:
+        """Whether generation runs the network through ``torch.compile`` (:meth:`compile`)."""
+        return self._compiled is not None
+
+    def compile(self, enabled: bool = True) -> DiffusionModel:
+        """Run the network through ``torch.compile`` when generating; returns ``self``.
+
+        The engine (``sample``, ``interpolate``, ``forecast``, ``downscale``, ``nll``) then
+        calls the compiled forward; the weights, :meth:`save` and :meth:`to` are unchanged
+        (a move to another device recompiles at the next call). The first call includes
+        the compilation, so it pays off for long runs on a GPU; compiled kernels may round
+        differently from eager ones. ``compile(False)`` returns to eager execution. Not
+        recorded in the configuration (it is how the model runs, not what it is).
+
+        Raises
+        ------
+        xdiffusion.accel.CompileError
+            ``torch.compile`` is unavailable or fails on this platform (at the first
+            generation for a failure of the compiler itself); never a silent fallback.
+        """
+        enabled = check_bool(enabled, "enabled")
+        self._compiled = compile_network(self.module.net) if enabled else None
         return self
 
     def sampling(

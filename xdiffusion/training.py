@@ -225,7 +225,8 @@ def diffusion_objective(
     if codec.has_learned:
         count = batch.mask.expand_as(y).flatten(1).sum(1).clamp_min(1).to(loss.dtype)
         loss = loss + codec.penalty(batch.scaled, batch.mask, scaled_thresholds) / count
-    return loss.mean()
+    # float32 whatever autocast did to the network (v_loss and the penalty already are)
+    return loss.float().mean()
 
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
