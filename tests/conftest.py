@@ -30,6 +30,16 @@ def make_series(nt=120, ny=16, nx=16, seed=0, calendar="standard"):
     return synthetic_precipitation(nt=nt, ny=ny, nx=nx, seed=seed, calendar=calendar)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's bit-for-bit comparisons, restored afterwards (a test
+    elsewhere may change the count)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """A tiny model fitted once for the API tests (seconds on a CPU)."""

@@ -9,7 +9,6 @@ import signal
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 from conftest import TINY_NET, make_series
 
@@ -21,12 +20,8 @@ FIT = dict(frames=4, steps=2, batch_size=2, progress=False, device="cpu", net=TI
 GEN = dict(steps=2, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # far faster than 2 threads on a shared, busy CPU
-    yield
-    torch.set_num_threads(n)
+# one torch thread: far faster than 2 on a shared, busy CPU (the fixture is in conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,8 @@ FIT = dict(frames=4, batch_size=2, progress=False, device="cpu", net=NET, val_ev
 SMALL = dict(FIT, transform="learned")  # learned h_ω: more trained parameters to restore
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Exact equality across processes needs the same (single-threaded) CPU kernels."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# bit-for-bit comparisons on one torch thread (the fixture is in conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

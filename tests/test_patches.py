@@ -37,12 +37,8 @@ FIT = dict(
 GEN = dict(steps=2, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# bit-for-bit comparisons on one torch thread (the fixture is in conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _masked(da: xr.DataArray) -> xr.DataArray:

@@ -11,13 +11,8 @@ FIT = dict(frames=4, steps=5, batch_size=2, progress=False, device="cpu", net=TI
 GEN = dict(steps=3, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Bit-for-bit comparisons on one thread; also far faster on a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# bit-for-bit comparisons on one torch thread (the fixture is in conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

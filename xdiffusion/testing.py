@@ -189,13 +189,29 @@ def rotated_pole_dataset(
     return ds
 
 
+def _latlon(ny: int, nx: int, *, bounds: bool) -> tuple[dict, dict]:
+    """(coordinates, bounds variables) of the regular 0.25° latitude-longitude test grid."""
+    lat = np.round(40.0 + 0.25 * np.arange(ny), 6)
+    lon = np.round(-5.0 + 0.25 * np.arange(nx), 6)
+    coords, variables = {}, {}
+    for name, values, sn, units, axis in (
+        ("lat", lat, "latitude", "degrees_north", "Y"),
+        ("lon", lon, "longitude", "degrees_east", "X"),
+    ):
+        attrs = {"standard_name": sn, "units": units, "axis": axis}
+        if bounds:
+            attrs["bounds"] = f"{name}_bnds"
+            variables[f"{name}_bnds"] = ((name, "bnds"), _bounds_1d(values))
+        coords[name] = (name, values, attrs)
+    return coords, variables
+
+
 def regular_latlon_dataset(
     nt: int = 48, ny: int = 16, nx: int = 16, *, seed: int = 0, freq: str = "1h"
 ) -> xr.Dataset:
     """A regular latitude-longitude precipitation file (mm h-1) with coordinate bounds."""
     base = synthetic_precipitation(nt=nt, ny=ny, nx=nx, seed=seed, freq=freq, start="2001-01-01")
-    lat = np.round(40.0 + 0.25 * np.arange(ny), 6)
-    lon = np.round(-5.0 + 0.25 * np.arange(nx), 6)
+    grid, grid_bounds = _latlon(ny, nx, bounds=True)
     time = base["time"]
     ds = xr.Dataset(
         {
@@ -210,8 +226,7 @@ def regular_latlon_dataset(
                 },
             ),
             "time_bnds": _time_bounds(time),
-            "lat_bnds": (("lat", "bnds"), _bounds_1d(lat)),
-            "lon_bnds": (("lon", "bnds"), _bounds_1d(lon)),
+            **grid_bounds,
         },
         coords={
             "time": (
@@ -219,26 +234,7 @@ def regular_latlon_dataset(
                 time.values,
                 {"standard_name": "time", "axis": "T", "bounds": "time_bnds"},
             ),
-            "lat": (
-                "lat",
-                lat,
-                {
-                    "standard_name": "latitude",
-                    "units": "degrees_north",
-                    "axis": "Y",
-                    "bounds": "lat_bnds",
-                },
-            ),
-            "lon": (
-                "lon",
-                lon,
-                {
-                    "standard_name": "longitude",
-                    "units": "degrees_east",
-                    "axis": "X",
-                    "bounds": "lon_bnds",
-                },
-            ),
+            **grid,
         },
         attrs={**_GLOBAL, "title": "regular lat-lon test file", "frequency": "1hr"},
     )
@@ -264,8 +260,7 @@ def monthly_dataset(
     edges = np.asarray(starts.values if hasattr(starts, "values") else starts)
     lower, upper = edges[:-1], edges[1:]
     mid = np.array([a + (b - a) / 2 for a, b in zip(lower, upper)], dtype=edges.dtype)
-    lat = np.round(40.0 + 0.25 * np.arange(ny), 6)
-    lon = np.round(-5.0 + 0.25 * np.arange(nx), 6)
+    grid, _ = _latlon(ny, nx, bounds=False)
     ds = xr.Dataset(
         {
             "pr": (
@@ -281,16 +276,7 @@ def monthly_dataset(
         },
         coords={
             "time": ("time", mid, {"standard_name": "time", "axis": "T", "bounds": "time_bnds"}),
-            "lat": (
-                "lat",
-                lat,
-                {"standard_name": "latitude", "units": "degrees_north", "axis": "Y"},
-            ),
-            "lon": (
-                "lon",
-                lon,
-                {"standard_name": "longitude", "units": "degrees_east", "axis": "X"},
-            ),
+            **grid,
         },
         attrs={**_GLOBAL, "title": f"monthly test file ({calendar})", "frequency": "mon"},
     )
