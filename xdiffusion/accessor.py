@@ -69,6 +69,11 @@ class _DiffusionAccessor:
         buffer_chunks: int = 4,
         patch: int | Sequence[int] | None = None,
         compile: bool = False,
+        latent_dim: int | None = None,
+        objective: str = "weighted",
+        beta: float = 1.0,
+        free_bits: float = 0.0,
+        encoder: Mapping[str, Any] | None = None,
     ) -> DiffusionModel:
         """Train a model on this object; see :func:`xdiffusion.fit` for every argument.
 
@@ -76,6 +81,8 @@ class _DiffusionAccessor:
         the model still generates on the whole grid or any sub-region of it.
         ``compile=True`` trains with the network's forward under ``torch.compile``
         (for GPUs; raises if torch.compile is unavailable, never falls back silently).
+        ``latent_dim=k`` learns an encoder and a latent-conditioned network (see
+        docs/latent.md); ``objective="elbo"`` trains on the variational bound.
 
         Returns
         -------
@@ -119,6 +126,11 @@ class _DiffusionAccessor:
             buffer_chunks=buffer_chunks,
             patch=patch,
             compile=compile,
+            latent_dim=latent_dim,
+            objective=objective,
+            beta=beta,
+            free_bits=free_bits,
+            encoder=encoder,
         )
 
     def sample(
@@ -135,6 +147,7 @@ class _DiffusionAccessor:
         progress: bool = True,
         memory_budget: int | str | None = None,
         check_grid: bool = True,
+        latent: Any = None,
     ) -> xr.DataArray | xr.Dataset:
         """Draw ``n`` unconditional samples shaped like this object.
 
@@ -155,6 +168,7 @@ class _DiffusionAccessor:
             progress=progress,
             memory_budget=memory_budget,
             check_grid=check_grid,
+            latent=latent,
         )
 
     def interpolate(
@@ -173,6 +187,7 @@ class _DiffusionAccessor:
         progress: bool = True,
         memory_budget: int | str | None = None,
         check_grid: bool = True,
+        latent: Any = None,
     ) -> xr.DataArray | xr.Dataset:
         """Fill the NaN time steps and cells of this series of any length.
 
@@ -195,6 +210,7 @@ class _DiffusionAccessor:
             progress=progress,
             memory_budget=memory_budget,
             check_grid=check_grid,
+            latent=latent,
         )
 
     def forecast(
@@ -214,6 +230,7 @@ class _DiffusionAccessor:
         progress: bool = True,
         memory_budget: int | str | None = None,
         check_grid: bool = True,
+        latent: Any = None,
     ) -> xr.DataArray | xr.Dataset:
         """Continue this series ``lead`` time steps past its end, ``n`` members.
 
@@ -237,6 +254,7 @@ class _DiffusionAccessor:
             progress=progress,
             memory_budget=memory_budget,
             check_grid=check_grid,
+            latent=latent,
         )
 
     def downscale(
@@ -256,6 +274,7 @@ class _DiffusionAccessor:
         progress: bool = True,
         memory_budget: int | str | None = None,
         check_grid: bool = True,
+        latent: Any = None,
     ) -> xr.DataArray | xr.Dataset:
         """Fine fields whose ``factor`` × ``factor`` block means match ``coarse``.
 
@@ -271,6 +290,61 @@ class _DiffusionAccessor:
             like=like,
             guidance_weight=guidance_weight,
             project=project,
+            steps=steps,
+            sampler=sampler,
+            seed=seed,
+            batch_size=batch_size,
+            dims=dims,
+            progress=progress,
+            memory_budget=memory_budget,
+            check_grid=check_grid,
+            latent=latent,
+        )
+
+    def encode(
+        self,
+        model: DiffusionModel,
+        *,
+        dims: Dims = None,
+        check_grid: bool = True,
+        batch_size: int = 16,
+    ) -> xr.Dataset:
+        """The posterior q(w | window) of a latent model for each non-overlapping window of
+        this series: ``latent_mean`` and ``latent_std`` on (``window``, ``latent``).
+
+        See :meth:`DiffusionModel.encode`; returns a new Dataset.
+        """
+        from xdiffusion.model import check_model
+
+        return check_model(model).encode(
+            self._obj, dims=dims, check_grid=check_grid, batch_size=batch_size
+        )
+
+    def reconstruct(
+        self,
+        model: DiffusionModel,
+        n: int = 1,
+        *,
+        posterior: str = "mean",
+        steps: int | None = None,
+        sampler: str | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
+        dims: Dims = None,
+        progress: bool = True,
+        memory_budget: int | str | None = None,
+        check_grid: bool = True,
+    ) -> xr.DataArray | xr.Dataset:
+        """Encode this series, then sample ``n`` members, each window with its own latent.
+
+        See :meth:`DiffusionModel.reconstruct`; returns a new object.
+        """
+        from xdiffusion.model import check_model
+
+        return check_model(model).reconstruct(
+            self._obj,
+            n,
+            posterior=posterior,
             steps=steps,
             sampler=sampler,
             seed=seed,
@@ -308,7 +382,8 @@ class _DiffusionAccessor:
 
 @xr.register_dataarray_accessor("diffusion")
 class DataArrayDiffusionAccessor(_DiffusionAccessor):
-    """``da.diffusion``: fit, sample, interpolate, forecast, downscale, evaluate."""
+    """``da.diffusion``: fit, sample, interpolate, forecast, downscale, encode, reconstruct,
+    evaluate."""
 
 
 @xr.register_dataset_accessor("diffusion")

@@ -51,6 +51,7 @@ from xdiffusion.settings import SamplingSettings
 from xdiffusion.validation import check_int, check_positive_int
 
 __all__ = [
+    "LATENT_STREAM",
     "Engine",
     "Window",
     "WorkUnit",
@@ -62,6 +63,10 @@ __all__ = [
 #: Floor of the whitening variance of :func:`block_mean_operator`: cells clipped at the
 #: data range have a zero Jacobian, and an all-dry block would otherwise divide by zero.
 WHITENING_FLOOR = 1e-4
+#: Noise stream of a member's prior latent w ~ N(0, I) (a latent model sampled without
+#: ``latent=``): beyond any window position's streams 2t and 2t + 1, so it is independent
+#: of every window's noise and the same for all windows and chunks of the member.
+LATENT_STREAM = 2**62
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -198,6 +203,9 @@ class Engine:
     data
         What the model knows of its training data (:class:`xdiffusion.io.spec.DataSpec`),
         carried for the xarray layer, which checks inputs against it; unused here.
+    encoder
+        A latent model's encoder E_φ (:class:`~xdiffusion.nets.encoder.Encoder`), used by
+        :meth:`encode`; None for an unconditional model.
     """
 
     def __init__(
@@ -212,8 +220,10 @@ class Engine:
         variables: Sequence[str] | None = None,
         time_features: Sequence[str] = (),
         data: Any = None,
+        encoder: torch.nn.Module | None = None,
     ) -> None:
         self.net = net
+        self.encoder = encoder
         self.codec = codec
         self.schedule = schedule
         self.frames = int(frames)
@@ -286,6 +296,7 @@ class Engine:
             variables=self.variables,
             time_features=self.time_features,
             data=self.data if data is None else data,
+            encoder=self.encoder,
         )
 
     # -- planning -------------------------------------------------------------------------
@@ -322,13 +333,72 @@ class Engine:
 
     # -- one window -----------------------------------------------------------------------
 
-    def _denoiser(self, cond: Tensor | None, window: Window, batch: int):
-        kwargs = None
+    @property
+    def latent_dim(self) -> int:
+        """Size k of the latent w the network is conditioned on (0: none)."""
+        return int(getattr(getattr(self.net, "config", None), "latent_dim", 0) or 0)
+
+    def window_latent(
+        self, latent: Tensor | None, seed: int, members: Sequence[int], window: Window
+    ) -> Tensor | None:
+        """The latent w of each member for one window: (B, k) or (B, F, k), or None.
+
+        ``latent`` None draws w ~ N(0, I) per member from its own stream (seed, member,
+        :data:`LATENT_STREAM`), the same for every window of the member; (T, k) gives
+        every member frame t's vector; (N, T, k) gives member m row m.
+        """
+        k = self.latent_dim
+        if not k:
+            if latent is not None:
+                raise ValueError("latent= was given but this model has no latent (latent_dim=0)")
+            return None
+        if latent is None:
+            return MemberNoise(seed, members, (k,), device=self.device, stream=LATENT_STREAM)()
+        if latent.shape[-1] != k or latent.ndim not in (2, 3):
+            raise ValueError(
+                f"latent must be (T, {k}) or (members, T, {k}), got {tuple(latent.shape)}"
+            )
+        if latent.ndim == 2:
+            part = latent[window.start : window.stop]
+            part = part[None].expand(len(members), *part.shape)
+        else:
+            part = latent[list(members), window.start : window.stop]
+        return part.to(self.device, torch.float32)
+
+    @torch.no_grad()
+    def encode(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """q(w | x) of physical windows: (μ, log σ²), each (B, k) (seed 003 §2).
+
+        Parameters
+        ----------
+        x
+            (B, C, F, H, W) physical values; elements outside ``mask`` are ignored.
+        mask
+            Boolean, broadcastable to ``x``: elements the encoder reads.
+        """
+        if self.encoder is None:
+            raise ValueError(
+                "this model has no latent encoder: fit it with latent_dim= (docs/latent.md)"
+            )
+        x = x.to(self.device, torch.float32)
+        mask = mask.to(self.device).expand_as(x)
+        fill = torch.tensor(
+            [lo if lo is not None else 0.0 for lo in self.codec.lower], device=self.device
+        )[None, :, None, None, None]
+        y = self.codec.encode(torch.where(mask, x, fill.expand_as(x)))
+        return self.encoder(torch.where(mask, y, torch.zeros((), device=y.device)), mask)
+
+    def _denoiser(
+        self, cond: Tensor | None, window: Window, batch: int, latent: Tensor | None = None
+    ):
+        kwargs = {}
         if cond is not None:  # (T, K) features of the whole series → this window's
             c = cond[window.start : window.stop].to(self.device)
-            kwargs = {"cond": c[None].expand(batch, *c.shape)}
+            kwargs["cond"] = c[None].expand(batch, *c.shape)
+        if latent is not None:  # already this window's, one row per member
+            kwargs["latent"] = latent
         micro = 1 if self.device.type == "cpu" else None
-        return make_denoiser(self.net, net_kwargs=kwargs, microbatch=micro)
+        return make_denoiser(self.net, net_kwargs=kwargs or None, microbatch=micro)
 
     def _sample(self, den, noise: MemberNoise, settings: SamplingSettings, progress: bool):
         # guidance needs autograd: callers may be under inference_mode
@@ -359,6 +429,7 @@ class Engine:
         window: Window,
         time_offset: int = 0,
         cond: Tensor | None = None,
+        latent: Tensor | None = None,
         progress: bool = False,
     ) -> Tensor:
         """Sample one window for a batch of members, conditioned on its known elements.
@@ -378,6 +449,9 @@ class Engine:
             Absolute time position of the series' first frame (archive chunks).
         cond
             (T, K) per-frame conditioning features of the whole series, or None.
+        latent
+            A latent model's w (:meth:`window_latent`): (T, k) per frame of the series,
+            (N, T, k) per member and frame, or None (drawn from the prior per member).
 
         Returns
         -------
@@ -385,7 +459,8 @@ class Engine:
             (B, C, F, H, W); known elements equal ``x_known``.
         """
         b, shape = x_known.shape[0], x_known.shape[1:]
-        base = self._denoiser(cond, window, b)
+        w_latent = self.window_latent(latent, seed, members, window)
+        base = self._denoiser(cond, window, b, w_latent)
         noise, extra = self._noise(seed, members, shape, time_offset + window.start)
         conditioned = bool(mask.any())
         den = base
@@ -414,6 +489,7 @@ class Engine:
         seed: int,
         time_offset: int = 0,
         cond: Tensor | None = None,
+        latent: Tensor | None = None,
         progress: bool = False,
         members: Sequence[int] | None = None,
     ) -> Tensor:
@@ -430,7 +506,7 @@ class Engine:
             it must hold the output of every earlier window the unit depends on.
         mask
             (C, T, H, W) boolean: elements known before the plan ran.
-        settings, seed, time_offset, cond
+        settings, seed, time_offset, cond, latent
             As for :meth:`window`.
         members
             Member indices to use instead of ``unit.members`` (same length).
@@ -461,6 +537,7 @@ class Engine:
                 window=w,
                 time_offset=time_offset,
                 cond=cond,
+                latent=latent,
             )
             out[:, :, w.start : w.stop] = torch.where(ms, xs, gen)
             known[:, w.start : w.stop] = True
@@ -479,6 +556,7 @@ class Engine:
         done_until: int,
         time_offset: int = 0,
         cond: Tensor | None = None,
+        latent: Tensor | None = None,
     ) -> Tensor:
         """Run consecutive windows of a completion plan on the frames they cover only.
 
@@ -505,6 +583,8 @@ class Engine:
             Series position up to which earlier windows have generated every frame.
         cond
             (T, K) features of the whole series, or None.
+        latent
+            As for :meth:`window`, over the whole series.
 
         Returns
         -------
@@ -528,6 +608,7 @@ class Engine:
             seed=seed,
             time_offset=time_offset + span_start,
             cond=None if cond is None else cond[span_start:],
+            latent=None if latent is None else latent[..., span_start:, :],
             members=members,
         )
 
@@ -571,6 +652,7 @@ class Engine:
         batch_size: int | None = None,
         time_offset: int = 0,
         cond: Tensor | None = None,
+        latent: Tensor | None = None,
         progress: bool = False,
     ) -> Tensor:
         """Complete one series (C, T, H, W) in diffusion space for members 0 … n − 1.
@@ -591,6 +673,7 @@ class Engine:
                 seed=seed,
                 time_offset=time_offset,
                 cond=cond,
+                latent=latent,
                 progress=progress and i == 0,
             )
             for i, u in enumerate(units)
@@ -618,6 +701,7 @@ class Engine:
         y_start: int = 0,
         time_offset: int = 0,
         cond: Tensor | None = None,
+        latent: Tensor | None = None,
         project: bool = True,
         progress: bool = False,
     ) -> Tensor:
@@ -638,6 +722,8 @@ class Engine:
             Resolved settings (guidance weight of the whitened operator).
         project
             Make the block means exact at the end (:func:`project_block_means`).
+        cond, latent
+            As for :meth:`window`, indexed by series position.
 
         Returns
         -------
@@ -663,7 +749,7 @@ class Engine:
             yw = y_phys[None, :, w.start - y_start : w.stop - y_start] / scale_b
             operator = block_mean_operator(self.codec, yw, factor, scale_b)
             b = len(members)
-            base = self._denoiser(cond, w, b)
+            base = self._denoiser(cond, w, b, self.window_latent(latent, seed, members, w))
             den = guidance(
                 base,
                 yw.expand(b, *yw.shape[1:]),
@@ -694,6 +780,7 @@ class Engine:
         batch_size: int | None = None,
         time_offset: int = 0,
         cond: Tensor | None = None,
+        latent: Tensor | None = None,
         project: bool = True,
         progress: bool = False,
     ) -> Tensor:
@@ -715,6 +802,7 @@ class Engine:
                     seed=seed,
                     time_offset=time_offset,
                     cond=cond,
+                    latent=latent,
                     project=project,
                     progress=progress and i == 0,
                 )

@@ -41,10 +41,12 @@ from xdiffusion.io.streaming import check_loader, make_loader
 from xdiffusion.io.timefeatures import check_features, n_features
 from xdiffusion.io.timefeatures import time_features as time_features_of
 from xdiffusion.io.windows import WindowReader, window_starts
-from xdiffusion.model import SCHEMA_VERSION, Denoiser, DiffusionModel, migrate_state
+from xdiffusion.model import Denoiser, DiffusionModel, migrate_state, schema_version
 from xdiffusion.nets import UNet3D, UNetConfig, unet_config
+from xdiffusion.nets.encoder import Encoder, EncoderConfig
 from xdiffusion.training import (
     DiffusionBatch,
+    Objective,
     TrainConfig,
     check_batch_size,
     check_steps,
@@ -367,6 +369,8 @@ def run_fingerprint(
     loader: Mapping[str, Any],
     digest: Mapping[str, Any] | None = None,
     preset: str | None = None,
+    latent: Mapping[str, Any] | None = None,
+    objective: Objective | None = None,
 ) -> dict[str, Any]:
     """What must be equal for a checkpoint to be resumed by this run.
 
@@ -404,6 +408,13 @@ def run_fingerprint(
         "preset": preset,
         # only patch runs carry the key: whole-grid runs keep their fingerprint
         **({"patch": list(args["patch"])} if args.get("patch") else {}),
+        # likewise only latent models and non-default objectives
+        **({"latent": dict(latent)} if latent else {}),
+        **(
+            {"objective": objective.to_dict()}
+            if objective is not None and objective != Objective()
+            else {}
+        ),
         **dict(digest or {}),
     }
 
@@ -434,10 +445,13 @@ def model_config(
     n_windows: int,
     n_val_windows: int,
     history: Mapping[str, list],
+    latent: Mapping[str, Any] | None = None,
+    objective: Objective | None = None,
 ) -> dict[str, Any]:
-    """The model's ``config`` (schema :data:`~xdiffusion.model.SCHEMA_VERSION`)."""
-    return {
-        "schema_version": SCHEMA_VERSION,
+    """The model's ``config`` (schema :func:`~xdiffusion.model.schema_version`: 3 with a
+    latent, else 2)."""
+    config = {
+        "schema_version": 0,
         "xdiffusion_version": __version__,
         "frames": args["frames"],
         "grid": [int(p.shape[2]), int(p.shape[3])],
@@ -459,9 +473,14 @@ def model_config(
             "compile": bool(args.get("compile", False)),
             "torch_version": torch.__version__,
             "python": platform.python_version(),
+            "objective": (objective or Objective()).to_dict(),
             "history": dict(history),
         },
     }
+    if latent:
+        config["latent"] = dict(latent)
+    config["schema_version"] = schema_version(config)
+    return config
 
 
 @contextmanager
@@ -561,8 +580,14 @@ def fit(
     buffer_chunks: int = 4,
     patch: int | Sequence[int] | None = None,
     compile: bool = False,
+    latent_dim: int | None = None,
+    objective: str = "weighted",
+    beta: float = 1.0,
+    free_bits: float = 0.0,
+    encoder: Mapping[str, Any] | None = None,
 ) -> DiffusionModel:
-    """Train an unconditional spatio-temporal diffusion model on ``data``.
+    """Train a spatio-temporal diffusion model on ``data`` (unconditional, or conditioned
+    on a learned latent w with ``latent_dim``).
 
     Parameters
     ----------
@@ -656,6 +681,30 @@ def fit(
         fails (never a silent fallback). Recorded as ``config["training"]["compile"]``;
         not part of the checkpoint fingerprint (a run may be resumed with or without
         it). Off by default; compiled kernels may round differently from eager ones.
+    latent_dim
+        Size k of a latent vector w per window (representation learning, seed 003;
+        docs/latent.md): an encoder E_φ (:class:`~xdiffusion.nets.encoder.Encoder`)
+        infers q(w | x) = N(μ, σ²) from each window, one reparameterised draw of w
+        conditions the network through its own projection into the FiLM input (beside
+        λ and any time features), and the KL(q(w | x) ‖ N(0, I)) joins the loss. The
+        encoder trains, averages (EMA) and saves with the network (model schema 3). The
+        model then offers :meth:`~xdiffusion.model.DiffusionModel.encode`,
+        :meth:`~xdiffusion.model.DiffusionModel.reconstruct` and ``latent=`` in its
+        generating methods. None or 0 (default): an unconditional model, as before.
+    objective
+        ``"weighted"`` (default): the thesis's v-loss (eq. 2.68), plus ``beta`` · KL per
+        element with a latent — good samples, but not a bound. ``"elbo"``: the variational
+        bound in nats per element (prior, diffusion term with λ ~ U(λmin, λmax), Gaussian
+        decoder, and the KL; :class:`~xdiffusion.training.Objective`), a true bound on
+        −log p of the transformed data with ``free_bits=0``; usable without a latent too.
+    beta
+        Weight of the KL in ``"weighted"`` (per element, like the bound's KL / N).
+    free_bits
+        Nats per latent dimension (batch mean) below which the KL costs nothing, so that
+        latent dimensions are not switched off early (Kingma et al. 2016); 0: none.
+    encoder
+        Overrides of the encoder's architecture
+        (:class:`~xdiffusion.nets.encoder.EncoderConfig`: ``width``, ``levels``, ``groups``).
 
     Notes
     -----
@@ -684,6 +733,19 @@ def fit(
         patch=patch,
     )
     args["compile"] = check_bool(compile, "compile")
+    k = check_int(latent_dim, "latent_dim", minimum=0, allow_none=True) or 0
+    if not isinstance(objective, str):
+        raise TypeError(f"objective must be one of {['weighted', 'elbo']}, got {objective!r}")
+    obj = Objective(objective, beta=beta, free_bits=free_bits)
+    if encoder is not None and not isinstance(encoder, Mapping):
+        raise TypeError(
+            f"encoder must be a mapping of encoder settings such as {{'width': 16}}, got "
+            f"{type(encoder).__name__}"
+        )
+    if encoder and not k:
+        raise ValueError("encoder= configures the latent encoder: pass latent_dim= too")
+    if not k and (obj.beta != 1.0 or obj.free_bits):
+        raise ValueError("beta= and free_bits= weight the latent's KL: pass latent_dim= too")
     frames, seed = args["frames"], args["seed"]
     check_loader(loader, buffer_chunks)
     cfg = TrainConfig(
@@ -712,11 +774,22 @@ def fit(
         feat_table = torch.from_numpy(time_features_of(p.time, feats))
     try:  # before the pass over the data, so that a typo fails fast
         extra = {"cond_features": n_features(feats)} if feats else {}
+        if k:
+            extra["latent_dim"] = k
         net_cfg = unet_config(
             preset=preset, channels=len(p.variables), **{**dict(net or {}), **extra}
         )
     except (TypeError, ValueError) as err:
         raise type(err)(f"preset={preset!r}, net={dict(net or {})!r}: {err}") from None
+    latent = None
+    if k:
+        try:
+            enc_cfg = EncoderConfig(
+                **{**dict(encoder or {}), "channels": len(p.variables), "latent_dim": k}
+            )
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"encoder={dict(encoder or {})!r}: {err}") from None
+        latent = {"dim": k, "encoder": enc_cfg.to_dict()}
     if args["patch"] is not None:  # also before the pass over the data
         levels = len(net_cfg.mults)
         args["patch"] = check_patch_size(
@@ -737,7 +810,10 @@ def fit(
     with preserved_global_rng(dev):  # the caller's global RNG states are left as they were
         torch.manual_seed(seed)  # network initialisation, then dropout draws
         # channels-last convolution weights on CUDA only (a no-op on the CPU)
-        module = apply_memory_format(Denoiser(UNet3D(net_cfg), codec).to(dev), dev)
+        enc_module = Encoder(EncoderConfig.from_dict(latent["encoder"])) if latent else None
+        module = apply_memory_format(
+            Denoiser(UNet3D(net_cfg), codec, enc_module).to(dev), dev
+        )
         # shares module.net's weights; the EMA copy and the saved state stay eager
         train_net = compile_network(module.net) if args["compile"] else None
         valid = torch.from_numpy(stats["static_valid"]).to(dev)
@@ -779,7 +855,16 @@ def fit(
 
             def loss_fn(mod: Denoiser, batch: DiffusionBatch, gen: torch.Generator) -> torch.Tensor:
                 net = train_net if train_net is not None and mod is module else mod.net
-                return diffusion_objective(net, mod.codec, schedule, batch, thresholds, gen)
+                return diffusion_objective(
+                    net,
+                    mod.codec,
+                    schedule,
+                    batch,
+                    thresholds,
+                    gen,
+                    encoder=mod.encoder,
+                    objective=obj,
+                )
 
             history: dict[str, list] = {}
             resume_state: dict[str, Any] = {}
@@ -797,6 +882,8 @@ def fit(
                     loader=windows.describe(),
                     digest=data_digest(p, stats, feat_table),
                     preset=preset,
+                    latent=latent,
+                    objective=obj,
                 )
                 # rank 0 first: it may set unreadable checkpoints aside, which the others
                 # must not race with; then every rank loads the same checkpoint
@@ -844,6 +931,8 @@ def fit(
         n_windows=len(train_starts),
         n_val_windows=len(val_starts),
         history=result.history,
+        latent=latent,
+        objective=obj,
     )
     config["training"].update(
         world_size=shard[1],

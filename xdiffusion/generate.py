@@ -33,6 +33,7 @@ from xdiffusion.io.conform import Conform, axis_values
 from xdiffusion.io.conform import check_grid as check_grid_of
 from xdiffusion.io.convert import Prepared, raise_if_overflow
 from xdiffusion.io.grids import FINE_COORD_DIGITS, fine_axis, fine_latlon
+from xdiffusion.latents import latent_table
 from xdiffusion.lazy import lazy_complete, lazy_downscale, time_chunks
 from xdiffusion.resources import eager_batch, lazy_batch, resolve_budget
 from xdiffusion.settings import SamplingSettings
@@ -128,6 +129,7 @@ def sample(
     memory_budget: int | str | None = None,
     check_grid: bool = True,
     provenance: Mapping[str, object] | None = None,
+    latent: object = None,
 ) -> xr.DataArray | xr.Dataset:
     """``n`` unconditional members shaped like ``template``; see ``DiffusionModel.sample``."""
     n, seed = _common(n, seed, batch_size, progress)
@@ -139,6 +141,7 @@ def sample(
     plan = engine.plan(mask, context)
     budget = resolve_budget(memory_budget)
     cond = features(engine, p.time)
+    lat = latent_table(engine, latent, p.time, t, n)
     if is_lazy(p):
         bs = lazy_batch(engine, n, batch_size, budget, c * _chunk_frames(p, engine) * h * w)
         values = lazy_complete(
@@ -151,6 +154,7 @@ def sample(
             chunks=time_chunks(t, p.data.chunks[1], engine.frames),
             plan=plan,
             cond=cond,
+            latent=lat,
         )
     else:
         bs = eager_batch(engine, n, batch_size, budget, c * t * h * w)
@@ -165,6 +169,7 @@ def sample(
                 context=context,
                 batch_size=bs,
                 cond=cond,
+                latent=lat,
                 progress=progress,
             )
             values = engine.static_nan(engine.codec.decode(y)).cpu().numpy()
@@ -185,6 +190,7 @@ def interpolate(
     memory_budget: int | str | None = None,
     check_grid: bool = True,
     provenance: Mapping[str, object] | None = None,
+    latent: object = None,
 ) -> xr.DataArray | xr.Dataset:
     """Fill NaN gaps, observed values kept; see ``DiffusionModel.interpolate``."""
     n, seed = _common(n, seed, batch_size, progress)
@@ -193,6 +199,7 @@ def interpolate(
     budget = resolve_budget(memory_budget)
     cond = features(engine, p.time)
     c, t, h, w = p.shape
+    lat = latent_table(engine, latent, p.time, t, n)
     if is_lazy(p):
         # one streaming pass for where the gaps are; the data are read again only by the
         # windows around them and by the output chunks
@@ -227,6 +234,7 @@ def interpolate(
             plan=plan,
             phys=source,
             cond=cond,
+            latent=lat,
             dtype=dtype,
         )
         observed = dsa.isfinite(phys)
@@ -261,6 +269,7 @@ def interpolate(
             context=context,
             batch_size=bs,
             cond=cond,
+            latent=lat,
             progress=progress,
         )
         gen = engine.static_nan(engine.codec.decode(y)).cpu().numpy()
@@ -307,6 +316,7 @@ def forecast(
     memory_budget: int | str | None = None,
     check_grid: bool = True,
     provenance: Mapping[str, object] | None = None,
+    latent: object = None,
 ) -> xr.DataArray | xr.Dataset:
     """Continue past the end; see ``DiffusionModel.forecast``."""
     n, seed = _common(n, seed, batch_size, progress)
@@ -331,10 +341,10 @@ def forecast(
     context_values = np.asarray(p.data[:, -ctx:])
     if hasattr(context_values, "compute"):
         context_values = context_values.compute()
-    cond = None
-    if engine.time_features:
-        times = np.concatenate([np.asarray(p.time.values[-ctx:]), np.asarray(new_time)])
-        cond = features(engine, times)
+    times = np.concatenate([np.asarray(p.time.values[-ctx:]), np.asarray(new_time)])
+    cond = features(engine, times) if engine.time_features else None
+    # a latent per window is matched against the context and the new time steps
+    lat = latent_table(engine, latent, xr.DataArray(times), ctx + lead, n)
     check_lower(engine, torch.from_numpy(context_values), "data")
     if not bool(np.isfinite(context_values).any()):
         raise ValueError(
@@ -366,6 +376,7 @@ def forecast(
             plan=plan,
             phys=dsa.from_array(series, chunks=(c, tuple(b - a for a, b in chunks), h, w)),
             cond=cond,
+            latent=lat,
         )
         gen = full[:, :, ctx:]
     else:
@@ -380,6 +391,7 @@ def forecast(
                 context=ctx,
                 batch_size=bs,
                 cond=cond,
+                latent=lat,
                 progress=progress,
             )
             gen = engine.static_nan(engine.codec.decode(y[:, :, ctx:])).cpu().numpy()
@@ -464,6 +476,7 @@ def downscale(
     memory_budget: int | str | None = None,
     check_grid: bool = True,
     provenance: Mapping[str, object] | None = None,
+    latent: object = None,
 ) -> xr.DataArray | xr.Dataset:
     """Coarse → fine ensemble; see ``DiffusionModel.downscale``."""
     n, seed = _common(n, seed, batch_size, progress)
@@ -520,6 +533,7 @@ def downscale(
     c, t = p.shape[:2]
     fine = c * engine.grid[0] * engine.grid[1]
     cond = features(engine, p.time)
+    lat = latent_table(engine, latent, p.time, t, n)
     if is_lazy(p):
         y = p.data.astype(np.float32)
         bad, lowest = dask.compute((~dsa.isfinite(y)).any(), dsa.min(y, axis=(1, 2, 3)))
@@ -536,6 +550,7 @@ def downscale(
             seed=seed,
             batch_size=bs,
             cond=cond,
+            latent=lat,
             project=project,
         )
     else:
@@ -552,6 +567,7 @@ def downscale(
             seed=seed,
             batch_size=bs,
             cond=cond,
+            latent=lat,
             project=project,
             progress=progress,
         )

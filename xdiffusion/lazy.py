@@ -101,6 +101,7 @@ def _downscale_task(
     seed: int,
     time_offset: int,
     cond: torch.Tensor | None,
+    latent: torch.Tensor | None,
     project: bool,
     threads: int,
 ) -> np.ndarray:
@@ -116,6 +117,7 @@ def _downscale_task(
             y_start=y_start,
             time_offset=time_offset,
             cond=cond,
+            latent=latent,
             project=project,
         )
         return engine.static_nan(out).cpu().numpy()
@@ -132,6 +134,7 @@ def lazy_downscale(
     batch_size: int,
     time_offset: int = 0,
     cond: torch.Tensor | None = None,
+    latent: torch.Tensor | None = None,
     project: bool = True,
 ) -> dsa.Array:
     """Fine physical fields (n, C, T, H, W) as a dask array, for coarse ``y`` (C, T, h, w).
@@ -162,6 +165,7 @@ def lazy_downscale(
                 seed,
                 time_offset,
                 cond,
+                latent,
                 project,
                 threads,
             )
@@ -223,6 +227,7 @@ def _complete_task(
     seed: int,
     time_offset: int,
     cond: torch.Tensor | None,
+    latent: torch.Tensor | None,
     threads: int,
 ) -> tuple[int, np.ndarray]:
     """One group for one member block: (span start, diffusion values (B, C, S, H, W))."""
@@ -251,6 +256,7 @@ def _complete_task(
             done_until=group.done_until,
             time_offset=time_offset,
             cond=cond,
+            latent=latent,
         )
     return group.start, out.cpu().numpy()
 
@@ -297,6 +303,7 @@ def lazy_complete(
     phys: dsa.Array | None = None,
     time_offset: int = 0,
     cond: torch.Tensor | None = None,
+    latent: torch.Tensor | None = None,
     dtype: np.dtype | type = np.float32,
 ) -> dsa.Array:
     """Completed series (n, C, T, H, W) in physical units, as a dask array.
@@ -320,6 +327,8 @@ def lazy_complete(
         Absolute position of the series' first frame.
     cond
         (T, K) per-frame features, or None.
+    latent
+        A latent model's w: (T, k), (n, T, k) or None (:meth:`Engine.window_latent`).
     dtype
         Output dtype (the input's, so observed values come back bit-exact).
     """
@@ -347,6 +356,7 @@ def lazy_complete(
                 seed,
                 time_offset,
                 cond,
+                latent,
                 threads,
             )
             results.append((g, task))

@@ -33,6 +33,7 @@ import xarray as xr
 from torch import Tensor
 
 from xdiffusion.codec import Codec
+from xdiffusion.core.latent import gaussian_kl, reparameterize
 from xdiffusion.core.likelihood import LN2, vlb_terms
 from xdiffusion.engine import Engine
 from xdiffusion.inputs import check_lower, features, prepare_region
@@ -45,7 +46,7 @@ from xdiffusion.validation import (
     is_number,
 )
 
-__all__ = ["default_dry_thresholds", "dry_thresholds", "nll"]
+__all__ = ["default_dry_thresholds", "dry_thresholds", "nll", "window_positions"]
 
 Dims = Mapping[str, str] | None
 #: Per variable (bin lower end, threshold) of the discrete dry class, or None.
@@ -129,8 +130,9 @@ def default_dry_thresholds(
     return out
 
 
-def _starts(p, frames: int) -> np.ndarray:
-    """Non-overlapping window starts that do not span a gap in time."""
+def window_positions(p, frames: int) -> np.ndarray:
+    """Non-overlapping window starts of a prepared series that do not span a gap in time
+    (greedy from the start; a trailing remainder shorter than ``frames`` is left out)."""
     n = p.shape[1]
     if frames > n:
         raise ValueError(
@@ -211,7 +213,9 @@ def nll(
     xr.Dataset or float
         Scalars in bits per element (units ``bit``): ``bits_per_dim`` (data space; the sum
         of ``bits_per_dim_diffusion``, ``log_det`` and ``dequantization``),
-        ``bits_per_dim_diffusion`` (= ``prior`` + ``diffusion`` + ``reconstruction``),
+        ``bits_per_dim_diffusion`` (= ``prior`` + ``diffusion`` + ``reconstruction``, and
+        for a latent model + ``kl``, the KL(q(w | x) ‖ N(0, I)) of seed 003 §4, with the
+        diffusion term averaged over a fresh w ~ q at each λ stratum),
         ``standard_error`` (of ``bits_per_dim``, across windows), and
         ``bits_per_dim_window`` per window (dimension ``window``, coordinate
         ``window_start``).
@@ -233,7 +237,7 @@ def nll(
     # (T, K) time-coordinate features for models conditioned on season / hour, else None
     feats = features(engine, p.time)
     frames = engine.frames
-    starts = _starts(p, frames)
+    starts = window_positions(p, frames)
     reader = WindowReader(p.data, frames)
     dev = engine.device
     valid = engine.valid.to(dev)[None, :, None]  # (1, C, 1, H, W)
@@ -264,8 +268,11 @@ def nll(
             net_kwargs = {"cond": feats[frame_idx].to(dev, x.dtype)}
         with torch.no_grad():
             y = engine.codec.encode(x)
+            net, kl = engine.net, None
+            if engine.encoder is not None:
+                net, kl = _latent_net(engine, y, mask, gen)
             t = vlb_terms(
-                engine.net,
+                net,
                 y,
                 engine.schedule,
                 n_lambda=n_lambda,
@@ -280,6 +287,7 @@ def nll(
             d = float(t["dims"][b]) * LN2
             rows.append(
                 {
+                    **({} if kl is None else {"kl": float(kl[b]) / d}),
                     "prior": float(t["prior"][b]) / d,
                     "diffusion": float(t["diffusion"][b]) / d,
                     "reconstruction": float(t["reconstruction"][b]) / d,
@@ -308,6 +316,21 @@ def nll(
     )
 
 
+def _latent_net(engine: Engine, y: Tensor, mask: Tensor, gen: torch.Generator):
+    """The network with w ~ q(w | x) drawn afresh at every evaluation, and the KL (nats).
+
+    Each λ stratum of :func:`vlb_terms` then sees its own draw, so the diffusion term is
+    averaged over w ~ q as the bound E_q[L_VDM(x | w)] + KL(q ‖ N(0, I)) asks (seed 003 §4).
+    """
+    mu, logvar = engine.encoder(torch.where(mask, y, torch.zeros((), dtype=y.dtype)), mask)
+
+    def net(z: Tensor, lam: Tensor, **kwargs) -> Tensor:
+        eps = torch.randn(mu.shape, generator=gen, device=mu.device, dtype=mu.dtype)
+        return engine.net(z, lam, latent=reparameterize(mu, logvar, eps), **kwargs)
+
+    return net, gaussian_kl(mu.double(), logvar.double()).sum(-1)
+
+
 def _dequantize(x: Tensor, mask: Tensor, bins, gen: torch.Generator) -> tuple[Tensor, Tensor]:
     """Replace dry values by uniform draws in their bin; nats −log|bin| per dry element."""
     nats = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
@@ -327,6 +350,7 @@ def _dequantize(x: Tensor, mask: Tensor, bins, gen: torch.Generator) -> tuple[Te
 
 
 _LONG_NAMES = {
+    "kl": "latent term KL(q(w|x) || N(0, I)) per element",
     "bits_per_dim": "negative log-likelihood bound in data space per element",
     "bits_per_dim_diffusion": "negative log-likelihood bound in diffusion space per element",
     "prior": "prior term KL(q(z_lambda_min|x) || N(0, I)) per element",
@@ -341,10 +365,11 @@ _LONG_NAMES = {
 def _result(engine, p, rows, used, skipped, terms, *, n_lambda, seed, lambda_rec, bins):
     arr = {k: np.array([r[k] for r in rows]) for k in rows[0]}
     w = arr["dims"] / arr["dims"].sum()  # element-weighted means (equal without a mask)
-    parts = ("prior", "diffusion", "reconstruction", "log_det", "dequantization")
+    latent = ("kl",) if "kl" in arr else ()
+    parts = (*latent, "prior", "diffusion", "reconstruction", "log_det", "dequantization")
     per_window = sum(arr[k] for k in parts)
     mean = {k: float(np.sum(w * arr[k])) for k in parts}
-    diffusion_space = mean["prior"] + mean["diffusion"] + mean["reconstruction"]
+    diffusion_space = sum(mean[k] for k in (*latent, "prior", "diffusion", "reconstruction"))
     total = diffusion_space + mean["log_det"] + mean["dequantization"]
     if not terms:
         return total

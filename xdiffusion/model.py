@@ -10,6 +10,7 @@ xarray objects and run the tensor :class:`~xdiffusion.engine.Engine`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from xdiffusion import generate, likelihood, parallel
+from xdiffusion import generate, latents, likelihood, parallel
 from xdiffusion.accel import CompiledNet, apply_memory_format, compile_network
 from xdiffusion.codec import Codec
 from xdiffusion.core.samplers import SAMPLERS
@@ -30,17 +31,29 @@ from xdiffusion.engine import Engine, resolve_device
 from xdiffusion.io.spec import DataSpec
 from xdiffusion.io.timefeatures import TIME_FEATURES, n_features
 from xdiffusion.nets import UNet3D, UNetConfig
+from xdiffusion.nets.encoder import Encoder, EncoderConfig
 from xdiffusion.persistence import CONFIG, Shapes, bad_model, read_model, write_model
 from xdiffusion.settings import SamplingSettings, resolve_sampling
-from xdiffusion.validation import check_bool, is_int, is_number
+from xdiffusion.validation import check_bool, check_positive_int, check_seed, is_int, is_number
 
-__all__ = ["SCHEMA_VERSION", "Denoiser", "DiffusionModel", "check_model", "load"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Denoiser",
+    "DiffusionModel",
+    "check_model",
+    "load",
+    "schema_version",
+]
 
-#: Version of ``config.json``. 2: one codec per variable (``codec`` entries, h_ω under
-#: ``codec.variables.<c>.learned.*``); 1 (read and migrated): ``pipeline`` entries and
-#: h_ω under ``learned.<c>.*``.
-SCHEMA_VERSION = 2
-SUPPORTED_SCHEMAS = (1, 2)
+#: Version of ``config.json``. 3: a latent-conditioned model (a ``latent`` section and
+#: ``encoder.*`` tensors; an older xdiffusion refuses it by its version); 2: one codec per
+#: variable (``codec`` entries, h_ω under ``codec.variables.<c>.learned.*``); 1 (read and
+#: migrated): ``pipeline`` entries and h_ω under ``learned.<c>.*``. A model without a
+#: latent is still written as schema 2, which is all it needs, so older readers load it.
+SCHEMA_VERSION = 3
+SUPPORTED_SCHEMAS = (1, 2, 3)
+#: Schema of a model without a latent.
+SCHEMA_UNCONDITIONAL = 2
 
 WEIGHTS = "ema.safetensors"
 RAW_WEIGHTS = "weights.safetensors"
@@ -55,12 +68,33 @@ Dims = Mapping[str, str] | None
 
 
 class Denoiser(nn.Module):
-    """Everything that is trained: the network and the codec (with any learned h_ω)."""
+    """Everything that is trained: the network, the codec (with any learned h_ω) and, in a
+    latent-conditioned model, the encoder E_φ of q(w | x) (seed 003)."""
 
-    def __init__(self, net: UNet3D, codec: Codec) -> None:
+    def __init__(self, net: UNet3D, codec: Codec, encoder: Encoder | None = None) -> None:
         super().__init__()
         self.net = net
         self.codec = codec
+        self.encoder = encoder
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], *, shapes_only: bool = False) -> Denoiser:
+        """The module a configuration describes (weights freshly initialised).
+
+        ``shapes_only`` builds the network and encoder on the meta device: their tensors
+        have shapes but no memory, so a huge configured width costs nothing.
+        """
+        codec = Codec.from_config([v["codec"] for v in config["variables"]])
+        latent = config.get("latent")
+        with torch.device("meta") if shapes_only else contextlib.nullcontext():
+            net = UNet3D(UNetConfig.from_dict(config["net"]))
+            encoder = Encoder(EncoderConfig.from_dict(latent["encoder"])) if latent else None
+        return cls(net, codec, encoder)
+
+
+def schema_version(config: Mapping[str, Any]) -> int:
+    """The schema a configuration is written with: 3 with a latent, else 2."""
+    return SCHEMA_VERSION if config.get("latent") else SCHEMA_UNCONDITIONAL
 
 
 def migrate_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -120,6 +154,8 @@ class DiffusionModel:
         self.device = torch.device("cpu")
         #: The network's forward through torch.compile (:meth:`compile`), or None: eager.
         self._compiled: CompiledNet | None = None
+        #: ``((ty, tx), overlap)`` of overlapping-tile evaluation (:meth:`tile`), or None.
+        self._tiling: tuple[tuple[int, int], int] | None = None
 
     # ----------------------------------------------------------------- description
     @property
@@ -207,8 +243,13 @@ class DiffusionModel:
     @property
     def engine(self) -> Engine:
         """The tensor engine over this model's weights, on :attr:`device`."""
+        from xdiffusion.nets.tiled import TiledNet
+
+        net = self._compiled if self._compiled is not None else self.module.net
+        if self._tiling is not None:  # a light wrapper, made anew with each engine
+            net = TiledNet(net, *self._tiling)
         return Engine(
-            self._compiled if self._compiled is not None else self.module.net,
+            net,
             self.module.codec,
             self.schedule,
             self.frames,
@@ -217,6 +258,7 @@ class DiffusionModel:
             variables=self.variables,
             time_features=self.time_features,
             data=self.data,
+            encoder=self.module.encoder,
         )
 
     def __repr__(self) -> str:
@@ -262,6 +304,46 @@ class DiffusionModel:
         """
         enabled = check_bool(enabled, "enabled")
         self._compiled = compile_network(self.module.net) if enabled else None
+        return self
+
+    def tile(self, tile: int | tuple[int, int] | None, overlap: int = 16) -> DiffusionModel:
+        """Evaluate the network on overlapping spatial tiles when generating; returns ``self``.
+
+        By default the network runs fully convolutionally: the whole grid (or sub-region)
+        is one network input, and its memory grows with its area. With ``tile`` set, the
+        engine (``sample``, ``interpolate``, ``forecast``, ``downscale``, ``nll``) evaluates
+        it on tiles of ``tile`` cells that overlap by ``overlap`` cells, one tile at a time,
+        and blends the tiles' predictions with smooth weights at every sampler step, so
+        the samples have no seams (:class:`xdiffusion.nets.tiled.TiledNet`). A grid not
+        larger than the tile runs in one piece, exactly as without tiling. Use it for grids
+        whose activations do not fit in memory; it costs time (overlapping cells are
+        computed more than once) and a tile sees less context than the whole grid.
+        ``tile(None)`` returns to whole-grid evaluation. Works with :meth:`compile` (the
+        compiled network is tiled). Not recorded in the configuration (it is how the model
+        runs, not what it is).
+
+        Parameters
+        ----------
+        tile
+            Tile size in cells, ``ty = tx = tile`` or ``(ty, tx)``, each a positive multiple
+            of the network's downsampling ``2**(levels − 1)``; None: no tiling.
+        overlap
+            Cells shared by neighbouring tiles, even and smaller than the tile; the
+            blending weights ramp over it. Larger overlaps blend more smoothly and cost
+            more tiles; ``0`` gives hard tile edges (seams).
+
+        Raises
+        ------
+        ValueError
+            For a tile or overlap outside those ranges.
+        """
+        from xdiffusion.nets.tiled import TiledNet
+
+        if tile is None:
+            self._tiling = None
+            return self
+        tiled = TiledNet(self.module.net, tile, overlap)  # validates both
+        self._tiling = (tiled.tile, tiled.overlap)
         return self
 
     def sampling(
@@ -353,7 +435,7 @@ class DiffusionModel:
         files = {WEIGHTS: ema}
         if self.raw_module is not None:
             files[RAW_WEIGHTS] = dict(self.raw_module.state_dict())
-        config = {**self.config, "schema_version": SCHEMA_VERSION}
+        config = {**self.config, "schema_version": schema_version(self.config)}
         if parallel.world_size() > 1:
             # a torchrun job: every rank holds the same model, rank 0 writes it, and the
             # others wait until it is there (so that they can load it next)
@@ -381,6 +463,7 @@ class DiffusionModel:
         progress: bool = True,
         memory_budget: int | str | None = None,
         check_grid: bool = True,
+        latent: Any = None,
     ) -> xr.DataArray | xr.Dataset:
         """Draw ``n`` unconditional samples shaped like ``template``.
 
@@ -424,6 +507,14 @@ class DiffusionModel:
             grid's nor those of a contiguous sub-region of it (another region or
             resolution); False generates on it anyway, as if it were the training grid
             (it must then have the training grid's size).
+        latent
+            Latent model only (``fit(latent_dim=k)``): the w every window is generated
+            from. None (default): each member draws its own w ~ N(0, I) (from its own
+            noise stream, the same for all its windows); a vector of k numbers for every
+            member and frame; a DataArray on (``window``, ``latent``) such as
+            :meth:`encode`'s ``latent_mean`` (each frame takes the latent of the window it
+            falls in, matched by ``window_start``), optionally with a ``member`` dimension
+            of size ``n``; or :meth:`encode`'s Dataset. See docs/latent.md.
 
         Returns
         -------
@@ -448,6 +539,7 @@ class DiffusionModel:
             memory_budget=memory_budget,
             check_grid=check_grid,
             provenance=self.provenance,
+            latent=latent,
         )
 
     def interpolate(
@@ -466,6 +558,7 @@ class DiffusionModel:
         progress: bool = True,
         memory_budget: int | str | None = None,
         check_grid: bool = True,
+        latent: Any = None,
     ) -> xr.DataArray | xr.Dataset:
         """Fill the NaN time steps and cells of a series of any length.
 
@@ -488,7 +581,7 @@ class DiffusionModel:
             :data:`xdiffusion.core.conditioning.DEFAULT_GUIDANCE_WEIGHT`).
         steps, sampler
             Default dpmpp_2m with 25 steps (see :meth:`sampling`).
-        seed, context, batch_size, dims, progress, memory_budget, check_grid
+        seed, context, batch_size, dims, progress, memory_budget, check_grid, latent
             As for :meth:`sample` (a dask-backed ``data`` gives a lazy result; its gaps
             are located in one streaming pass at call time). Units and orientation are
             conformed as for :meth:`sample`; observed values come back as given.
@@ -518,6 +611,7 @@ class DiffusionModel:
             memory_budget=memory_budget,
             check_grid=check_grid,
             provenance=self.provenance,
+            latent=latent,
         )
 
     def forecast(
@@ -537,6 +631,7 @@ class DiffusionModel:
         progress: bool = True,
         memory_budget: int | str | None = None,
         check_grid: bool = True,
+        latent: Any = None,
     ) -> xr.DataArray | xr.Dataset:
         """Continue a series ``lead`` time steps past its end, ``n`` members.
 
@@ -559,6 +654,9 @@ class DiffusionModel:
         seed, batch_size, dims, progress, memory_budget, check_grid
             As for :meth:`sample` (a dask-backed ``data`` gives a lazy result; only the
             context is read at call time); units and orientation as for :meth:`sample`.
+        latent
+            As for :meth:`sample`; per-window latents are matched against the context's
+            and the new steps' times.
 
         Returns
         -------
@@ -586,6 +684,7 @@ class DiffusionModel:
             memory_budget=memory_budget,
             check_grid=check_grid,
             provenance=self.provenance,
+            latent=latent,
         )
 
     def downscale(
@@ -605,6 +704,7 @@ class DiffusionModel:
         progress: bool = True,
         memory_budget: int | str | None = None,
         check_grid: bool = True,
+        latent: Any = None,
     ) -> xr.DataArray | xr.Dataset:
         """Fine fields whose ``factor`` × ``factor`` block means match ``coarse``.
 
@@ -636,6 +736,8 @@ class DiffusionModel:
         check_grid
             As for :meth:`sample`, on the fine grid: ``like``'s coordinates, or those
             made by splitting each coarse cell in ``factor``.
+        latent
+            As for :meth:`sample`.
         """
         settings = self.sampling(
             "downscale", sampler=sampler, steps=steps, guidance_weight=guidance_weight
@@ -655,9 +757,112 @@ class DiffusionModel:
             memory_budget=memory_budget,
             check_grid=check_grid,
             provenance=self.provenance,
+            latent=latent,
         )
 
     # ----------------------------------------------------------------- likelihood
+    # ----------------------------------------------------------------- latents
+    @property
+    def latent_dim(self) -> int:
+        """Size k of the latent w (0: an unconditional model)."""
+        return int((self.config.get("latent") or {}).get("dim", 0))
+
+    def encode(
+        self,
+        data: xr.DataArray | xr.Dataset,
+        *,
+        dims: Dims = None,
+        check_grid: bool = True,
+        batch_size: int = 16,
+    ) -> xr.Dataset:
+        """The posterior q(w | x) of each non-overlapping window of ``data`` (seed 003 §2).
+
+        Parameters
+        ----------
+        data
+            Series on the model's grid or a sub-region of it (as for :meth:`sample`'s
+            ``template``), at least :attr:`frames` long; NaN allowed (the encoder reads
+            the mask of observed elements); may be dask-backed (read window by window).
+        dims, check_grid
+            As for :meth:`sample`.
+        batch_size
+            Windows per encoder call.
+
+        Returns
+        -------
+        xr.Dataset
+            ``latent_mean``, ``latent_std`` (dimensions ``window``, ``latent``),
+            ``observed_fraction`` (``window``), coordinate ``window_start``; see
+            :func:`xdiffusion.latents.encode`. Pass it (or ``latent_mean``) as ``latent=``
+            to generate from these descriptions.
+
+        Raises
+        ------
+        ValueError
+            For a model without a latent (fit with ``latent_dim=``).
+        """
+        return latents.encode(
+            self.engine, data, dims=dims, check_grid=check_grid, batch_size=batch_size
+        )
+
+    def reconstruct(
+        self,
+        data: xr.DataArray | xr.Dataset,
+        n: int = 1,
+        *,
+        posterior: str = "mean",
+        steps: int | None = None,
+        sampler: str | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
+        dims: Dims = None,
+        progress: bool = True,
+        memory_budget: int | str | None = None,
+        check_grid: bool = True,
+    ) -> xr.DataArray | xr.Dataset:
+        """Encode ``data``, then generate ``n`` members shaped like it from its latents.
+
+        Each window of the output is generated from the latent of the input window it
+        falls in (:meth:`encode`, matched by time), with the model's sampler, as
+        :meth:`sample` with ``latent=`` would; no observed value is copied in. With a
+        latent that describes a window well, members resemble their window more closely
+        than unconditional samples do (docs/latent.md).
+
+        Parameters
+        ----------
+        data
+            The series to reconstruct (as for :meth:`encode`); also the output's template.
+        n
+            Ensemble members.
+        posterior
+            ``"mean"`` (default): every member uses the posterior mean μ of its window;
+            ``"sample"``: member k uses its own draw w = μ + σ ε from q(w | x).
+        steps, sampler, seed, batch_size, dims, progress, memory_budget, check_grid
+            As for :meth:`sample`.
+        """
+        n = check_positive_int(n, "n")
+        seed = check_seed(seed)
+        encoded = self.encode(data, dims=dims, check_grid=check_grid)
+        table = latents.posterior_table(encoded, n, seed, posterior)
+        out = self.sample(
+            data,
+            n,
+            steps=steps,
+            sampler=sampler,
+            seed=seed,
+            batch_size=batch_size,
+            dims=dims,
+            progress=progress,
+            memory_budget=memory_budget,
+            check_grid=check_grid,
+            latent=table,
+        )
+        out.attrs["comment"] = (
+            f"reconstruction from the latent posterior ({posterior}) of each window of the "
+            "input, generated by a latent-conditioned diffusion model"
+        )
+        return out
+
     def nll(
         self,
         data: xr.DataArray | xr.Dataset,
@@ -766,7 +971,7 @@ def _migrate_config(config: dict[str, Any], label: str = "model") -> dict[str, A
             pipe["learned"] = {"hidden": 16, "min_grad": float(v.get("min_grad", 0.1))}
         v["codec"] = pipe
         variables.append(v)
-    return {**config, "variables": variables, "schema_version": SCHEMA_VERSION}
+    return {**config, "variables": variables, "schema_version": SCHEMA_UNCONDITIONAL}
 
 
 def _check_config(config: dict[str, Any], label: str) -> None:
@@ -836,17 +1041,40 @@ def _check_config(config: dict[str, Any], label: str) -> None:
             f"net.cond_features={net_cfg.cond_features} does not match time_features "
             f"{features} ({n_features(features)} columns)"
         )
+    latent = config.get("latent")
+    if latent is None:
+        if net_cfg.latent_dim:
+            raise bad(f"net.latent_dim={net_cfg.latent_dim} but the file has no 'latent' section")
+        return
+    if config.get("schema_version") != SCHEMA_VERSION:
+        raise bad(
+            f"a 'latent' section needs schema_version {SCHEMA_VERSION}, the file says "
+            f"{config.get('schema_version')!r}"
+        )
+    if not isinstance(latent, dict) or set(latent) != {"dim", "encoder"}:
+        raise bad(f"latent must be an object with the keys 'dim' and 'encoder', got {latent!r}")
+    try:
+        enc = EncoderConfig.from_dict(latent["encoder"])
+    except (TypeError, ValueError) as err:
+        raise bad(f"latent.encoder is invalid ({err})") from None
+    if not (is_int(latent["dim"]) and latent["dim"] >= 1):
+        raise bad(f"latent.dim must be a positive integer, got {latent['dim']!r}")
+    if not latent["dim"] == enc.latent_dim == net_cfg.latent_dim:
+        raise bad(
+            f"latent.dim={latent['dim']}, latent.encoder.latent_dim={enc.latent_dim} and "
+            f"net.latent_dim={net_cfg.latent_dim} must be equal"
+        )
+    if enc.channels != c:
+        raise bad(f"latent.encoder has {enc.channels} channels for {c} variables")
 
 
 def _expected_shapes(config: dict[str, Any], label: str) -> dict[str, tuple[int, ...]]:
     """Tensor name → shape of the configured :class:`Denoiser`, allocating no network."""
     try:
-        codec = Codec.from_config([v["codec"] for v in config["variables"]])
-        with torch.device("meta"):  # shapes only: a huge configured width costs nothing
-            net = UNet3D(UNetConfig.from_dict(config["net"]))
+        module = Denoiser.from_config(config, shapes_only=True)
     except (KeyError, TypeError, ValueError) as err:
         raise bad_model(label, f"malformed configuration ({err}); {_FIX}") from None
-    return {k: tuple(v.shape) for k, v in Denoiser(net, codec).state_dict().items()}
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
 def _check_shapes(config: dict[str, Any], shapes: Shapes, label: str) -> None:
@@ -898,10 +1126,7 @@ def _check_shapes(config: dict[str, Any], shapes: Shapes, label: str) -> None:
 
 def _build(config: dict, tensors: dict[str, Tensor], path, name: str) -> Denoiser:
     try:
-        module = Denoiser(
-            UNet3D(UNetConfig.from_dict(config["net"])),
-            Codec.from_config([v["codec"] for v in config["variables"]]),
-        )
+        module = Denoiser.from_config(config)
     except (KeyError, TypeError, ValueError) as err:
         raise bad_model(path, f"malformed configuration ({err})") from None
     try:

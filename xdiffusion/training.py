@@ -21,6 +21,8 @@ from tqdm.auto import tqdm
 
 from xdiffusion.codec import Codec
 from xdiffusion.core.diffusion import v_loss
+from xdiffusion.core.latent import free_bits_kl, gaussian_kl, reparameterize
+from xdiffusion.core.likelihood import vlb_terms
 from xdiffusion.core.schedule import CosineSchedule
 from xdiffusion.parallel import all_mean, is_main_process, world_size
 from xdiffusion.validation import check_int, check_number, is_number
@@ -29,7 +31,9 @@ __all__ = [
     "MAX_BATCH_SIZE",
     "MAX_SEED",
     "MAX_STEPS",
+    "OBJECTIVES",
     "DiffusionBatch",
+    "Objective",
     "TrainConfig",
     "TrainResult",
     "autocast_context",
@@ -50,6 +54,8 @@ MAX_STEPS = 999_999_999
 MAX_BATCH_SIZE = 2**31 - 1
 #: Seeds must fit torch's 64-bit seed (and the step generator's arithmetic).
 MAX_SEED = 2**63 - 1
+#: Training objectives: the thesis's v-loss (+ β·KL with a latent) or the variational bound.
+OBJECTIVES = ("weighted", "elbo")
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch, torch.Generator], torch.Tensor]
@@ -184,6 +190,49 @@ class DiffusionBatch:
     share: tuple[int, int] = (0, 1)
 
 
+@dataclass(frozen=True)
+class Objective:
+    """What the training loss is.
+
+    Parameters
+    ----------
+    kind
+        ``"weighted"``: the v-loss of Herbert (2023), eq. 2.68 (t ~ U(0, 1), i.e. λ ~ p_Λ),
+        plus ``beta`` · KL / N for a latent model: good samples, but not a bound on
+        −log p(x). ``"elbo"``: the variational bound of seed 003 §4 in nats per element,
+        E_q[L_VDM(x | w)] + KL(q(w | x) ‖ N(0, I)), with L_VDM the prior, diffusion and
+        Gaussian-decoder terms of :func:`~xdiffusion.core.likelihood.vlb_terms` (λ ~ U(λmin,
+        λ_rec), one draw per window, with its control variates); a true upper bound on the
+        negative log-likelihood of the scaled, transformed data (with ``free_bits = 0``).
+    beta
+        Weight of the KL term in ``"weighted"`` (the bound has weight 1).
+    free_bits
+        Nats per latent dimension below which the KL costs nothing
+        (:func:`~xdiffusion.core.latent.free_bits_kl`); 0 keeps the bound a bound.
+    lambda_rec
+        The ELBO's reconstruction level (None: the schedule's λmax).
+    """
+
+    kind: str = "weighted"
+    beta: float = 1.0
+    free_bits: float = 0.0
+    lambda_rec: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {list(OBJECTIVES)}, got {self.kind!r}")
+        object.__setattr__(self, "beta", check_number(self.beta, "beta", minimum=0.0))
+        object.__setattr__(
+            self, "free_bits", check_number(self.free_bits, "free_bits", minimum=0.0)
+        )
+        object.__setattr__(
+            self, "lambda_rec", check_number(self.lambda_rec, "lambda_rec", allow_none=True)
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 def diffusion_objective(
     net: nn.Module,
     codec: Codec,
@@ -191,6 +240,9 @@ def diffusion_objective(
     batch: DiffusionBatch,
     scaled_thresholds: Sequence[float],
     generator: torch.Generator,
+    *,
+    encoder: nn.Module | None = None,
+    objective: Objective | None = None,
 ) -> Tensor:
     """The training loss: v-loss on h_ω(x) plus the h_ω log-determinant (eq. 2.68, 4.15).
 
@@ -215,15 +267,57 @@ def diffusion_objective(
     scaled_thresholds
         Per channel dry threshold in scaled units (the mask set M of eq. 4.14).
     generator
-        Draws t and ε.
+        Draws t and ε (and, for a latent model, first the ε of w = μ + σ ε).
+    encoder
+        E_φ of a latent model (seed 003): the window, masked, gives q(w | x); one
+        reparameterised draw of w conditions the network; the KL is added.
+    objective
+        :class:`Objective` (default: ``"weighted"``, β = 1).
+
+    Notes
+    -----
+    With a latent, both kinds add the KL per element, KL / N_b (β-weighted for
+    ``"weighted"``), so a loss value is in nats per element for ``"elbo"``.
     """
+    objective = objective or Objective()
     y = codec.encode_scaled(batch.scaled)
-    kw = {"cond": batch.cond} if batch.cond is not None else None
-    loss = v_loss(
-        net, y, schedule, generator=generator, mask=batch.mask, net_kwargs=kw, share=batch.share
-    )
+    kw: dict[str, Tensor] = {} if batch.cond is None else {"cond": batch.cond}
+    count = batch.mask.expand_as(y).flatten(1).sum(1).clamp_min(1).float()
+    kl = None
+    if encoder is not None:
+        mu, logvar = encoder(torch.where(batch.mask, y, torch.zeros((), dtype=y.dtype)), batch.mask)
+        rank, world = batch.share
+        eps = torch.randn(
+            (mu.shape[0] * world, mu.shape[1]), generator=generator, device=mu.device
+        )[rank::world]
+        kw["latent"] = reparameterize(mu, logvar, eps)
+        kl = free_bits_kl(gaussian_kl(mu.float(), logvar.float()), objective.free_bits)
+    if objective.kind == "elbo":
+        terms = vlb_terms(
+            net,
+            y,
+            schedule,
+            n_lambda=1,
+            lambda_rec=objective.lambda_rec,
+            mask=batch.mask,
+            generator=generator,
+            net_kwargs=kw or None,
+            share=batch.share,
+        )
+        loss = (terms["total"].float() + (0.0 if kl is None else kl)) / count
+    else:
+        loss = v_loss(
+            net,
+            y,
+            schedule,
+            generator=generator,
+            mask=batch.mask,
+            net_kwargs=kw or None,
+            share=batch.share,
+        )
+        if kl is not None:
+            loss = loss + objective.beta * kl / count
     if codec.has_learned:
-        count = batch.mask.expand_as(y).flatten(1).sum(1).clamp_min(1).to(loss.dtype)
         loss = loss + codec.penalty(batch.scaled, batch.mask, scaled_thresholds) / count
     # float32 whatever autocast did to the network (v_loss and the penalty already are)
     return loss.float().mean()

@@ -89,6 +89,7 @@ def vlb_terms(
     mask: Tensor | None = None,
     generator: torch.Generator | None = None,
     net_kwargs: dict | None = None,
+    share: tuple[int, int] = (0, 1),
 ) -> dict[str, Tensor]:
     """Per-sample terms of the bound on −log p(x) in diffusion space, in nats (eq. 2.77).
 
@@ -111,6 +112,11 @@ def vlb_terms(
         contribute to no term; ``dims`` counts the included ones.
     generator
         Source of λ and ε (on the device of ``x``).
+    share
+        ``(rank, world_size)``: ``x`` holds rows ``rank::world_size`` of a global batch;
+        λ and ε are drawn for the global batch and these rows kept (as
+        :func:`~xdiffusion.core.diffusion.v_loss` does), so a data-parallel training run on
+        this bound draws what one process with the global batch draws.
 
     Returns
     -------
@@ -148,11 +154,17 @@ def vlb_terms(
     mean = (x64 * mf).flatten(1).sum(1) / dims.clamp_min(1)
     var = ((x64 - _expand(mean, x64)).square() * mf).flatten(1).sum(1) / dims.clamp_min(1)
     log_var = var.clamp_min(1e-12).log()
-    lams = stratified_lambdas(b, n_lambda, lam_min, lam_rec, generator=generator, device=x.device)
+    rank, world = share
+    rows = slice(rank, None, world)
+    lams = stratified_lambdas(
+        b * world, n_lambda, lam_min, lam_rec, generator=generator, device=x.device
+    )[rows]
     sq = torch.zeros(b, dtype=torch.float64, device=x.device)
     for k in range(n_lambda):
         lam = lams[:, k].to(x.dtype)
-        eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        eps = torch.randn(
+            (b * world, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype
+        )[rows]
         z = diffuse(x, lam, eps)
         v_hat = net(z, lam, **(net_kwargs or {}))
         alpha, _ = alpha_sigma(_expand(lam, x))

@@ -87,6 +87,11 @@ class UNetConfig:
         λ is divided by this before the Fourier features (λ spans about [−30, 30]).
     cond_features : int
         Extra per-frame conditioning features ``K`` accepted as ``cond (B, F, K)``.
+    latent_dim : int
+        Size ``k`` of a latent vector w accepted as ``latent`` (``(B, k)`` for the whole
+        window or ``(B, F, k)`` per frame), projected by its own linear layer and added to
+        the FiLM conditioning next to λ and ``cond`` (representation learning, seed 003).
+        0: no latent.
     dropout : float
         Dropout inside the ResNet blocks.
     pad_mode : str
@@ -118,6 +123,7 @@ class UNetConfig:
     fourier_dim: int = 32
     lam_scale: float = 30.0
     cond_features: int = 0
+    latent_dim: int = 0
     dropout: float = 0.0
     pad_mode: str = "replicate"
     max_relative_position: int = 16
@@ -155,6 +161,7 @@ class UNetConfig:
         ):
             pos_int(name)
         pos_int("cond_features", allow_zero=True)
+        pos_int("latent_dim", allow_zero=True)
         for name in ("out_channels", "head_dim", "emb_dim"):
             if getattr(self, name) is not None:
                 pos_int(name)
@@ -351,7 +358,9 @@ class UNet3D(nn.Module):
     -----
     ``forward(z, lam, cond=None)`` takes ``z`` of shape ``(B, C, F, H, W)`` (any ``F >= 1``,
     any ``H, W``), ``lam`` of shape ``(B,)`` (log-SNR λ_t) and optional ``cond`` of shape
-    ``(B, F, cond_features)`` added to the λ embedding per frame; it returns a tensor of
+    ``(B, F, cond_features)`` added to the λ embedding per frame (and, with
+    ``latent_dim > 0``, a latent w of shape ``(B, latent_dim)`` or ``(B, F, latent_dim)``
+    through its own projection); it returns a tensor of
     ``z``'s shape. The final convolution is zero-initialised, so an untrained network
     outputs zeros.
     """
@@ -369,6 +378,8 @@ class UNet3D(nn.Module):
 
         self.embed = LambdaEmbedding(cfg.fourier_dim, emb, cfg.lam_scale)
         self.cond_proj = nn.Linear(cfg.cond_features, emb) if cfg.cond_features else None
+        # its own projection, so a latent coexists with the time features in the FiLM input
+        self.latent_proj = nn.Linear(cfg.latent_dim, emb) if cfg.latent_dim else None
         pad = cfg.conv_pad
         self.stem = EdgeConv2d(cfg.channels, cfg.width, pad)
 
@@ -428,7 +439,11 @@ class UNet3D(nn.Module):
         return x
 
     def _check_inputs(
-        self, z: torch.Tensor, lam: torch.Tensor | float, cond: torch.Tensor | None
+        self,
+        z: torch.Tensor,
+        lam: torch.Tensor | float,
+        cond: torch.Tensor | None,
+        latent: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         cfg = self.config
         if not isinstance(z, torch.Tensor) or z.ndim != 5:
@@ -459,10 +474,28 @@ class UNet3D(nn.Module):
                 raise ValueError(
                     f"cond must have shape (B, F, K) = {want}, got {tuple(cond.shape)}"
                 )
+        k = cfg.latent_dim
+        if latent is None:
+            if k:
+                raise ValueError(
+                    f"latent of shape (B, {k}) or (B, F, {k}) is required: the network was "
+                    f"built with latent_dim={k}"
+                )
+        elif not k:
+            raise ValueError("latent given but UNetConfig.latent_dim is 0; pass latent=None")
+        elif tuple(latent.shape) not in ((b, k), (b, z.shape[2], k)):
+            raise ValueError(
+                f"latent must have shape (B, k) = {(b, k)} or (B, F, k) = "
+                f"{(b, z.shape[2], k)}, got {tuple(latent.shape)}"
+            )
         return lam, cond
 
     def forward(
-        self, z: torch.Tensor, lam: torch.Tensor | float, cond: torch.Tensor | None = None
+        self,
+        z: torch.Tensor,
+        lam: torch.Tensor | float,
+        cond: torch.Tensor | None = None,
+        latent: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict v̂_θ(z, λ) (Herbert (2023), eq. 2.67).
 
@@ -474,22 +507,30 @@ class UNet3D(nn.Module):
             Log-SNR λ per sample, shape ``(B,)`` (a scalar is broadcast).
         cond : torch.Tensor, optional
             Extra per-frame features ``(B, F, cond_features)``.
+        latent : torch.Tensor, optional
+            Latent vector w, ``(B, latent_dim)`` for the window or ``(B, F, latent_dim)``
+            per frame.
 
         Returns
         -------
         torch.Tensor
             Shape of ``z``.
         """
-        lam, cond = self._check_inputs(z, lam, cond)
+        lam, cond = self._check_inputs(z, lam, cond, latent)
         b, c, f, h, w = z.shape
         cfg = self.config
 
         emb = self.embed(lam)  # (B, E)
-        if cond is not None:
-            emb = emb[:, None, :] + self.cond_proj(cond.to(emb.dtype))
-            emb = emb.reshape(b * f, -1)
-        else:
+        if cond is None and latent is None:
             emb = emb.repeat_interleave(f, dim=0)
+        else:
+            emb = emb[:, None, :].expand(b, f, emb.shape[-1])
+            if cond is not None:
+                emb = emb + self.cond_proj(cond.to(emb.dtype))
+            if latent is not None:
+                w_emb = self.latent_proj(latent.to(emb.dtype))
+                emb = emb + (w_emb[:, None, :] if latent.ndim == 2 else w_emb)
+            emb = emb.reshape(b * f, -1)
         emb = F.silu(emb)  # every FiLM layer starts with SiLU; do it once
 
         # Frame batch (B*F, C, H, W), padded to a multiple of the total downsampling.

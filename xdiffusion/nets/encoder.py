@@ -1,0 +1,149 @@
+"""The encoder E_φ of a latent-conditioned model: q_φ(w | x) = N(μ_φ(x), σ²_φ(x) I) (seed 003 §2).
+
+A small convolutional network over one window in diffusion space: a (3, 3, 3) convolution
+that mixes neighbouring frames (so advection, not only intensity, is visible to it), then
+``levels`` stages of (3, 3, 3) convolutions that halve the grid, each with GroupNorm and
+SiLU, and a mean over the valid elements of frames and space ("pooled over space and
+time"), mapped linearly to μ and log σ² ∈ ℝᵏ. It sees the mask of elements that count as a
+second input channel per variable, so a missing cell (given to it as 0) is not read as a
+value of 0; the pooling also averages over counted positions only.
+
+Pure torch: no xarray here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xdiffusion.validation import is_int
+
+__all__ = ["LOGVAR_RANGE", "Encoder", "EncoderConfig"]
+
+#: log σ² is clamped to this range: exp(−20) keeps σ > 0 in float32 and a posterior wider
+#: than e^(10/2) ≈ 150 prior standard deviations carries no information anyway.
+LOGVAR_RANGE = (-20.0, 10.0)
+
+
+@dataclass
+class EncoderConfig:
+    """Hyper-parameters of :class:`Encoder` (JSON-serialisable via :meth:`to_dict`).
+
+    Parameters
+    ----------
+    channels : int
+        Input variables C (the mask adds C more input channels).
+    latent_dim : int
+        Size k of w.
+    width : int
+        Channels of the first convolution; each stage doubles them.
+    levels : int
+        Stride-2 spatial stages after the first convolution.
+    groups : int
+        GroupNorm groups (must divide ``width``).
+    """
+
+    channels: int = 1
+    latent_dim: int = 8
+    width: int = 16
+    levels: int = 3
+    groups: int = 4
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not is_int(v) or int(v) < 1:
+                raise ValueError(f"EncoderConfig.{f.name} must be a positive integer, got {v!r}")
+            setattr(self, f.name, int(v))
+        if self.width % self.groups:
+            raise ValueError(
+                f"EncoderConfig.groups={self.groups} must divide width={self.width}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        json.dumps(out)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> EncoderConfig:
+        """Build and validate from :meth:`to_dict` output; unknown keys are refused."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"EncoderConfig.from_dict expects a mapping, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown EncoderConfig keys {unknown}; valid keys are {sorted(known)}")
+        try:
+            return cls(**dict(d))
+        except TypeError as err:
+            raise ValueError(f"malformed EncoderConfig: {err}") from err
+
+
+class Encoder(nn.Module):
+    """E_φ: a window (B, C, F, H, W) in diffusion space → (μ, log σ²), each (B, k).
+
+    Parameters
+    ----------
+    config
+        Architecture.
+
+    Notes
+    -----
+    Works on any F ≥ 1 and any H, W (convolutions pad, the pooling is global). The output
+    layer is initialised to zero, so an untrained encoder gives q(w | x) = N(0, I) for
+    every x: KL = 0, and training starts from a model that ignores w.
+    """
+
+    def __init__(self, config: EncoderConfig) -> None:
+        super().__init__()
+        if not isinstance(config, EncoderConfig):
+            raise TypeError(f"config must be an EncoderConfig, got {type(config).__name__}")
+        self.config = cfg = config
+        layers: list[nn.Module] = [nn.Conv3d(2 * cfg.channels, cfg.width, 3, padding=1)]
+        c = cfg.width
+        for _ in range(cfg.levels):
+            layers += [
+                nn.GroupNorm(cfg.groups, c),
+                nn.SiLU(),
+                nn.Conv3d(c, 2 * c, 3, stride=(1, 2, 2), padding=1),
+            ]
+            c *= 2
+        layers += [nn.GroupNorm(cfg.groups, c), nn.SiLU()]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c, 2 * cfg.latent_dim)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """μ and log σ² of q(w | x), each (B, latent_dim), float32.
+
+        Parameters
+        ----------
+        x
+            (B, C, F, H, W) window in diffusion space.
+        mask
+            Boolean, broadcastable to ``x``: elements that count (others are read as 0
+            and flagged as missing); None: all.
+        """
+        if x.ndim != 5 or x.shape[1] != self.config.channels:
+            raise ValueError(
+                f"x must be (B, {self.config.channels}, F, H, W), got {tuple(x.shape)}"
+            )
+        if mask is None:
+            m = torch.ones_like(x)
+        else:
+            m = mask.expand_as(x).to(x.dtype)
+        h = self.features(torch.cat([x * m, m], dim=1))
+        # the mean over positions with any counted element in their receptive field's
+        # centre cell: downsample the mask the way the features were
+        keep = F.adaptive_max_pool3d(m.amax(1, keepdim=True), h.shape[2:])
+        pooled = (h * keep).sum((2, 3, 4)) / keep.sum((2, 3, 4)).clamp_min(1.0)
+        out = self.head(pooled.float())
+        mu, logvar = out.chunk(2, dim=-1)
+        return mu, logvar.clamp(*LOGVAR_RANGE)
