@@ -37,6 +37,7 @@ __all__ = [
     "list_samples",
     "open_sample",
     "synthetic_precipitation",
+    "synthetic_regimes",
 ]
 
 # --- synthetic precipitation: model constants (physical units: km, hours) ------------------
@@ -323,6 +324,111 @@ def _propagator(
 
 
 # --- toy blobs -------------------------------------------------------------------------------
+#: Advection directions of :func:`synthetic_regimes`, degrees anticlockwise from +x.
+REGIME_DIRECTIONS = (0.0, 90.0, 180.0, 270.0)
+#: Mean rain (mm/h) of a :func:`synthetic_regimes` window with intensity factor 1.
+REGIME_MEAN_MM_H = 0.1
+_WET_MM_H = 0.01
+_MIN_WET_FRACTION = 0.05
+_REGIME_REDRAWS = 50
+
+
+def synthetic_regimes(
+    n_windows: int = 64,
+    frames: int = 8,
+    ny: int = 32,
+    nx: int = 32,
+    *,
+    seed: int = 0,
+    intensity_range: tuple[float, float] = (1.0, 25.0),
+    speed_kmh: float = 40.0,
+    dx_km: float = 8.8,
+) -> xr.DataArray:
+    """Precipitation whose windows differ by a known intensity factor and advection direction.
+
+    ``n_windows`` consecutive segments of ``frames`` hourly steps; segment i is
+    :func:`synthetic_precipitation` (its own seed) advected at ``speed_kmh`` towards one of
+    :data:`REGIME_DIRECTIONS`, rescaled to a mean of :data:`REGIME_MEAN_MM_H` times an
+    intensity factor drawn log-uniformly from ``intensity_range`` (a segment with under
+    5 % wet cells is redrawn first: a dry window has no intensity to see). So a window's
+    mean rain is exactly the factor times 0.1 mm/h, while its spatial pattern, wet
+    fraction and extremes vary as in the base generator. The factors (``intensity``) and
+    directions (``direction``, degrees) are coordinates along time, constant within a
+    segment, so that a latent model's encoding of each window can be compared with them
+    (docs/latent.md, benchmarks/latent.py). Windows that :meth:`DiffusionModel.encode
+    <xdiffusion.model.DiffusionModel.encode>` cuts from the start of the series coincide
+    with the segments.
+
+    Parameters
+    ----------
+    n_windows, frames, ny, nx
+        Segments, their length, and the grid (positive integers).
+    seed
+        Non-negative integer seed of the factors, directions and fields.
+    intensity_range
+        (low, high) of the log-uniform intensity factor, 0 < low ≤ high.
+    speed_kmh, dx_km
+        Advection speed and grid spacing.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``pr`` (float32, mm h-1) on (``time``, ``y``, ``x``) with coordinates ``intensity``
+        and ``direction`` along ``time`` and a ``segment`` index.
+    """
+    n_windows, frames = _check_int("n_windows", n_windows), _check_int("frames", frames)
+    ny, nx = _check_int("ny", ny), _check_int("nx", nx)
+    seed = _check_int("seed", seed, minimum=0)
+    speed = _check_float("speed_kmh", speed_kmh)
+    if not (isinstance(intensity_range, tuple | list) and len(intensity_range) == 2):
+        raise ValueError(f"intensity_range must be (low, high), got {intensity_range!r}")
+    low, high = (_check_float("intensity_range", v, positive=True) for v in intensity_range)
+    if low > high:
+        raise ValueError(f"intensity_range must have low <= high, got {intensity_range!r}")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 17]))
+    factors = np.exp(rng.uniform(np.log(low), np.log(high), n_windows))
+    directions = rng.choice(np.asarray(REGIME_DIRECTIONS), n_windows)
+    seeds = rng.integers(0, 2**31, n_windows)
+    parts = []
+    for f, d, s in zip(factors, directions, seeds):
+        wind = (speed * np.cos(np.deg2rad(d)), speed * np.sin(np.deg2rad(d)))
+        for attempt in range(_REGIME_REDRAWS):
+            seg = synthetic_precipitation(
+                frames, ny, nx, seed=int(s) + attempt * 7919, dx_km=dx_km, wind_kmh=wind
+            ).values
+            if (seg > _WET_MM_H).mean() >= _MIN_WET_FRACTION:
+                break
+        parts.append(seg * np.float32(REGIME_MEAN_MM_H * f / max(float(seg.mean()), 1e-12)))
+    time, _ = _time_coord(n_windows * frames, "1h", "2000-01-01", "standard")
+    per_step = np.repeat(np.arange(n_windows), frames)
+    return xr.DataArray(
+        np.concatenate(parts).astype(np.float32),
+        dims=("time", "y", "x"),
+        coords={
+            "time": time,
+            **_grid_coords(ny, nx, dx_km),
+            "segment": ("time", per_step),
+            "intensity": ("time", factors[per_step], {"long_name": "intensity factor", "units": "1"}),
+            "direction": (
+                "time",
+                directions[per_step],
+                {"long_name": "advection direction anticlockwise from +x", "units": "degree"},
+            ),
+        },
+        name="pr",
+        attrs={
+            "standard_name": "lwe_precipitation_rate",
+            "long_name": "precipitation rate",
+            "units": "mm h-1",
+            "comment": (
+                f"synthetic regimes: {n_windows} segments of {frames} steps with known intensity "
+                f"factors ({low:g}-{high:g}) and advection directions, seed={seed}, from "
+                "xdiffusion.datasets.synthetic_regimes"
+            ),
+        },
+    )
+
+
 def gaussian_blobs(
     nt: int = 64,
     ny: int = 16,

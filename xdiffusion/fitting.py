@@ -704,7 +704,7 @@ def fit(
         latent dimensions are not switched off early (Kingma et al. 2016); 0: none.
     encoder
         Overrides of the encoder's architecture
-        (:class:`~xdiffusion.nets.encoder.EncoderConfig`: ``width``, ``levels``, ``groups``).
+        (:class:`~xdiffusion.nets.encoder.EncoderConfig`: ``width``, ``levels``).
 
     Notes
     -----

@@ -2,8 +2,8 @@
 
 A small convolutional network over one window in diffusion space: a (3, 3, 3) convolution
 that mixes neighbouring frames (so advection, not only intensity, is visible to it), then
-``levels`` stages of (3, 3, 3) convolutions that halve the grid, each with GroupNorm and
-SiLU, and a mean over the valid elements of frames and space ("pooled over space and
+``levels`` stages of SiLU and (3, 3, 3) convolutions that halve the grid (no per-window
+normalisation, which would remove the window's amplitude), and a mean over the valid elements of frames and space ("pooled over space and
 time"), mapped linearly to μ and log σ² ∈ ℝᵏ. It sees the mask of elements that count as a
 second input channel per variable, so a missing cell (given to it as 0) is not read as a
 value of 0; the pooling also averages over counted positions only.
@@ -44,15 +44,12 @@ class EncoderConfig:
         Channels of the first convolution; each stage doubles them.
     levels : int
         Stride-2 spatial stages after the first convolution.
-    groups : int
-        GroupNorm groups (must divide ``width``).
     """
 
     channels: int = 1
     latent_dim: int = 8
     width: int = 16
     levels: int = 3
-    groups: int = 4
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -60,10 +57,6 @@ class EncoderConfig:
             if not is_int(v) or int(v) < 1:
                 raise ValueError(f"EncoderConfig.{f.name} must be a positive integer, got {v!r}")
             setattr(self, f.name, int(v))
-        if self.width % self.groups:
-            raise ValueError(
-                f"EncoderConfig.groups={self.groups} must divide width={self.width}"
-            )
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -105,16 +98,14 @@ class Encoder(nn.Module):
         if not isinstance(config, EncoderConfig):
             raise TypeError(f"config must be an EncoderConfig, got {type(config).__name__}")
         self.config = cfg = config
+        # No per-sample normalisation (GroupNorm): it would divide out a window's
+        # amplitude, the very thing (intensity) a latent should describe.
         layers: list[nn.Module] = [nn.Conv3d(2 * cfg.channels, cfg.width, 3, padding=1)]
         c = cfg.width
         for _ in range(cfg.levels):
-            layers += [
-                nn.GroupNorm(cfg.groups, c),
-                nn.SiLU(),
-                nn.Conv3d(c, 2 * c, 3, stride=(1, 2, 2), padding=1),
-            ]
+            layers += [nn.SiLU(), nn.Conv3d(c, 2 * c, 3, stride=(1, 2, 2), padding=1)]
             c *= 2
-        layers += [nn.GroupNorm(cfg.groups, c), nn.SiLU()]
+        layers += [nn.SiLU()]
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(c, 2 * cfg.latent_dim)
         nn.init.zeros_(self.head.weight)
