@@ -247,6 +247,7 @@ def test_names_spelled_out_for_help_match_the_registries():
     from xdiffusion.core.samplers import SAMPLERS
     from xdiffusion.nets.unet import _PRESETS
     from xdiffusion.settings import METHODS, TASK_DEFAULTS
+    from xdiffusion.training import OBJECTIVES
     from xdiffusion.transforms import _REGISTRY
 
     assert set(cli.SAMPLER_NAMES) == set(SAMPLERS)
@@ -255,6 +256,7 @@ def test_names_spelled_out_for_help_match_the_registries():
     assert set(cli.TRANSFORM_NAMES) == {*shipped, "learned"}
     assert set(cli.PRESET_NAMES) == set(_PRESETS)
     assert tuple(cli.METHOD_NAMES) == tuple(METHODS)
+    assert tuple(cli.OBJECTIVE_NAMES) == tuple(OBJECTIVES)
     assert cli.TASK_SAMPLING == TASK_DEFAULTS
 
 

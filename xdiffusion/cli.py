@@ -46,6 +46,7 @@ SAMPLER_NAMES = ("ancestral", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m")
 TRANSFORM_NAMES = ("none", "sqrt", "log1p", "learned")
 PRESET_NAMES = ("small", "reference")
 METHOD_NAMES = ("guidance", "imputation")
+OBJECTIVE_NAMES = ("weighted", "elbo")
 #: Sampler and steps each task runs when neither the call nor the model's fit chose them
 #: (xdiffusion.settings.TASK_DEFAULTS).
 TASK_SAMPLING = {
@@ -194,6 +195,21 @@ def parse_threads(text: str) -> int | str:
     return n
 
 
+def positive_int(option: str) -> Callable[[str], int]:
+    """An argparse ``type``: a positive integer, else a usage error naming ``option``."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{option}: a positive integer, got {text!r}")
+        return n
+
+    return parse
+
+
 def _variables(values: Sequence[str] | None) -> list[str] | None:
     """Repeated and comma-separated ``--var`` values, in order, without repeats."""
     if not values:
@@ -201,7 +217,9 @@ def _variables(values: Sequence[str] | None) -> list[str] | None:
     out: list[str] = []
     for value in values:
         out += [v for v in _items(value) if v not in out]
-    return out or None
+    if not out:
+        raise ValueError(f"--var names no variable (got {list(values)}); give e.g. --var pr")
+    return out
 
 
 # ------------------------------------------------------------------ files
@@ -225,12 +243,20 @@ def _open(
     p = _local(path)
     if not p.exists():
         raise FileNotFoundError(f"input file {path!r} does not exist")
+    if chunks is not None and (
+        isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1
+    ):
+        raise ValueError(f"--chunks must be a positive number of time steps, got {chunks!r}")
     # decode_coords="all": grid mappings and bounds become coordinates, so that selecting
     # --var keeps them and the outputs carry them
-    if p.is_dir():
-        ds = xr.open_zarr(p, decode_coords="all")
-    else:
-        ds = xr.open_dataset(p, chunks=None if chunks is None else {}, decode_coords="all")
+    try:
+        if p.is_dir():
+            ds = xr.open_zarr(p, decode_coords="all")
+        else:
+            ds = xr.open_dataset(p, chunks=None if chunks is None else {}, decode_coords="all")
+    except (ValueError, OSError, TypeError) as err:
+        kind = "a zarr store" if p.is_dir() else "a netCDF file"
+        raise ValueError(f"cannot read {path!r} as {kind} ({type(err).__name__}: {err})") from None
     names = [var] if isinstance(var, str) else _variables(var)
     if names is not None:
         missing = [v for v in names if v not in ds.data_vars]
@@ -532,6 +558,14 @@ def _gen_args(p: argparse.ArgumentParser, task: str) -> None:
         help="generate on an input whose grid coordinates differ from the training grid's "
         "(another region or resolution of the same shape); refused by default",
     )
+    p.add_argument(
+        "--latent",
+        default=None,
+        metavar="FILE",
+        help="latent model only: generate from the latents of FILE (written by `xdiffusion "
+        "encode`; each window takes the latent of the encoded window it falls in); default: "
+        "each member draws its own latent from the prior",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -561,11 +595,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common(d)
     d.add_argument("--out", default="xdiffusion-demo", help="output folder")
     d.add_argument(
-        "--steps", type=int, default=None, help="training steps (default: 300; --tiny: 30)"
+        "--steps",
+        type=positive_int("--steps"),
+        default=None,
+        help="training steps (default: 300; --tiny: 30)",
     )
-    d.add_argument("--size", type=int, default=32, help="grid size (cells)")
-    d.add_argument("--frames", type=int, default=8, help="window length in time steps")
-    d.add_argument("--members", type=int, default=4, help="ensemble members of each task")
+    d.add_argument("--size", type=positive_int("--size"), default=32, help="grid size (cells)")
+    d.add_argument(
+        "--frames", type=positive_int("--frames"), default=8, help="window length in time steps"
+    )
+    d.add_argument(
+        "--members",
+        type=positive_int("--members"),
+        default=4,
+        help="ensemble members of each task",
+    )
     d.add_argument("--tiny", action="store_true", help="a seconds-long smoke run")
     which = d.add_mutually_exclusive_group()
     which.add_argument(
@@ -662,6 +706,33 @@ def build_parser() -> argparse.ArgumentParser:
         "still generates on the whole grid or any sub-region of it",
     )
     f.add_argument(
+        "--latent-dim",
+        type=int,
+        default=None,
+        metavar="K",
+        help="learn a K-dimensional latent per window with an encoder (representation "
+        "learning; `xdiffusion encode` then describes windows); default: none",
+    )
+    f.add_argument(
+        "--objective",
+        default="weighted",
+        choices=OBJECTIVE_NAMES,
+        help="training loss: weighted (the thesis's v-loss, + beta × KL with a latent) or "
+        "elbo (the variational bound)",
+    )
+    f.add_argument(
+        "--beta",
+        type=float,
+        default=1.0,
+        help="weight of the latent's KL with --objective weighted",
+    )
+    f.add_argument(
+        "--free-bits",
+        type=float,
+        default=0.0,
+        help="nats per latent dimension below which the KL costs nothing (0: none)",
+    )
+    f.add_argument(
         "--compile",
         action="store_true",
         help="run the network through torch.compile during training (worth it on a GPU; "
@@ -743,6 +814,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the final correction that makes the block means equal the coarse values",
     )
 
+    en = sub.add_parser(
+        "encode",
+        help="latent description of each window of a file (latent models)",
+        description="Write the posterior q(w | window) of a latent model (fit with "
+        "--latent-dim) for each non-overlapping window of DATA: latent_mean and latent_std "
+        "on (window, latent), observed_fraction, and window_start. Pass the file to "
+        "sample/interpolate/forecast/downscale --latent to generate from these latents.",
+    )
+    _common(en)
+    en.add_argument("model", help="latent model directory written by `xdiffusion fit`")
+    en.add_argument("data", help="netCDF file or zarr store to encode (NaN allowed)")
+    _var_arg(en, "variables to use (default: all)")
+    _dims_arg(en)
+    en.add_argument("--out", required=True, help="output netCDF file (or a .zarr store)")
+    en.add_argument("--batch-size", type=int, default=16, help="windows per encoder call")
+    en.add_argument(
+        "--chunks",
+        type=int,
+        default=None,
+        help="read the data lazily in chunks of this many time steps",
+    )
+    en.add_argument("--device", default="auto", help=DEVICE_HELP)
+    en.add_argument(
+        "--no-check-grid",
+        action="store_true",
+        help="encode data whose grid coordinates differ from the training grid's",
+    )
+    en.add_argument("--quiet", action="store_true", help="no progress bars")
+
     e = sub.add_parser(
         "evaluate",
         help="diagnostics of an ensemble against a reference",
@@ -820,6 +920,10 @@ def _fit(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         patch=args.patch,
         compile=args.compile,
+        latent_dim=args.latent_dim,
+        objective=args.objective,
+        beta=args.beta,
+        free_bits=args.free_bits,
     )
     model.save(args.out)
     from xdiffusion.parallel import is_main_process
@@ -833,7 +937,8 @@ def _generate(args: argparse.Namespace) -> int:
     import xdiffusion as xd
 
     like = getattr(args, "like", None)
-    _check_out(args.out, _out_kind(args.out), [args.model, getattr(args, "data", None), like])
+    inputs = [args.model, getattr(args, "data", None), like, args.latent]
+    _check_out(args.out, _out_kind(args.out), inputs)
     model = xd.load(args.model, device=args.device)
     common = dict(
         steps=args.steps,
@@ -844,6 +949,7 @@ def _generate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         memory_budget=args.memory_budget,
         check_grid=not args.no_check_grid,
+        latent=None if args.latent is None else _open(args.latent, None),
     )
 
     def data() -> xr.Dataset:
@@ -874,6 +980,24 @@ def _generate(args: argparse.Namespace) -> int:
             )
         job = {k: v for k, v in vars(args).items() if k not in ("quiet", "scheduler", "debug")}
         _write(out, args.out, job=job, progress=not args.quiet)
+    return 0
+
+
+def _encode(args: argparse.Namespace) -> int:
+    import xdiffusion as xd
+
+    _check_out(args.out, _out_kind(args.out), [args.model, args.data])
+    model = xd.load(args.model, device=args.device)
+    if not model.latent_dim:
+        raise ValueError(
+            f"{args.model} has no latent: fit it with --latent-dim K to encode windows"
+        )
+    data = _open(args.data, args.var, args.chunks, args.dims)
+    out = data.diffusion.encode(
+        model, dims=args.dims, check_grid=not args.no_check_grid, batch_size=args.batch_size
+    )
+    job = {k: v for k, v in vars(args).items() if k not in ("quiet", "debug")}
+    _write(out, args.out, job=job, progress=not args.quiet)
     return 0
 
 
@@ -976,6 +1100,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "interpolate": _generate,
     "forecast": _generate,
     "downscale": _generate,
+    "encode": _encode,
     "evaluate": _evaluate,
 }
 

@@ -27,8 +27,10 @@ import pooch
 import requests
 import scipy.fft as sfft
 import xarray as xr
+from dask.utils import format_bytes
 from scipy.special import ndtri
 
+from xdiffusion.resources import machine_memory
 from xdiffusion.validation import is_int, is_number
 
 __all__ = [
@@ -61,6 +63,8 @@ _CFTIME_CALENDARS = ("noleap", "365_day", "all_leap", "366_day", "360_day", "jul
 DEFAULT_BASE_URL = "https://github.com/ProjectPythia/pythia-datasets/raw/main/data/"
 _ENV_URL = "XDIFFUSION_DATA_URL"
 _ENV_DIR = "XDIFFUSION_DATA_DIR"
+#: URL schemes pooch downloads from (``$XDIFFUSION_DATA_URL`` must use one).
+_PROTOCOLS = ("https", "http", "ftp", "sftp", "doi")
 
 
 # --- argument checks -------------------------------------------------------------------------
@@ -83,6 +87,16 @@ def _check_float(name: str, value: Any, *, positive: bool = False) -> float:
     return value
 
 
+def _check_memory(call: str, need: float, remedy: str) -> None:
+    """Refuse, before allocating, an array that cannot fit this machine's memory."""
+    machine = machine_memory()
+    if need > machine:
+        raise ValueError(
+            f"{call} needs about {format_bytes(int(need))} of memory, more than this machine "
+            f"has ({format_bytes(machine)}); {remedy}"
+        )
+
+
 def _time_coord(nt: int, freq: str, start: str, calendar: str) -> tuple[xr.DataArray, float]:
     """Time coordinate of ``nt`` steps and the step length in hours."""
     if not isinstance(calendar, str) or calendar not in _STANDARD_CALENDARS + _CFTIME_CALENDARS:
@@ -99,18 +113,23 @@ def _time_coord(nt: int, freq: str, start: str, calendar: str) -> tuple[xr.DataA
     dt_hours = step / pd.Timedelta(hours=1)
     if not dt_hours > 0:
         raise ValueError(f"freq must be a positive time step, got {freq!r}")
+    use_cftime = calendar not in _STANDARD_CALENDARS
     try:
-        times = xr.date_range(
-            start,
-            periods=nt,
-            freq=freq,
-            calendar=calendar,
-            use_cftime=calendar not in _STANDARD_CALENDARS,
-        )
+        xr.date_range(start, periods=1, freq=freq, calendar=calendar, use_cftime=use_cftime)
     except (ValueError, TypeError) as err:
         raise ValueError(
             f"start must be a date such as '2000-01-01' valid in calendar {calendar!r}, "
             f"got {start!r} ({err})"
+        ) from err
+    try:
+        times = xr.date_range(
+            start, periods=nt, freq=freq, calendar=calendar, use_cftime=use_cftime
+        )
+    except (ValueError, TypeError, OverflowError) as err:
+        raise ValueError(
+            f"nt={nt} steps of {freq!r} from {start!r} run past the dates calendar "
+            f"{calendar!r} can represent ({err}); use fewer steps, or a cftime calendar such "
+            "as calendar='noleap' for dates after 2262"
         ) from err
     attrs = {"standard_name": "time", "long_name": "time", "axis": "T"}
     coord = xr.DataArray(times, dims="time", attrs=attrs)
@@ -216,6 +235,13 @@ def synthetic_precipitation(
     dry_fraction = _check_float("dry_fraction", dry_fraction)
     if not 0 < dry_fraction < 1:
         raise ValueError(f"dry_fraction must lie strictly between 0 and 1, got {dry_fraction}")
+    # the float32 result, plus one batch of FFT work on the grid padded to twice its size
+    # (white noise, its complex modes and their inverse: about 12 bytes per padded cell)
+    _check_memory(
+        f"synthetic_precipitation(nt={nt}, ny={ny}, nx={nx})",
+        4.0 * nt * ny * nx + 12.0 * min(nt, _CHUNK_FRAMES) * 4 * ny * nx,
+        "lower nt, ny or nx (the values are computed in memory, also with chunks=)",
+    )
     time, dt = _time_coord(nt, freq, start, calendar)
 
     values = _precipitation_values(
@@ -379,6 +405,11 @@ def synthetic_regimes(
     n_windows, frames = _check_int("n_windows", n_windows), _check_int("frames", frames)
     ny, nx = _check_int("ny", ny), _check_int("nx", nx)
     seed = _check_int("seed", seed, minimum=0)
+    _check_memory(
+        f"synthetic_regimes(n_windows={n_windows}, frames={frames}, ny={ny}, nx={nx})",
+        8.0 * n_windows * frames * ny * nx,
+        "lower n_windows, frames, ny or nx",
+    )
     speed = _check_float("speed_kmh", speed_kmh)
     if not (isinstance(intensity_range, tuple | list) and len(intensity_range) == 2):
         raise ValueError(f"intensity_range must be (low, high), got {intensity_range!r}")
@@ -408,7 +439,11 @@ def synthetic_regimes(
             "time": time,
             **_grid_coords(ny, nx, dx_km),
             "segment": ("time", per_step),
-            "intensity": ("time", factors[per_step], {"long_name": "intensity factor", "units": "1"}),
+            "intensity": (
+                "time",
+                factors[per_step],
+                {"long_name": "intensity factor", "units": "1"},
+            ),
             "direction": (
                 "time",
                 directions[per_step],
@@ -466,6 +501,12 @@ def gaussian_blobs(
     n_blobs = _check_int("n_blobs", n_blobs)
     lifetime = _check_int("lifetime", lifetime, minimum=2)
     seed = _check_int("seed", seed, minimum=0)
+    # the float64 sum and about three float64 temporaries per blob, then the float32 copy
+    _check_memory(
+        f"gaussian_blobs(nt={nt}, ny={ny}, nx={nx})",
+        36.0 * nt * ny * nx,
+        "lower nt, ny or nx",
+    )
     rng = np.random.default_rng(seed)
     generations = (nt + lifetime) // lifetime + 1
     shape = (n_blobs, generations)
@@ -584,6 +625,11 @@ def _fetch(store: pooch.Pooch, name: str, digest: str) -> str:
     try:
         return store.fetch(name, progressbar=False)
     except ValueError as err:
+        if "hash" not in str(err).lower():  # e.g. pooch's "Unrecognized URL protocol"
+            raise SampleDataError(
+                f"{stale}could not download sample {name!r} from {url} ({err}). "
+                f"{_remedies(name, digest, cache)}"
+            ) from err
         raise ValueError(
             f"sample {name!r} downloaded from {url} does not match its registered sha256; "
             f"the download was discarded. The file changed upstream or was corrupted in "
@@ -657,6 +703,13 @@ def open_sample(
                 "directory (created if missing)"
             )
     base_url = os.environ.get(_ENV_URL) or DEFAULT_BASE_URL
+    scheme = base_url.split(":", 1)[0].lower() if ":" in base_url else ""
+    if scheme not in _PROTOCOLS:
+        raise ValueError(
+            f"${_ENV_URL}={base_url!r} is not a URL xdiffusion can download from: use an "
+            f"{', '.join(_PROTOCOLS)} URL of a mirror of {DEFAULT_BASE_URL} (to use files "
+            "you already have, copy them into the cache directory instead), or unset it"
+        )
     store = _make_registry(base_url, registry, cache_dir)
     path = _fetch(store, name, registry[name])
     return xr.open_dataset(path, **open_kwargs)

@@ -811,9 +811,7 @@ def fit(
         torch.manual_seed(seed)  # network initialisation, then dropout draws
         # channels-last convolution weights on CUDA only (a no-op on the CPU)
         enc_module = Encoder(EncoderConfig.from_dict(latent["encoder"])) if latent else None
-        module = apply_memory_format(
-            Denoiser(UNet3D(net_cfg), codec, enc_module).to(dev), dev
-        )
+        module = apply_memory_format(Denoiser(UNet3D(net_cfg), codec, enc_module).to(dev), dev)
         # shares module.net's weights; the EMA copy and the saved state stay eager
         train_net = compile_network(module.net) if args["compile"] else None
         valid = torch.from_numpy(stats["static_valid"]).to(dev)

@@ -226,9 +226,7 @@ def latent_table(
             f"latent_dim is {k}"
         )
     if MEMBER_DIM in latent.dims and latent.sizes[MEMBER_DIM] != n:
-        raise ValueError(
-            f"latent= has {latent.sizes[MEMBER_DIM]} members; n={n} were asked for"
-        )
+        raise ValueError(f"latent= has {latent.sizes[MEMBER_DIM]} members; n={n} were asked for")
     order = [d for d in (MEMBER_DIM, WINDOW_DIM, LATENT_DIM) if d in latent.dims]
     values = np.asarray(latent.transpose(*order).values, dtype=np.float64)
     if not np.isfinite(values).all():

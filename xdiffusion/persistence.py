@@ -501,6 +501,14 @@ def write_model(
     if not path.name:
         raise ValueError(f"path {str(path)!r} is a file-system root; name a directory in it")
     parent = path.parent
+    existing = parent
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(
+            f"path {str(path)!r} cannot be created: {str(existing)!r} exists and is not a "
+            "directory; choose another path"
+        )
     parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(parent / f".{path.name}.lock"):
         if path.exists():

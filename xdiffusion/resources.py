@@ -6,23 +6,33 @@ holds the whole output. Both are estimated before anything is allocated: a batch
 to fit the budget, and a request whose smallest unit cannot fit is refused with the
 arguments to change.
 
-Pure Python (``dask.utils.parse_bytes`` reads sizes such as ``"4GB"``).
+An in-memory (eager) result is also refused when it cannot fit the machine at all, whatever
+``memory_budget`` says: a budget larger than the machine's memory (``"1PB"``) would otherwise
+let a request run into the operating system's limits (a bare MemoryError, or the process
+killed) instead of being refused with the arguments to change.
+
+Pure Python (``dask.utils.parse_bytes`` reads sizes such as ``"4GB"``); no torch import,
+so that :mod:`xdiffusion.datasets` can share :func:`machine_memory`.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from dask.utils import format_bytes, parse_bytes
 
-from xdiffusion.engine import Engine
 from xdiffusion.validation import check_positive_int
+
+if TYPE_CHECKING:
+    from xdiffusion.engine import Engine
 
 __all__ = [
     "ACTIVATION_BYTES_PER_ELEMENT",
     "DEFAULT_MEMORY_FRACTION",
     "eager_batch",
     "lazy_batch",
+    "machine_memory",
     "member_bytes",
     "resolve_budget",
 ]
@@ -40,15 +50,19 @@ OUTPUT_COPIES = 3
 FLOAT_BYTES = 4
 
 
+def machine_memory() -> int:
+    """Physical memory of this machine in bytes (8 GiB where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume 8 GiB
+        return 8 * 2**30
+
+
 def resolve_budget(memory_budget: int | str | None) -> int:
     """Bytes a call may plan to use: ``memory_budget`` (bytes or a string like ``"4GB"``),
     default :data:`DEFAULT_MEMORY_FRACTION` of physical memory."""
     if memory_budget is None:
-        try:
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):  # not POSIX: assume 8 GiB
-            total = 8 * 2**30
-        return int(total * DEFAULT_MEMORY_FRACTION)
+        return int(machine_memory() * DEFAULT_MEMORY_FRACTION)
     if isinstance(memory_budget, str):
         try:
             value = parse_bytes(memory_budget)
@@ -90,10 +104,21 @@ def _batch(engine: Engine, n: int, batch_size: int | None, room: int, budget: in
 def eager_batch(engine: Engine, n: int, batch_size: int | None, budget: int, elements: int) -> int:
     """Members per batch for an in-memory result of ``elements`` values per member.
 
-    Refuses, naming ``n``, a result that cannot fit the budget (pass a dask-backed input
-    for a lazy result instead).
+    Refuses, naming ``n``, a result that cannot fit the budget, or this machine's physical
+    memory whatever the budget (pass a dask-backed input for a lazy result instead). The
+    members per batch are chosen within the smaller of the two.
     """
     output = OUTPUT_COPIES * FLOAT_BYTES * elements * n
+    machine = machine_memory()
+    if output > machine:
+        raise ValueError(
+            f"n={n} members of {elements:,} values each need about {format_bytes(output)} in "
+            f"memory, more than this machine has ({format_bytes(machine)}, whatever "
+            f"memory_budget={format_bytes(budget)} says): lower n, or pass a dask-backed "
+            "input (e.g. data.chunk(time=...)) to get a lazy result that is computed chunk "
+            "by chunk"
+        )
+    budget = min(budget, machine)
     if output > budget:
         raise ValueError(
             f"n={n} members of {elements:,} values each need about {format_bytes(output)} in "

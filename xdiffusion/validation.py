@@ -3,7 +3,10 @@
 Each check returns the value converted to a plain Python ``int``/``float``/``bool`` (so a
 ``numpy.int64`` from an array or a ``numpy.float32`` from a reduction works wherever a Python
 number does) or raises ``ValueError``/``TypeError`` naming the argument and what it accepts.
-``bool`` is refused where a number is expected: ``steps=True`` is a mistake, not 1.
+``bool`` is refused where a number is expected: ``steps=True`` is a mistake, not 1. Integers
+beyond int64 (:data:`INT64_MAX`) and finite reals beyond float32's range
+(:data:`FLOAT32_MAX`) are refused too, whatever the bounds: they would overflow later, deep
+inside numpy or torch ("Overflow when unpacking long long", "math range error").
 
 Pure Python and numpy: imported by ``core/`` as well as the xarray layers.
 """
@@ -18,6 +21,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "FLOAT32_MAX",
+    "INT64_MAX",
     "check_bool",
     "check_choice",
     "check_int",
@@ -27,6 +32,14 @@ __all__ = [
     "is_int",
     "is_number",
 ]
+
+
+#: Largest integer any argument may take: counts, steps and seeds end up in int64 tensors,
+#: numpy arrays or torch generators, where a larger value overflows deep inside.
+INT64_MAX = 2**63 - 1
+#: Largest finite magnitude of a real argument: the models compute in float32, where a
+#: larger value becomes infinite.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def is_int(value: Any) -> bool:
@@ -89,6 +102,10 @@ def check_int(
         if allow_none:
             what += " or None"
         raise ValueError(f"{name} must be {what}, got {value!r}")
+    if abs(int(value)) > INT64_MAX:  # within the bounds given, but beyond int64
+        raise ValueError(
+            f"{name} must be an integer of magnitude below 2**63 (int64), got {value!r}"
+        )
     return int(value)
 
 
@@ -148,6 +165,11 @@ def check_number(
         if allow_none:
             what += " or None"
         raise ValueError(f"{name} must be {what}, got {value!r}")
+    if math.isfinite(float(value)) and abs(float(value)) > FLOAT32_MAX:
+        raise ValueError(
+            f"{name} must be within float32's range (magnitude at most {FLOAT32_MAX:.4g}; "
+            f"the models compute in float32), got {value!r}"
+        )
     return float(value)
 
 

@@ -3,10 +3,11 @@
 A small convolutional network over one window in diffusion space: a (3, 3, 3) convolution
 that mixes neighbouring frames (so advection, not only intensity, is visible to it), then
 ``levels`` stages of SiLU and (3, 3, 3) convolutions that halve the grid (no per-window
-normalisation, which would remove the window's amplitude), and a mean over the valid elements of frames and space ("pooled over space and
-time"), mapped linearly to μ and log σ² ∈ ℝᵏ. It sees the mask of elements that count as a
-second input channel per variable, so a missing cell (given to it as 0) is not read as a
-value of 0; the pooling also averages over counted positions only.
+normalisation, which would remove the window's amplitude), and a mean over the valid
+elements of frames and space ("pooled over space and time"), mapped linearly to μ and
+log σ² ∈ ℝᵏ. It sees the mask of elements that count as a second input channel per
+variable, so a missing cell (given to it as 0) is not read as a value of 0; the pooling
+also averages over counted positions only.
 
 Pure torch: no xarray here.
 """
@@ -14,8 +15,9 @@ Pure torch: no xarray here.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +73,9 @@ class EncoderConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown EncoderConfig keys {unknown}; valid keys are {sorted(known)}")
+            raise ValueError(
+                f"unknown EncoderConfig keys {unknown}; valid keys are {sorted(known)}"
+            )
         try:
             return cls(**dict(d))
         except TypeError as err:

@@ -170,16 +170,16 @@ class TiledNet(nn.Module):
 
     Notes
     -----
-    A grid not larger than the tile in either direction is evaluated in one piece by
+    A grid no larger than the tile in both directions is evaluated in one piece by
     ``net`` itself: the output is bit-identical to ``net``'s. Otherwise tiles are run one
     at a time (peak memory is that of one tile's activations plus the output) and the
-    grid is covered by tiles of exactly ``(ty, tx)`` cells, the last in each direction
-    shifted back to end at the grid's edge. When ``z`` requires a gradient (reconstruction
-    guidance), each tile is checkpointed, so the backward pass also holds one tile's
-    activations at a time. Blending makes the output of a pointwise
-    network exactly that of the whole grid; for the U-Net, whose receptive field and
-    GroupNorm statistics span the grid, a tile's interior differs slightly from the
-    whole grid's and the blend hides the transitions.
+    grid is covered by tiles of exactly ``(ty, tx)`` cells (or the grid's extent along an
+    axis not longer than the tile), the last in each direction shifted back to end at the
+    grid's edge. When ``z`` requires a gradient (reconstruction guidance), each tile is
+    checkpointed, so the backward pass also holds one tile's activations at a time.
+    Blending makes the output of a pointwise network exactly that of the whole grid; for
+    the U-Net, whose receptive field and GroupNorm statistics span its input, a tile's
+    interior differs slightly from the whole grid's, and the blend hides the transitions.
     """
 
     def __init__(self, net: Any, tile: int | Sequence[int], overlap: int = 16) -> None:
@@ -200,8 +200,9 @@ class TiledNet(nn.Module):
         if overlap % 2:
             raise ValueError(f"overlap must be even, got {overlap}")
         self.overlap = int(overlap)
-        # weights by grid shape: every sampler step of a task asks for the same grid
-        self._weights: dict[tuple[int, int], list[tuple[slice, slice, Tensor]]] = {}
+        # weights by grid shape, device and dtype: every sampler step of a task asks for
+        # the same ones (and a GPU would otherwise receive them from the host every step)
+        self._weights: dict[tuple[Any, ...], list[tuple[slice, slice, Tensor]]] = {}
 
     @property
     def config(self) -> Any:
@@ -211,13 +212,20 @@ class TiledNet(nn.Module):
     def extra_repr(self) -> str:
         return f"tile={self.tile}, overlap={self.overlap}"
 
-    def tiles(self, shape: tuple[int, int]) -> list[tuple[slice, slice, Tensor]]:
-        """The tiles of a ``(H, W)`` grid with their normalised weights (cached per shape);
-        see :func:`blend_weights`."""
+    def tiles(
+        self,
+        shape: tuple[int, int],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float64,
+    ) -> list[tuple[slice, slice, Tensor]]:
+        """The tiles of a ``(H, W)`` grid with their normalised weights on ``device`` in
+        ``dtype`` (cached); see :func:`blend_weights`."""
         shape = (int(shape[0]), int(shape[1]))
-        if shape not in self._weights:
-            self._weights[shape] = blend_weights(shape, self.tile, self.overlap)
-        return self._weights[shape]
+        key = (shape, torch.device(device), dtype)
+        if key not in self._weights:
+            exact = blend_weights(shape, self.tile, self.overlap)
+            self._weights[key] = [(ys, xs, w.to(key[1], dtype)) for ys, xs, w in exact]
+        return self._weights[key]
 
     def forward(self, z: Tensor, lam: Tensor | float, **kwargs: Any) -> Tensor:
         """Blended v̂ of the tiles of ``z``.
@@ -244,7 +252,8 @@ class TiledNet(nn.Module):
         # each tile is checkpointed (recomputed, one at a time, in the backward pass).
         grad = torch.is_grad_enabled() and z.requires_grad
         out: Tensor | None = None
-        for ys, xs, weight in self.tiles((h, w)):
+        weights: list[Tensor] = []
+        for k, (ys, xs, _) in enumerate(self.tiles((h, w))):
             if grad:
                 v = checkpoint(self.net, z[..., ys, xs], lam, use_reentrant=False, **kwargs)
             else:
@@ -254,5 +263,6 @@ class TiledNet(nn.Module):
                 # would lose the blend's small weights)
                 dtype = torch.promote_types(v.dtype, z.dtype)
                 out = torch.zeros((*v.shape[:-2], h, w), dtype=dtype, device=v.device)
-            out[..., ys, xs] += v.to(out.dtype) * weight.to(out.device, out.dtype)
+                weights = [wt for _, _, wt in self.tiles((h, w), out.device, dtype)]
+            out[..., ys, xs] += v.to(out.dtype) * weights[k]
         return out  # type: ignore[return-value]  # a grid larger than a tile has tiles
