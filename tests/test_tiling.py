@@ -321,3 +321,17 @@ def test_no_seams_between_blended_tiles_and_unblended_tiles_fail(series, trained
     assert all(abs(r - 1) > SEAM_TOLERANCE for r in hard_ratios), hard_ratios
     flat_ratios = seam_ratios(flat, edges)
     assert max(abs(r - 1) for r in flat_ratios) > SEAM_TOLERANCE, flat_ratios
+
+
+def test_memory_estimate_counts_one_tile_not_the_grid():
+    from xdiffusion.engine import Engine
+    from xdiffusion.resources import member_bytes
+
+    net = UNet3D(unet_config("small", 1, width=8, mults=[1, 2]))
+
+    def engine(n):
+        valid = torch.ones(1, 128, 128, dtype=torch.bool)
+        return Engine(n, None, None, 8, valid, torch.device("cpu"), variables=["pr"])
+
+    whole, tiled = member_bytes(engine(net)), member_bytes(engine(TiledNet(net, 32, 8)))
+    assert whole == 16 * tiled

@@ -76,8 +76,16 @@ def resolve_budget(memory_budget: int | str | None) -> int:
 
 
 def member_bytes(engine: Engine) -> int:
-    """Estimated peak bytes of one member's window evaluation (see the constant)."""
+    """Estimated peak bytes of one member's window evaluation (see the constant).
+
+    A network run in overlapping tiles (:class:`~xdiffusion.nets.tiled.TiledNet`, from
+    ``model.tile(...)``) holds one tile's activations at a time, plus a blended full-grid
+    output and weight sum (small next to the activations).
+    """
     h, w = engine.grid
+    tile = getattr(engine.net, "tile", None)
+    if tile is not None:
+        h, w = min(h, int(tile[0])), min(w, int(tile[1]))
     return int(ACTIVATION_BYTES_PER_ELEMENT * engine.net.config.width * h * w * engine.frames)
 
 
