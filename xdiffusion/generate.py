@@ -33,7 +33,7 @@ from xdiffusion.io.conform import Conform, axis_values
 from xdiffusion.io.conform import check_grid as check_grid_of
 from xdiffusion.io.convert import Prepared, raise_if_overflow
 from xdiffusion.io.grids import FINE_COORD_DIGITS, fine_axis, fine_latlon
-from xdiffusion.latents import latent_table
+from xdiffusion.latents import describe_latent, latent_table
 from xdiffusion.lazy import lazy_complete, lazy_downscale, time_chunks
 from xdiffusion.resources import eager_batch, lazy_batch, resolve_budget
 from xdiffusion.settings import SamplingSettings
@@ -173,7 +173,8 @@ def sample(
                 progress=progress,
             )
             values = engine.static_nan(engine.codec.decode(y)).cpu().numpy()
-    return _wrap(p, values, n, settings, {"n": n, "seed": seed}, template, provenance=provenance)
+    args = {"n": n, "seed": seed, **describe_latent(latent)}
+    return _wrap(p, values, n, settings, args, template, provenance=provenance)
 
 
 def interpolate(
@@ -243,7 +244,7 @@ def interpolate(
             values,
             n,
             settings,
-            {"n": n, "seed": seed},
+            {"n": n, "seed": seed, **describe_latent(latent)},
             data,
             observed=observed,
             provenance=provenance,
@@ -282,7 +283,14 @@ def interpolate(
         source = source[:, None]
     out = np.where(obs[None], source[None], gen.astype(dtype))
     return _wrap(
-        p, out, n, settings, {"n": n, "seed": seed}, data, observed=obs, provenance=provenance
+        p,
+        out,
+        n,
+        settings,
+        {"n": n, "seed": seed, **describe_latent(latent)},
+        data,
+        observed=obs,
+        provenance=provenance,
     )
 
 
@@ -406,7 +414,7 @@ def forecast(
         edges = [future_times(old.isel({bounds[1]: i}), lead) for i in range(old.shape[1])]
         new_vars[bounds[0]] = xr.Variable(old.dims, np.stack(edges, axis=-1), old.attrs)
         time_like[bounds[0]] = tname
-    args = {"lead": lead, "n": n, "context": ctx, "seed": seed}
+    args = {"lead": lead, "n": n, "context": ctx, "seed": seed, **describe_latent(latent)}
     return _wrap(
         p,
         gen,
@@ -617,7 +625,7 @@ def downscale(
                 if how == "interpolated":
                     attrs["comment"] = "interpolated from the coarse grid's values by xdiffusion"
                 coords[name] = xr.Variable((ydim, xdim), vals, attrs)
-    args = {"n": n, "factor": factor, "project": project, "seed": seed}
+    args = {"n": n, "factor": factor, "project": project, "seed": seed, **describe_latent(latent)}
     return _wrap(
         p,
         gen,

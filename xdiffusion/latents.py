@@ -34,6 +34,7 @@ __all__ = [
     "MEMBER_DIM",
     "POSTERIORS",
     "WINDOW_DIM",
+    "describe_latent",
     "encode",
     "latent_table",
     "posterior_table",
@@ -244,6 +245,16 @@ def latent_table(
     else:
         values = np.broadcast_to(values[None, :], (t, k))
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+
+
+def describe_latent(latent: Any) -> dict[str, str]:
+    """How an output's ``history`` line names a ``latent=`` argument (empty for None)."""
+    if latent is None:
+        return {}
+    if isinstance(latent, xr.Dataset | xr.DataArray):
+        sizes = dict(latent.sizes)
+        return {"latent": " x ".join(f"{k}={v}" for k, v in sizes.items())}
+    return {"latent": "vector"}
 
 
 def posterior_table(
