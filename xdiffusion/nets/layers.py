@@ -110,6 +110,37 @@ class Pointwise(nn.Linear):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
+class TemporalConv(nn.Module):
+    """A (3, 1, 1) convolution over frames, per pixel: ``W₋ x_{t−1} + W₀ x_t + W₊ x_{t+1}``.
+
+    On channels-last activations ``(B·F, C, H, W)`` the frames of a pixel are a view
+    ``(B, F, H, W, C)``, so the three taps are channel GEMMs on shifted views (zero at the
+    window's ends), with no layout change. The output layer is zero-initialised, so a block
+    that gains it starts as the block without it (a residual added to its output).
+
+    Parameters
+    ----------
+    channels : int
+        Input and output channels.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.taps = nn.Linear(3 * channels, channels)
+        nn.init.zeros_(self.taps.weight)
+        nn.init.zeros_(self.taps.bias)
+
+    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """``x``: ``(B·frames, C, H, W)`` → the same shape."""
+        n, c, h, w = x.shape
+        v = x.permute(0, 2, 3, 1).reshape(n // frames, frames, h, w, c)
+        zero = torch.zeros_like(v[:, :1])
+        prev = torch.cat([zero, v[:, :-1]], dim=1)
+        nxt = torch.cat([v[:, 1:], zero], dim=1)
+        out = self.taps(torch.cat([prev, v, nxt], dim=-1))
+        return out.reshape(n, h, w, c).permute(0, 3, 1, 2)
+
+
 class ResBlock(nn.Module):
     """(1, 3, 3) convolutional ResNet block with GroupNorm and FiLM conditioning.
 
@@ -130,6 +161,9 @@ class ResBlock(nn.Module):
         Dropout probability before the second convolution.
     conv_pad : str
         Edge padding of the 3×3 convolutions, one of :data:`CONV_PAD_MODES`.
+    temporal : bool
+        Add a :class:`TemporalConv` over frames after the second convolution (a
+        factorised (2+1)-D block), so frames mix in every block, not only in attention.
     """
 
     def __init__(
@@ -140,6 +174,7 @@ class ResBlock(nn.Module):
         groups: int,
         dropout: float,
         conv_pad: str = "zeros",
+        temporal: bool = False,
     ) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, c_in)
@@ -149,14 +184,18 @@ class ResBlock(nn.Module):
         self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.conv2 = EdgeConv2d(c_out, c_out, conv_pad)
         self.skip = Pointwise(c_in, c_out) if c_in != c_out else nn.Identity()
+        self.temporal = TemporalConv(c_out) if temporal else None
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """``x``: ``(N, c_in, H, W)``; ``emb``: SiLU-activated ``(N, emb_dim)``."""
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, frames: int = 1) -> torch.Tensor:
+        """``x``: ``(N, c_in, H, W)`` with ``N = B·frames``; ``emb``: SiLU-activated
+        ``(N, emb_dim)``."""
         h = self.conv1(F.silu(self.norm1(x)))
         scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
         # The norm has no affine of its own: FiLM's (1 + scale, shift) plays that role.
         h = torch.addcmul(shift, F.group_norm(h, self.groups), 1 + scale)
         h = self.conv2(self.drop(F.silu(h)))
+        if self.temporal is not None:
+            h = h + self.temporal(F.silu(h), frames)
         return h + self.skip(x)
 
 

@@ -42,7 +42,7 @@ PAD_MODES = ("replicate", "reflect", "zeros")
 #: Values of fields added after model files were first written, assumed by
 #: :meth:`UNetConfig.from_dict` when a stored configuration lacks them: what those files'
 #: networks did (a new default applies to new configurations only).
-LEGACY_DEFAULTS: dict[str, Any] = {"conv_pad": "zeros"}
+LEGACY_DEFAULTS: dict[str, Any] = {"conv_pad": "zeros", "temporal_conv": False}
 
 
 @dataclass
@@ -100,6 +100,11 @@ class UNetConfig:
     max_relative_position : int
         Largest frame offset with its own learned temporal-attention bias; further offsets
         share the bias of this one.
+    temporal_conv : bool
+        Give every ResNet block a (3, 1, 1) convolution over frames after its spatial ones
+        (:class:`~xdiffusion.nets.layers.TemporalConv`, a factorised (2+1)-D block), so
+        neighbouring frames mix at every block and not only in temporal attention. A
+        stored configuration without it is read as False (:data:`LEGACY_DEFAULTS`).
     conv_pad : str
         Edge padding of every 3×3 convolution: ``"zeros"``, ``"replicate"`` or
         ``"reflect"`` (see :data:`~xdiffusion.nets.layers.CONV_PAD_MODES`). A stored
@@ -128,6 +133,7 @@ class UNetConfig:
     pad_mode: str = "replicate"
     max_relative_position: int = 16
     conv_pad: str = "zeros"
+    temporal_conv: bool = False
 
     def __post_init__(self) -> None:
         self.mults = tuple(self.mults) if isinstance(self.mults, list | tuple) else self.mults
@@ -204,6 +210,7 @@ class UNetConfig:
         self.mid_temporal_attention = flag(
             "UNetConfig.mid_temporal_attention", self.mid_temporal_attention
         )
+        self.temporal_conv = flag("UNetConfig.temporal_conv", self.temporal_conv)
         if self.fourier_dim % 2:
             raise ValueError(f"UNetConfig.fourier_dim must be even, got {self.fourier_dim}")
         for c in self.level_channels:
@@ -380,7 +387,7 @@ class UNet3D(nn.Module):
         self.cond_proj = nn.Linear(cfg.cond_features, emb) if cfg.cond_features else None
         # its own projection, so a latent coexists with the time features in the FiLM input
         self.latent_proj = nn.Linear(cfg.latent_dim, emb) if cfg.latent_dim else None
-        pad = cfg.conv_pad
+        pad, tconv = cfg.conv_pad, cfg.temporal_conv
         self.stem = EdgeConv2d(cfg.channels, cfg.width, pad)
 
         def attn(c: int, spatial: str, temporal: bool) -> nn.ModuleList:
@@ -402,7 +409,7 @@ class UNet3D(nn.Module):
         for i, c in enumerate(chans):
             blocks = nn.ModuleList()
             for j in range(cfg.blocks):
-                blocks.append(ResBlock(c_prev if j == 0 else c, c, emb, g, cfg.dropout, pad))
+                blocks.append(ResBlock(c_prev if j == 0 else c, c, emb, g, cfg.dropout, pad, tconv))
             c_prev = c
             self.down_blocks.append(blocks)
             self.down_attn.append(attn(c, cfg.spatial_attention[i], cfg.temporal_attention[i]))
@@ -411,16 +418,16 @@ class UNet3D(nn.Module):
                 c_prev = chans[i + 1]
 
         c = chans[-1]
-        self.mid1 = ResBlock(c, c, emb, g, cfg.dropout, pad)
+        self.mid1 = ResBlock(c, c, emb, g, cfg.dropout, pad, tconv)
         self.mid_attn = attn(c, cfg.mid_spatial_attention, cfg.mid_temporal_attention)
-        self.mid2 = ResBlock(c, c, emb, g, cfg.dropout, pad)
+        self.mid2 = ResBlock(c, c, emb, g, cfg.dropout, pad, tconv)
 
         self.up_blocks, self.up_attn, self.ups = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         for i in reversed(range(len(chans))):
             c = chans[i]
             blocks = nn.ModuleList()
             for j in range(cfg.blocks):
-                blocks.append(ResBlock(2 * c if j == 0 else c, c, emb, g, cfg.dropout, pad))
+                blocks.append(ResBlock(2 * c if j == 0 else c, c, emb, g, cfg.dropout, pad, tconv))
             self.up_blocks.append(blocks)
             self.up_attn.append(attn(c, cfg.spatial_attention[i], cfg.temporal_attention[i]))
             if i > 0:
@@ -550,20 +557,20 @@ class UNet3D(nn.Module):
         skips = []
         for i, (blocks, attn) in enumerate(zip(self.down_blocks, self.down_attn)):
             for blk in blocks:
-                x = blk(x, emb)
+                x = blk(x, emb, f)
             x = self._run_attn(attn, x, f)
             skips.append(x)
             if i < len(self.downs):
                 x = self.downs[i](x)
 
-        x = self.mid1(x, emb)
+        x = self.mid1(x, emb, f)
         x = self._run_attn(self.mid_attn, x, f)
-        x = self.mid2(x, emb)
+        x = self.mid2(x, emb, f)
 
         for i, (blocks, attn) in enumerate(zip(self.up_blocks, self.up_attn)):
             x = torch.cat([x, skips.pop()], dim=1)
             for blk in blocks:
-                x = blk(x, emb)
+                x = blk(x, emb, f)
             x = self._run_attn(attn, x, f)
             if i < len(self.ups):
                 x = self.ups[i](x)
