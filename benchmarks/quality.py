@@ -102,11 +102,9 @@ def _fraction(v: np.ndarray, lo: float, hi: float) -> float:
 
 
 def lag_correlation(da: xr.DataArray, lag: int) -> float:
-    """Correlation of sqrt-space anomalies ``lag`` steps apart, pooled over members and cells."""
-    x = np.sqrt(np.clip(np.asarray(da.transpose("realization", "time", ...).values), 0, None))
-    x = x - x.mean()
-    a, b = x[:, :-lag], x[:, lag:]
-    return float((a * b).mean() / np.sqrt((a * a).mean() * (b * b).mean()))
+    """Correlation of sqrt-space anomalies ``lag`` steps apart, pooled over members and cells
+    (:func:`xdiffusion.diagnostics.lag_autocorrelation`)."""
+    return float(dg.lag_autocorrelation(np.sqrt(da.clip(min=0)), [lag])[0])
 
 
 def metrics(gen: xr.DataArray, real: xr.DataArray) -> dict:

@@ -32,7 +32,7 @@ from xdiffusion.diagnostics.distributions import (
 from xdiffusion.diagnostics.ensemble import crps, rank_histogram, spread_skill
 from xdiffusion.diagnostics.learning import history_dataset, smoothed_loss
 from xdiffusion.diagnostics.report import evaluate
-from xdiffusion.diagnostics.spectra import spatial_psd, temporal_psd
+from xdiffusion.diagnostics.spectra import lag_autocorrelation, spatial_psd, temporal_psd
 
 __all__ = [
     "LOW_END_QUANTILE",
@@ -41,6 +41,7 @@ __all__ = [
     "evaluate",
     "histogram",
     "history_dataset",
+    "lag_autocorrelation",
     "mean_normalised_bias",
     "qq",
     "rank_histogram",
