@@ -5,6 +5,7 @@ with a message naming the offending argument and saying how to fix it; none may 
 return garbage.
 """
 
+import re
 import signal
 
 import numpy as np
@@ -13,7 +14,7 @@ import xarray as xr
 from conftest import TINY_NET, make_series
 
 import xdiffusion as xd
-from xdiffusion.datasets import synthetic_precipitation
+from xdiffusion.datasets import gaussian_blobs, synthetic_precipitation
 from xdiffusion.diagnostics import evaluate
 
 FIT = dict(frames=4, steps=2, batch_size=2, progress=False, device="cpu", net=TINY_NET)
@@ -554,6 +555,105 @@ CASES = {
         ValueError,
         "seed must be an integer >= 0",
     ),
+    # found by scripts/adversarial.py (issue 14's re-run): values beyond float32 / int64
+    # used to fail deep inside torch or numpy ("value cannot be converted to type float
+    # without overflow", "math range error", "Overflow when unpacking long long"), or train
+    # to NaN silently
+    "fit-lr-beyond-float32": (
+        lambda m, s: fit(s, lr=1e300),
+        ValueError,
+        r"lr must be within float32's range .*got 1e\+300",
+    ),
+    "fit-transform-lr-scale-beyond-float32": (
+        lambda m, s: fit(s, transform="learned", transform_lr_scale=1e300),
+        ValueError,
+        "transform_lr_scale must be within float32's range",
+    ),
+    "fit-lambda-min-beyond-float32": (
+        lambda m, s: fit(s, lambda_min=-1e300),
+        ValueError,
+        "lambda_min must be within float32's range",
+    ),
+    "fit-lambda-max-beyond-float32": (
+        lambda m, s: fit(s, lambda_max=1e300),
+        ValueError,
+        "lambda_max must be within float32's range",
+    ),
+    "fit-min-grad-beyond-float32": (
+        lambda m, s: fit(s, transform="learned", min_grad=1e300),
+        ValueError,
+        "min_grad must be within float32's range",
+    ),
+    "fit-sampling-steps-beyond-int64": (
+        lambda m, s: fit(s, sampling_steps=10**30),
+        ValueError,
+        r"sampling_steps must be an integer of magnitude below 2\*\*63",
+    ),
+    "sample-steps-beyond-int64": (
+        lambda m, s: short(s).diffusion.sample(m, steps=10**30, progress=False),
+        ValueError,
+        r"steps must be an integer of magnitude below 2\*\*63",
+    ),
+    "sample-seed-beyond-int64": (
+        lambda m, s: short(s).diffusion.sample(m, seed=2**64, **GEN),
+        ValueError,
+        r"seed must be an integer of magnitude below 2\*\*63",
+    ),
+    "interpolate-steps-beyond-int64": (
+        lambda m, s: with_nan(short(s), [3]).diffusion.interpolate(m, steps=10**30, progress=False),
+        ValueError,
+        r"steps must be an integer of magnitude below 2\*\*63",
+    ),
+    "forecast-lead-beyond-int64": (
+        lambda m, s: short(s).diffusion.forecast(m, lead=10**30, **GEN),
+        ValueError,
+        r"lead must be an integer of magnitude below 2\*\*63",
+    ),
+    "downscale-steps-beyond-int64": (
+        lambda m, s: coarse(s).diffusion.downscale(m, factor=4, steps=10**30, progress=False),
+        ValueError,
+        r"steps must be an integer of magnitude below 2\*\*63",
+    ),
+    "interpolate-weight-beyond-float32": (
+        lambda m, s: with_nan(short(s), [3]).diffusion.interpolate(m, guidance_weight=1e300, **GEN),
+        ValueError,
+        "guidance_weight must be within float32's range",
+    ),
+    # memory_budget beyond the machine: an eager result that cannot fit the machine is
+    # refused (it ran into the allocator before)
+    "sample-n-beyond-machine": (
+        lambda m, s: short(s).diffusion.sample(m, n=10**9, memory_budget="1PB", **GEN),
+        ValueError,
+        r"n=1000000000 members .* more than this machine has .*memory_budget=",
+    ),
+    "forecast-n-beyond-machine": (
+        lambda m, s: short(s).diffusion.forecast(m, lead=2, n=10**9, memory_budget="1PB", **GEN),
+        ValueError,
+        "more than this machine has",
+    ),
+    # synthetic data larger than memory: refused before allocating (a bare MemoryError, or
+    # a date-range error blaming start=, before)
+    "synthetic-nt-beyond-memory": (
+        lambda m, s: synthetic_precipitation(nt=10**9, ny=16, nx=16),
+        ValueError,
+        r"synthetic_precipitation\(nt=1000000000, ny=16, nx=16\) needs about .* lower nt",
+    ),
+    "synthetic-grid-beyond-memory": (
+        lambda m, s: synthetic_precipitation(nt=4, ny=10**6, nx=10**6),
+        ValueError,
+        r"ny=1000000, nx=1000000\) needs about .* more than this machine has \(.*\); lower nt",
+    ),
+    "synthetic-dates-beyond-calendar": (
+        lambda m, s: synthetic_precipitation(nt=3 * 10**6, ny=2, nx=2),
+        ValueError,
+        r"nt=3000000 steps of '1h' from '2000-01-01' run past the dates calendar 'standard'"
+        r".*calendar='noleap'",
+    ),
+    "synthetic-blobs-beyond-memory": (
+        lambda m, s: gaussian_blobs(nt=10**9, ny=64, nx=64),
+        ValueError,
+        r"gaussian_blobs\(nt=1000000000, ny=64, nx=64\) needs about",
+    ),
 }
 
 
@@ -602,3 +702,74 @@ def test_valid_inputs_next_to_the_bad_ones_work(model, series):
     fine = coarse(series).diffusion.downscale(model, factor=4, **GEN)
     assert fine.shape == (1, 8, 16, 16)
     assert irregular(series).diffusion.fit(**{**FIT, "frames": 3}).frames == 3
+
+
+# ------------------------------------------------------------------ files, sample data, CLI
+# More cases found by scripts/adversarial.py (issue 14's re-run), each with the message it
+# must give; they need files, the environment or the command line.
+def test_save_under_a_file_is_refused_clearly(model, tmp_path):
+    """A path below an existing file: ValueError naming both (pathlib's FileExistsError
+    from mkdir before), and the file is left alone."""
+    blocker = tmp_path / "m"
+    blocker.write_text("my file")
+    with pytest.raises(ValueError, match=r"cannot be created: .*/m' exists and is not a dir"):
+        model.save(blocker / "model")
+    assert blocker.read_text() == "my file"
+
+
+@pytest.mark.parametrize("url", ["file:///nonexistent/dir/", "gopher://127.0.0.1/"])
+def test_sample_data_url_scheme_is_named(url, tmp_path, monkeypatch):
+    """$XDIFFUSION_DATA_URL with a scheme pooch cannot download from: said so, naming the
+    variable (it was reported as a download failing its sha256 check)."""
+    from xdiffusion.datasets import open_sample
+
+    monkeypatch.setenv("XDIFFUSION_DATA_URL", url)
+    with pytest.raises(ValueError, match=r"\$XDIFFUSION_DATA_URL=.* is not a URL") as err:
+        open_sample("CESM2_sst_data.nc", cache_dir=tmp_path / "cache")
+    assert "sha256" not in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory, model, series):
+    tmp = tmp_path_factory.mktemp("bad-cli")
+    model.save(tmp / "model")
+    short(series).to_dataset().to_netcdf(tmp / "short.nc")
+    (tmp / "garbage.nc").write_bytes(b"not a netCDF file\n" * 8)
+    return tmp
+
+
+CLI_CASES = {
+    # --chunks 0 ended in a ZeroDivisionError traceback
+    "chunks-0": (
+        lambda f: ["sample", f / "model", "--like", f / "short.nc", "--chunks", "0"],
+        "--chunks must be a positive number of time steps, got 0",
+    ),
+    # --var , selected every variable silently
+    "var-empty": (
+        lambda f: ["sample", f / "model", "--like", f / "short.nc", "--var", ","],
+        "--var names no variable",
+    ),
+    # xarray's "did not find a match in any of xarray's IO backends" named no file
+    "garbage-input": (
+        lambda f: ["sample", f / "model", "--like", f / "garbage.nc"],
+        r"cannot read '.*garbage.nc' as a netCDF file",
+    ),
+    # the demo ran with --members 0 and exited 0
+    "demo-members-0": (lambda f: ["demo", "--tiny", "--members", "0"], "--members: a positive"),
+    # --size 0 was reported as "ny must be an integer >= 1"
+    "demo-size-0": (lambda f: ["demo", "--tiny", "--size", "0"], "--size: a positive integer"),
+}
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_cli_bad_input_exits_2_naming_it(case, cli_files, tmp_path, capsys):
+    from xdiffusion.cli import main
+
+    build, match = CLI_CASES[case]
+    argv = [str(a) for a in build(cli_files)] + ["--out", str(tmp_path / "out.nc")]
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert re.search(match, err), err
