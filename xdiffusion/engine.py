@@ -309,11 +309,14 @@ class Engine:
         conditioned on ``context`` frames before it (default ``frames // 2``; Herbert (2023) §4.4).
         """
         t = mask.shape[1]
-        context = self.frames // 2 if context is None else int(context)
-        if not 0 <= context < self.frames:
-            raise ValueError(
-                f"context must be in [0, frames - 1] = [0, {self.frames - 1}], got {context}"
-            )
+        context = self.frames // 2 if context is None else context
+        context = check_int(  # an integer as such: 1.5 or "1" are refused, not truncated
+            context,
+            "context",
+            minimum=0,
+            maximum=self.frames - 1,
+            what=f"an integer in [0, frames - 1] = [0, {self.frames - 1}]",
+        )
         frame_known = mask.transpose(0, 1).reshape(t, -1).all(1)
         return [Window(s, f) for s, f in plan_windows(frame_known, self.frames, context)]
 

@@ -44,6 +44,7 @@ from xdiffusion.io.windows import WindowReader, window_starts
 from xdiffusion.model import Denoiser, DiffusionModel, migrate_state, schema_version
 from xdiffusion.nets import UNet3D, UNetConfig, unet_config
 from xdiffusion.nets.encoder import Encoder, EncoderConfig
+from xdiffusion.resources import check_training_memory
 from xdiffusion.training import (
     DiffusionBatch,
     Objective,
@@ -795,6 +796,15 @@ def fit(
         args["patch"] = check_patch_size(
             args["patch"], p.shape[2:], 2 ** (levels - 1), levels=levels
         )
+    with torch.device("meta"):  # parameter counts without allocating anything
+        n_params = sum(t.numel() for t in UNet3D(net_cfg).parameters())
+        if latent:
+            enc_cfg = EncoderConfig.from_dict(latent["encoder"])
+            n_params += sum(t.numel() for t in Encoder(enc_cfg).parameters())
+    crop = args["patch"] if args["patch"] is not None else p.shape[2:]
+    check_training_memory(
+        n_params, net_cfg.width, int(crop[0]) * int(crop[1]), frames, cfg.batch_size
+    )
     time_coord = p.time
     starts = window_starts(time_coord if time_coord is not None else np.arange(p.shape[1]), frames)
     if starts.size == 0:

@@ -33,6 +33,7 @@ from xdiffusion.io.conform import Conform, axis_values
 from xdiffusion.io.conform import check_grid as check_grid_of
 from xdiffusion.io.convert import Prepared, raise_if_overflow
 from xdiffusion.io.grids import FINE_COORD_DIGITS, fine_axis, fine_latlon
+from xdiffusion.io.windows import window_starts
 from xdiffusion.latents import describe_latent, latent_table
 from xdiffusion.lazy import lazy_complete, lazy_downscale, time_chunks
 from xdiffusion.resources import eager_batch, lazy_batch, resolve_budget
@@ -346,6 +347,13 @@ def forecast(
     tname = p.axes["T"]
     new_time = future_times(p.arrays[0][tname], lead)
     # only the context is read, whatever the input's size
+    last = p.time.isel({p.time.dims[0]: slice(-ctx - 1, None)})
+    if len(last) > 1 and len(window_starts(last, len(last))) == 0:
+        raise ValueError(
+            f"the last context={ctx} time steps of data are not consecutive steps of its "
+            "time axis (a step is missing): forecast continues a gap-free series; select "
+            "data up to the gap, or insert the missing steps as NaN frames and interpolate"
+        )
     context_values = np.asarray(p.data[:, -ctx:])
     if hasattr(context_values, "compute"):
         context_values = context_values.compute()
@@ -360,19 +368,28 @@ def forecast(
             "them; drop trailing NaN steps (e.g. data.dropna('time', how='all')) or use sample()"
         )
     c, _, h, w = context_values.shape
-    series = np.concatenate(
-        [context_values.astype(np.float32), np.full((c, lead, h, w), np.nan, np.float32)], 1
-    )
-    enc, known, _ = engine.encode_known(torch.from_numpy(series))
-    plan = engine.plan(known, ctx)
     budget = resolve_budget(memory_budget)
     t = ctx + lead
+    context32 = context_values.astype(np.float32)
     if is_lazy(p):
         # lead chunks of the input's chunk size (whole windows); the first also holds
-        # the context
+        # the context. Nothing of the lead's size is allocated here: the plan needs only
+        # which frames are known, and the NaN frames are a lazy array.
         step = time_chunks(p.shape[1], p.data.chunks[1], engine.frames)[0][1]
         chunks = list(pairwise([0, *range(ctx + step, t, step), t]))
         bs = lazy_batch(engine, n, batch_size, budget, c * step * h * w)
+        _, known_ctx, _ = engine.encode_known(torch.from_numpy(context32))
+        frame_known = torch.zeros(t, dtype=torch.bool)
+        frame_known[:ctx] = known_ctx.transpose(0, 1).reshape(ctx, -1).all(1)
+        plan = engine.plan(frame_known[None, :, None, None], ctx)
+        sizes = tuple(b - a for a, b in chunks)
+        phys = dsa.concatenate(
+            [
+                dsa.from_array(context32, chunks=(c, ctx, h, w)),
+                dsa.full((c, lead, h, w), np.nan, dtype=np.float32, chunks=(c, step, h, w)),
+            ],
+            axis=1,
+        ).rechunk((c, sizes, h, w))
         full = lazy_complete(
             engine,
             settings,
@@ -382,13 +399,17 @@ def forecast(
             length=t,
             chunks=chunks,
             plan=plan,
-            phys=dsa.from_array(series, chunks=(c, tuple(b - a for a, b in chunks), h, w)),
+            phys=phys,
             cond=cond,
             latent=lat,
         )
         gen = full[:, :, ctx:]
     else:
+        # refused here, before the series is allocated, if it cannot fit
         bs = eager_batch(engine, n, batch_size, budget, c * t * h * w)
+        series = np.concatenate([context32, np.full((c, lead, h, w), np.nan, np.float32)], 1)
+        enc, known, _ = engine.encode_known(torch.from_numpy(series))
+        plan = engine.plan(known, ctx)
         with torch.no_grad():
             y = engine.complete(
                 enc,
@@ -510,6 +531,13 @@ def downscale(
         raise ValueError("give factor= (an integer ≥ 2) or like= (a fine template)")
     factor = check_positive_int(factor, "factor")
     fine_shape = (hc * factor, wc * factor)
+    if q is None and (fine_shape[0] > engine.grid[0] or fine_shape[1] > engine.grid[1]):
+        # before any fine coordinate is built: factor=10**9 must not allocate them
+        raise ValueError(
+            f"coarse grid {(hc, wc)} × factor {factor} = {fine_shape} is larger than the "
+            f"model's grid {engine.grid}; the fine grid must be the model's grid or a "
+            "sub-region of it"
+        )
     names = {a: p.axes[a] for a in ("Y", "X")}
     if q is not None:
         pass  # like= was located above

@@ -22,6 +22,7 @@ values equal the eager ones for any chunking, batch size or scheduler (threads, 
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,15 +73,50 @@ WORK_PREFIX = "xdiffusion-work-"
 """Key prefix of the graph nodes that run the network (what a writer must not run twice)."""
 
 
-def _work(func, *args):
-    """A pure delayed call of ``func`` keyed ``WORK_PREFIX…`` so writers can find it."""
-    name = f"{WORK_PREFIX}{func.__name__.strip('_')}-{dask.base.tokenize(func, *args)}"
-    return dask.delayed(func, pure=True)(*args, dask_key_name=name)
+def _work(func, key: str, *args):
+    """A delayed call of ``func`` keyed ``WORK_PREFIX<func>-<key>`` so writers can find it.
+
+    The key is given, not a token of the arguments: tokenizing every task's arguments
+    (window lists, feature tables) made building the graph of a long series take minutes.
+    ``key`` must be unique within the graph (:func:`_call_token` and the task's position).
+    """
+    name = f"{WORK_PREFIX}{func.__name__.strip('_')}-{key}"
+    return _delayed(func)(*args, dask_key_name=name)
+
+
+def _delayed(func):
+    # named: a plain dask.delayed(func) tokenizes the function on every call
+    return dask.delayed(func, name=f"{func.__name__.strip('_')}-fn", pure=False)
+
+
+def _call_token() -> str:
+    """A fresh token naming one call's graph nodes (each call's engine node is new too)."""
+    return uuid.uuid4().hex
 
 
 def _engine_key(engine: Engine):
     # one graph node holding the engine: shipped to each worker once, not per task
     return dask.delayed(engine, name=f"xdiffusion-engine-{uuid.uuid4().hex}", pure=False)
+
+
+def _constant(value, what: str, token: str):
+    """One graph node holding ``value`` (a tensor, or None as it is): shipped once, not
+    embedded (and tokenized) in every task."""
+    if value is None:
+        return None
+    return dask.delayed(value, name=f"xdiffusion-{what}-{token}", pure=False, traverse=False)
+
+
+def _pack(windows: Sequence[Window]) -> np.ndarray:
+    """Windows as an (n, 3) int64 array of (start, length, keep or -1): a graph literal
+    that dask neither traverses nor tokenizes field by field."""
+    rows = [(w.start, w.length, -1 if w.keep is None else w.keep) for w in windows]
+    return np.array(rows, np.int64).reshape(len(rows), 3)
+
+
+def _unpack(packed: np.ndarray) -> list[Window]:
+    """The windows of :func:`_pack`."""
+    return [Window(s, n, None if k < 0 else k) for s, n, k in np.asarray(packed).tolist()]
 
 
 def _member_blocks(n: int, batch_size: int) -> list[range]:
@@ -94,7 +130,7 @@ def _downscale_task(
     engine: Engine,
     y: np.ndarray,
     y_start: int,
-    windows: list[Window],
+    windows: np.ndarray,
     members: range,
     factor: int,
     settings: SamplingSettings,
@@ -106,6 +142,7 @@ def _downscale_task(
     threads: int,
 ) -> np.ndarray:
     torch.set_num_threads(threads)
+    windows = _unpack(windows)
     with torch.no_grad():
         out = engine.downscale_unit(
             WorkUnit(range(len(windows)), members),
@@ -146,15 +183,24 @@ def lazy_downscale(
     windows = engine.tiles(t)
     chunks = time_chunks(t, y.chunks[1], engine.frames)
     eng = _engine_key(engine)
+    token = _call_token()
+    cond_node, latent_node = _constant(cond, "cond", token), _constant(latent, "latent", token)
     threads = torch.get_num_threads()
+    # each chunk's windows, found once (the windows are in order of first_kept)
+    kept = np.array([w.first_kept for w in windows], np.int64)
+    mine_of = []
+    for a, b in chunks:
+        lo_i, hi_i = np.searchsorted(kept, [a, b], side="left")
+        mine = windows[lo_i:hi_i]
+        mine_of.append((mine[0].start, mine[-1].stop, _pack(mine)))
     rows = []
-    for members in _member_blocks(n, batch_size):
+    for m, members in enumerate(_member_blocks(n, batch_size)):
         row = []
-        for a, b in chunks:
-            mine = [w for w in windows if a <= w.first_kept < b]
-            lo, hi = mine[0].start, mine[-1].stop
+        for j, (a, b) in enumerate(chunks):
+            lo, hi, mine = mine_of[j]
             task = _work(
                 _downscale_task,
+                f"{token}-{m}-{j}",
                 eng,
                 y[:, lo:hi],
                 lo,
@@ -164,13 +210,14 @@ def lazy_downscale(
                 settings,
                 seed,
                 time_offset,
-                cond,
-                latent,
+                cond_node,
+                latent_node,
                 project,
                 threads,
             )
             shape = (len(members), c, b - a, *engine.grid)
-            row.append(dsa.from_delayed(task, shape, dtype=np.float32))
+            name = f"xdiffusion-chunk-{token}-{m}-{j}"  # given: no token of the graph
+            row.append(dsa.from_delayed(task, shape, dtype=np.float32, name=name))
         rows.append(dsa.concatenate(row, axis=2))
     return dsa.concatenate(rows, axis=0)
 
@@ -199,20 +246,42 @@ class SpanGroup:
     def start(self) -> int:
         return self.windows[0].start
 
-    @property
-    def stop(self) -> int:
+    @functools.cached_property
+    def stop(self) -> int:  # cached: read once per output chunk by lazy_complete
         return max(w.stop for w in self.windows)
 
 
 def group_windows(plan: Sequence[Window], chunks: Sequence[tuple[int, int]]) -> list[SpanGroup]:
-    """Group a plan's windows by the output chunk in which each starts."""
+    """Group a plan's windows by the output chunk in which each starts.
+
+    Linear in the plan for chunks in order without overlaps (those of
+    :func:`time_chunks`); other chunks are matched against every window.
+    """
+    bounds = np.asarray(chunks, np.int64).reshape(-1, 2)
+    ordered = (
+        len(bounds) > 0
+        and bool(np.all(bounds[:, 0] <= bounds[:, 1]))
+        and bool(np.all(bounds[1:, 0] >= bounds[:-1, 1]))
+    )
+    if ordered:
+        # each window's chunk: the last chunk starting at or before it, if it ends after
+        starts = np.array([w.start for w in plan], np.int64)
+        k = np.searchsorted(bounds[:, 0], starts, side="right") - 1
+        inside = (k >= 0) & (starts < bounds[np.maximum(k, 0), 1])
+        members: list[list[Window]] = [[] for _ in range(len(bounds))]
+        for w, i, ok in zip(plan, k.tolist(), inside.tolist()):
+            if ok:
+                members[i].append(w)
+        per_chunk = [tuple(m) for m in members]
+    else:
+        per_chunk = [tuple(w for w in plan if a <= w.start < b) for a, b in chunks]
     groups: list[SpanGroup] = []
     done = 0
-    for a, b in chunks:
-        mine = tuple(w for w in plan if a <= w.start < b)
+    for mine in per_chunk:
         if mine:
-            groups.append(SpanGroup(mine, done))
-            done = max(done, max(w.stop for w in mine))
+            group = SpanGroup(mine, done)
+            groups.append(group)
+            done = max(done, group.stop)
     return groups
 
 
@@ -221,7 +290,7 @@ def _complete_task(
     phys: np.ndarray | None,
     shape: tuple[int, ...],
     previous: tuple[int, np.ndarray] | None,
-    group: SpanGroup,
+    group: tuple[np.ndarray, int],
     members: range,
     settings: SamplingSettings,
     seed: int,
@@ -230,8 +299,13 @@ def _complete_task(
     latent: torch.Tensor | None,
     threads: int,
 ) -> tuple[int, np.ndarray]:
-    """One group for one member block: (span start, diffusion values (B, C, S, H, W))."""
+    """One group for one member block: (span start, diffusion values (B, C, S, H, W)).
+
+    ``group``: the group's windows (:func:`_pack`) and its ``done_until``.
+    """
     torch.set_num_threads(threads)
+    packed, done_until = group
+    group = SpanGroup(tuple(_unpack(packed)), int(done_until))
     c, s, h, w = shape
     if phys is None:
         enc = torch.zeros(c, s, h, w)
@@ -334,41 +408,60 @@ def lazy_complete(
     """
     c, h, w = len(engine.codec), *engine.grid
     eng = _engine_key(engine)
+    token = _call_token()
+    cond_node, latent_node = _constant(cond, "cond", token), _constant(latent, "latent", token)
     threads = torch.get_num_threads()
     groups = group_windows(plan, chunks)
+    # per group, once: its span, its windows as a plain array (cheap graph literals) and
+    # its slice of the input; per chunk, the groups covering it
+    g_start = np.array([g.start for g in groups], np.int64)
+    g_stop = np.array([g.stop for g in groups], np.int64)
+    packed = [(_pack(g.windows), g.done_until) for g in groups]
+    pieces_in = [None if phys is None else phys[:, g.start : g.stop] for g in groups]
+    chains = [g.start < g.done_until for g in groups]
+    covering = [np.flatnonzero((g_start < b) & (g_stop > a)).tolist() for a, b in chunks]
+    chunks_in = [None if phys is None else phys[:, a:b] for a, b in chunks]
+    assemble = _delayed(_assemble_task)
     rows = []
-    for members in _member_blocks(n, batch_size):
+    for m, members in enumerate(_member_blocks(n, batch_size)):
         results = []
         previous = None
-        for g in groups:
+        for i, g in enumerate(groups):
             span = (c, g.stop - g.start, h, w)
-            piece = None if phys is None else phys[:, g.start : g.stop]
-            prev = previous if previous is not None and g.start < g.done_until else None
+            prev = previous if previous is not None and chains[i] else None
             task = _work(
                 _complete_task,
+                f"{token}-{m}-{i}",
                 eng,
-                piece,
+                pieces_in[i],
                 span,
                 prev,
-                g,
+                packed[i],
                 members,
                 settings,
                 seed,
                 time_offset,
-                cond,
-                latent,
+                cond_node,
+                latent_node,
                 threads,
             )
-            results.append((g, task))
+            results.append(task)
             previous = task
         row = []
-        for a, b in chunks:
-            pieces = [t for g, t in results if g.start < b and g.stop > a]
-            chunk_in = None if phys is None else phys[:, a:b]
-            task = dask.delayed(_assemble_task, pure=True)(
-                eng, a, b, chunk_in, len(members), (c, b - a, h, w), *pieces
+        for j, (a, b) in enumerate(chunks):
+            pieces = [results[i] for i in covering[j]]
+            task = assemble(
+                eng,
+                a,
+                b,
+                chunks_in[j],
+                len(members),
+                (c, b - a, h, w),
+                *pieces,
+                dask_key_name=f"xdiffusion-assemble-{token}-{m}-{j}",
             )
             shape = (len(members), c, b - a, h, w)
-            row.append(dsa.from_delayed(task, shape, dtype=dtype))
+            name = f"xdiffusion-chunk-{token}-{m}-{j}"  # given: no token of the graph
+            row.append(dsa.from_delayed(task, shape, dtype=dtype, name=name))
         rows.append(dsa.concatenate(row, axis=2))
     return dsa.concatenate(rows, axis=0)

@@ -40,6 +40,7 @@ from xdiffusion.inputs import check_lower, features, prepare_region
 from xdiffusion.io.windows import WindowReader, window_starts
 from xdiffusion.validation import (
     check_bool,
+    check_int,
     check_number,
     check_positive_int,
     check_seed,
@@ -49,6 +50,9 @@ from xdiffusion.validation import (
 __all__ = ["default_dry_thresholds", "dry_thresholds", "nll", "window_positions"]
 
 Dims = Mapping[str, str] | None
+#: Most λ strata per window: each is one network evaluation of every window (the Monte-Carlo
+#: error falls like n_lambda^(−3/2); a few hundred are already far below the window spread).
+MAX_N_LAMBDA = 10_000
 #: Per variable (bin lower end, threshold) of the discrete dry class, or None.
 Bins = list[tuple[float, float] | None]
 
@@ -226,7 +230,14 @@ def nll(
         Wrong grid or variables, too short, values below a transform's lower bound, or no
         complete window.
     """
-    n_lambda = check_positive_int(n_lambda, "n_lambda")
+    n_lambda = check_int(
+        n_lambda,
+        "n_lambda",
+        minimum=1,
+        maximum=MAX_N_LAMBDA,
+        what=f"a positive integer ≤ {MAX_N_LAMBDA} (network evaluations per window)",
+    )
+    terms = check_bool(terms, "terms")
     batch_size = check_positive_int(batch_size, "batch_size")
     seed = check_seed(seed)
     lambda_rec = check_number(lambda_rec, "lambda_rec", allow_none=True)

@@ -1023,6 +1023,14 @@ def _check_config(config: dict[str, Any], label: str) -> None:
             )
         if steps is not None and (not is_int(steps) or steps < 1):
             raise bad(f"sampling.steps must be None or a positive integer, got {steps!r}")
+    training = config.get("training")
+    if training is not None and not isinstance(training, dict):
+        raise bad(f"training must be an object, got {training!r}")
+    if config.get("data") is not None:
+        try:
+            DataSpec.from_config(config["data"], config["variables"])
+        except (AttributeError, KeyError, TypeError, ValueError) as err:
+            raise bad(f"data is invalid ({type(err).__name__}: {err})") from None
     features = config.get("time_features") or []
     if not isinstance(features, list) or not all(f in TIME_FEATURES for f in features):
         raise bad(f"time_features must be a list of names among {sorted(TIME_FEATURES)}")

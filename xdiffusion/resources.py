@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ACTIVATION_BYTES_PER_ELEMENT",
     "DEFAULT_MEMORY_FRACTION",
+    "TRAINING_PARAMETER_COPIES",
+    "check_training_memory",
     "eager_batch",
     "lazy_batch",
     "machine_memory",
@@ -155,3 +157,44 @@ def lazy_batch(
     while bs > 1 and bs * (per_chunk + member_bytes(engine)) > budget:
         bs -= 1
     return bs
+
+
+#: Copies of every trained parameter a fit holds: the weights, their gradients, AdamW's two
+#: moments and the EMA weights.
+TRAINING_PARAMETER_COPIES = 5
+
+
+def check_training_memory(
+    n_parameters: int, width: int, cells: int, frames: int, batch_size: int
+) -> int:
+    """Refuse a fit that cannot fit this machine's memory; returns the estimate in bytes.
+
+    Parameters ×:data:`TRAINING_PARAMETER_COPIES` × 4 bytes, plus the activations of one
+    batch kept for the backward pass (:data:`ACTIVATION_BYTES_PER_ELEMENT` per element of
+    the first level, ``width × cells × frames`` per window), against
+    :func:`machine_memory`: a huge ``net`` width or ``batch_size`` is refused before
+    anything is allocated, instead of running into the allocator or the OOM killer.
+
+    Parameters
+    ----------
+    n_parameters
+        Trained parameters (network, learned transforms, encoder).
+    width
+        Channels of the network's first level.
+    cells
+        Grid cells of one training window (the patch's with ``patch=``).
+    frames, batch_size
+        Window length and windows per step (per process).
+    """
+    weights = TRAINING_PARAMETER_COPIES * FLOAT_BYTES * int(n_parameters)
+    activations = ACTIVATION_BYTES_PER_ELEMENT * width * cells * frames * batch_size
+    need, have = weights + activations, machine_memory()
+    if need > have:
+        raise ValueError(
+            f"this fit needs about {format_bytes(need)} ({format_bytes(weights)} for "
+            f"{n_parameters:,} parameters and their optimiser state, "
+            f"{format_bytes(activations)} of activations for batch_size={batch_size} windows "
+            f"of {frames} frames × {cells} cells at width {width}), more than this "
+            f"machine's {format_bytes(have)}; use a smaller batch_size, net width or patch="
+        )
+    return need

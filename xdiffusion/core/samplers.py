@@ -156,8 +156,8 @@ def _step(lam_t: float, lam_s: float) -> tuple[float, float, float, float]:
     exponential-integrator coefficient below is written in terms of it.
     """
 
-    def sig(x: float) -> float:
-        return 1.0 / (1.0 + math.exp(-x))
+    def sig(x: float) -> float:  # never exp of a large positive number
+        return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
     sigma_s = math.sqrt(sig(-lam_s))
     return math.sqrt(sig(lam_s)), sigma_s, sigma_s / math.sqrt(sig(-lam_t)), 0.5 * (lam_s - lam_t)

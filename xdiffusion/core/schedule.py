@@ -16,6 +16,11 @@ from torch import Tensor
 __all__ = ["CosineSchedule", "alpha_sigma", "posterior"]
 
 
+#: Largest |λ| of a schedule: σ² = sigmoid(−λ) underflows float64's relative precision
+#: (1e-16 ≈ e^−37) long before, and e^|λ| overflows float64 at ≈ 709.
+MAX_ABS_LAMBDA = 100.0
+
+
 @dataclass(frozen=True)
 class CosineSchedule:
     """Truncated α-cosine schedule λ(t) on t ∈ [0, 1] (eq. 2.60–2.62).
@@ -36,6 +41,12 @@ class CosineSchedule:
         if self.lambda_min >= self.lambda_max:
             raise ValueError(
                 f"lambda_min ({self.lambda_min}) must be below lambda_max ({self.lambda_max})"
+            )
+        if max(abs(self.lambda_min), abs(self.lambda_max)) > MAX_ABS_LAMBDA:
+            raise ValueError(
+                f"lambda_min={self.lambda_min} and lambda_max={self.lambda_max} must lie within "
+                f"±{MAX_ABS_LAMBDA:g}: beyond it α² or σ² is below float64's resolution (the "
+                "usual range is ±30)"
             )
 
     @property

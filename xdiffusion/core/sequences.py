@@ -9,7 +9,7 @@ time, each window conditioned on what is known or already generated inside it (H
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 from torch import Tensor
 
 __all__ = ["plan_windows"]
@@ -35,18 +35,32 @@ def plan_windows(frame_known: Tensor, frames: int, context: int) -> list[tuple[i
         and later windows see those frames as known. A gap short enough to fit with known
         frames on both sides is centred in its window so that it sees both ends.
     """
-    known = frame_known.clone().bool()
-    t = known.numel()
+    known = np.asarray(
+        frame_known.detach().cpu().numpy() if isinstance(frame_known, Tensor) else frame_known,
+        dtype=bool,
+    ).ravel()
+    t = known.size
     f = min(frames, t)
+    # the runs of unknown frames, found once: [run_start, run_stop)
+    edges = np.diff(np.concatenate(([0], (~known).astype(np.int8), [0])))
+    run_starts = np.flatnonzero(edges == 1).tolist()
+    run_stops = np.flatnonzero(edges == -1).tolist()
     plan: list[tuple[int, int]] = []
-    while not bool(known.all()):
-        g = int(torch.nonzero(~known)[0])
-        run = int(torch.nonzero(known[g:])[0]) if bool(known[g:].any()) else t - g
-        if g > 0 and g + run < t and run <= f - 2:
-            start = g - (f - run) // 2  # centre the gap: context on both sides
-        else:
-            start = g - min(context, g)
-        start = max(0, min(start, t - f))
-        plan.append((start, f))
-        known[start : start + f] = True
+    # Each window starts at or before the first incomplete frame g and ends after it, so
+    # every frame before the last window's stop is complete: the next incomplete frame is
+    # the first unknown frame at or after that stop, and the gap it opens runs to the end
+    # of its run of unknown frames in the input (the quadratic loop this replaces
+    # searched the whole mask again for every window).
+    covered = 0
+    for run_start, run_stop in zip(run_starts, run_stops):
+        while covered < run_stop:
+            g = max(run_start, covered)
+            run = run_stop - g
+            if g > 0 and g + run < t and run <= f - 2:
+                start = g - (f - run) // 2  # centre the gap: context on both sides
+            else:
+                start = g - min(context, g)
+            start = max(0, min(start, t - f))
+            plan.append((start, f))
+            covered = start + f
     return plan

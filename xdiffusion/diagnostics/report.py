@@ -51,6 +51,65 @@ def _common(name: str, a: object, b: object) -> object:
     return a
 
 
+_NAMES = ("samples", "reference")
+
+
+def _check_same_grid(
+    samples: xr.DataArray, reference: xr.DataArray, sa: Mapping[str, str], ra: Mapping[str, str]
+) -> None:
+    """Raise ValueError, naming ``samples`` and ``reference``, unless their grids agree
+    (sizes, and coordinates within float tolerance)."""
+    for a in ("Y", "X"):
+        ds, dr = sa[a], ra[a]
+        where = repr(ds) if ds == dr else f"{ds!r} (reference: {dr!r})"
+        if samples.sizes[ds] != reference.sizes[dr]:
+            raise ValueError(
+                f"samples and reference grids differ along {where} ({samples.sizes[ds]} vs "
+                f"{reference.sizes[dr]} cells); regrid the reference to the samples' grid first"
+            )
+        if ds in samples.indexes and dr in reference.indexes:
+            if samples.indexes[ds].equals(reference.indexes[dr]):
+                continue
+            try:
+                close = np.allclose(
+                    np.asarray(samples[ds], float), np.asarray(reference[dr], float)
+                )
+            except (TypeError, ValueError):
+                close = False
+            if not close:
+                raise ValueError(
+                    f"samples and reference have different {where} coordinates; put both on "
+                    "the same grid first (e.g. reference.interp_like(samples) or a regridder)"
+                )
+
+
+def _full_range_edges(samples: xr.DataArray, reference: xr.DataArray) -> np.ndarray:
+    """The full histogram's bin edges, refusing an all-NaN input by name.
+
+    One pass for both ranges (computed at once for dask input), as
+    :func:`~xdiffusion.diagnostics.distributions._bin_edges` makes them.
+    """
+    import dask
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN input: refused below
+        stats = dask.compute(samples.min(), samples.max(), reference.min(), reference.max())
+    vals = np.asarray([float(v) for v in stats]).reshape(2, 2)
+    for name, (lo, hi) in zip(_NAMES, vals):
+        if np.isnan(lo) and np.isnan(hi):
+            verb = "are" if name == "samples" else "is"
+            raise ValueError(
+                f"{name} {verb} all NaN: there are no values to evaluate; check the "
+                f"{name} passed (the variable, the time selection, a mask covering every cell)"
+            )
+    lo, hi = float(np.nanmin(vals)), float(np.nanmax(vals))
+    hi = lo + 1.0 if hi <= lo else hi
+    if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(hi - lo)):
+        # infinite or too wide: the messages of _bin_edges, which computes the range again
+        return _bin_edges([samples, reference], None, False, None, names=list(_NAMES))
+    return _bin_edges([samples, reference], None, False, (lo, hi), names=list(_NAMES))
+
+
 def evaluate(
     samples: xr.DataArray | xr.Dataset,
     reference: xr.DataArray | xr.Dataset,
@@ -119,8 +178,8 @@ def evaluate(
     TypeError
         If the inputs mix DataArrays and Datasets, or are not numeric.
     ValueError
-        If ``samples`` and ``reference`` differ in grid or time step, or Datasets share
-        no gridded variable (or ``observations`` lacks one of them).
+        If ``samples`` and ``reference`` differ in grid or time step, either is all NaN,
+        or Datasets share no gridded variable (or ``observations`` lacks one of them).
     """
     if any(isinstance(obj, xr.Dataset) for obj in (samples, reference, observations)):
         return _evaluate_dataset(
@@ -155,10 +214,12 @@ def evaluate(
 
     sa = find_axes(samples, dims, require_time=False)
     ra = find_axes(reference, dims, require_time=False)
+    _check_same_grid(samples, reference, sa, ra)
     samples, reference, _, _ = _matched_grids(samples, reference, dims)
     ra = {**ra, "Y": sa["Y"], "X": sa["X"]}
-    # the full range first: infinite values are refused before any spectrum is computed
-    edges = _bin_edges([samples, reference], None, False, None, names=["samples", "reference"])
+    # the full range first: all-NaN and infinite values are refused before any spectrum
+    # is computed
+    edges = _full_range_edges(samples, reference)
     low = _bin_edges([samples, reference], None, True, None, names=["samples", "reference"])
     spacing = _common("grid spacings", _spacing(samples, sa, None), _spacing(reference, ra, None))
     for key, da in (("sample", samples), ("reference", reference)):

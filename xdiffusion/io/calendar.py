@@ -187,6 +187,41 @@ def _is_dated(values: np.ndarray) -> bool:
     return np.issubdtype(values.dtype, np.datetime64) or values.dtype == object
 
 
+def _is_date(v: object) -> bool:
+    """A date object: cftime (any calendar), datetime.datetime or pandas Timestamp."""
+    return all(hasattr(v, a) for a in ("year", "month", "day", "hour")) and hasattr(v, "__sub__")
+
+
+def _check_kind(values: np.ndarray) -> None:
+    """Raise TypeError unless the stamps are datetime64, cftime dates or numbers.
+
+    Strings (a time axis that was never decoded, or dates written as text) and other
+    objects cannot be differenced: numpy's UFuncTypeError deep inside otherwise.
+    """
+    dtype = values.dtype
+    if dtype.kind in "Mmiuf":  # datetime64, timedelta64, integers, floats
+        return
+    if dtype.kind == "O":
+        odd = next((v for v in values.ravel() if v is not None and not _is_date(v)), None)
+        if odd is None:
+            return
+        held = f"object (holding {type(odd).__name__}, e.g. {odd!r})"
+        if isinstance(odd, int | float | np.number) and not isinstance(odd, bool):
+            raise TypeError(
+                f"the time axis has dtype {held}: numbers stored as Python objects; give "
+                "it a numeric dtype first, e.g. da.assign_coords(time=da['time'].astype(float))"
+            )
+    else:
+        first = values.ravel()[:1].tolist()  # a plain str, not numpy's np.str_('...')
+        held = f"{dtype}" + (f" (e.g. {first[0]!r})" if first else "")
+    raise TypeError(
+        f"the time axis has dtype {held}: neither dates (datetime64 or cftime) nor numbers, "
+        "so it has no time step; decode it to dates first: xr.decode_cf(ds) (or "
+        "xr.open_dataset(..., decode_times=True)) for a file's encoded times, or "
+        "da.assign_coords(time=pd.to_datetime(da['time'].values)) for dates written as text"
+    )
+
+
 def _check_missing(values: np.ndarray) -> None:
     """Raise ValueError for NaT (datetime64), NaN (numeric) or None (cftime) time stamps."""
     if np.issubdtype(values.dtype, np.datetime64) or np.issubdtype(values.dtype, np.timedelta64):
@@ -209,8 +244,13 @@ def _check_missing(values: np.ndarray) -> None:
 
 def time_steps(time: xr.DataArray | np.ndarray | Sequence) -> np.ndarray:
     """Differences between consecutive time stamps: seconds (datetime64 or cftime), or the
-    axis' own units for a numeric time axis (e.g. hours as floats)."""
+    axis' own units for a numeric time axis (e.g. hours as floats).
+
+    Raises TypeError for stamps that are neither dates nor numbers (strings: decode them
+    first) and ValueError for missing ones (NaT, NaN, None).
+    """
     values = _values(time)
+    _check_kind(values)
     _check_missing(values)
     if values.size < 2:
         return np.zeros(0)
@@ -265,6 +305,7 @@ def month_parts(time: xr.DataArray | np.ndarray | Sequence) -> tuple[np.ndarray,
         The month's length in seconds (on the stamps' own calendar).
     """
     values = _values(time)
+    _check_kind(values)
     if np.issubdtype(values.dtype, np.datetime64):
         months = values.astype("datetime64[M]")
         start = months.astype(values.dtype)
@@ -408,6 +449,7 @@ def regular_mask(
         found = _detect(values)
         return np.zeros(0, bool) if found is None else found[1]
     if step.is_calendar:
+        _check_kind(values)
         if not _is_dated(values):
             return np.zeros(max(values.size - 1, 0), bool)
         return np.diff(month_parts(values)[0]) == step.months

@@ -52,6 +52,63 @@ def _check_numeric(da: xr.DataArray, name: str) -> None:
         )
 
 
+def _check_variables(variables: object) -> list[str]:
+    """A ``variables=`` argument as a non-empty list of names (a single name as a list).
+
+    Raises TypeError for anything but a name or a sequence of names, ValueError for none.
+    """
+    if isinstance(variables, str):
+        return [variables]
+    if not isinstance(variables, Sequence | np.ndarray) or isinstance(variables, bytes):
+        raise TypeError(
+            f"variables must be a variable name or a list of names (e.g. ['pr']), got "
+            f"{type(variables).__name__} {variables!r}"
+        )
+    names = list(variables)
+    bad = [v for v in names if not isinstance(v, str)]
+    if bad:
+        raise TypeError(
+            f"variables={names!r} must hold variable names (str), but holds "
+            f"{', '.join(sorted({type(v).__name__ for v in bad}))}; e.g. variables=['pr']"
+        )
+    if not names:
+        raise ValueError(
+            "variables=[] names no variable; name at least one (e.g. variables=['pr']), or "
+            "leave variables=None to use every variable with the time and grid axes"
+        )
+    return names
+
+
+def _check_dataarray_variables(da: xr.DataArray, names: list[str], argument: str) -> None:
+    """A DataArray is its one variable: ``variables=`` may only name it."""
+    if da.name is not None and names == [str(da.name)]:
+        return
+    what = f"the single variable {str(da.name)!r}" if da.name is not None else "an unnamed variable"
+    allowed = f" (or variables=[{str(da.name)!r}])" if da.name is not None else ""
+    raise ValueError(
+        f"variables={names!r} cannot select from {argument}: it is a DataArray, {what}; "
+        f"leave variables=None{allowed}, or pass a Dataset (e.g. xr.merge([...])) to choose "
+        "among variables"
+    )
+
+
+_AXIS_NAMES = {"T": "time", "Y": "y (latitude)", "X": "x (longitude)"}
+
+
+def _check_grid_sizes(
+    obj: xr.DataArray | xr.Dataset, axes: Mapping[str, str], argument: str
+) -> None:
+    """Raise ValueError for a grid axis with no cells (numpy's "zero-size array" later)."""
+    for a in ("Y", "X"):
+        d = axes.get(a)
+        if d is not None and obj.sizes.get(d, 1) == 0:
+            raise ValueError(
+                f"{argument} has no cells along its {_AXIS_NAMES[a]} axis {d!r} (size 0): the "
+                "grid is empty; check the spatial selection (e.g. .sel(lat=slice(...)) "
+                "with the bounds in the coordinate's order)"
+            )
+
+
 def prepare(
     obj: xr.DataArray | xr.Dataset,
     *,
@@ -69,7 +126,9 @@ def prepare(
     dims
         Axis overrides passed to :func:`~xdiffusion.io.axes.find_axes`.
     variables
-        Dataset variables to use; default: every data variable with the T, Y, X axes.
+        Dataset variables to use (a name or a non-empty sequence of names); default:
+        every data variable with the T, Y, X axes. For a DataArray only None or its own
+        name.
     require_time
         Whether a time axis is mandatory.
     argument
@@ -78,9 +137,13 @@ def prepare(
     if isinstance(obj, xr.DataArray):
         is_dataset = False
         name = obj.name if obj.name is not None else "variable"
+        if variables is not None:
+            _check_dataarray_variables(obj, _check_variables(variables), argument)
         arrays = {str(name): obj}
     elif isinstance(obj, xr.Dataset):
         is_dataset = True
+        if variables is not None:
+            variables = _check_variables(variables)
         if variables is None:
             axes0 = find_axes(obj, dims, require_time=require_time)
             variables = [
@@ -91,8 +154,6 @@ def prepare(
                     f"{argument} has no data variable with dimensions {list(axes0.values())}; "
                     "pass variables=[...]"
                 )
-        elif isinstance(variables, str):
-            variables = [variables]
         missing = [v for v in variables if v not in obj.data_vars]
         if missing:
             raise ValueError(
@@ -104,6 +165,7 @@ def prepare(
             f"{argument} must be an xarray DataArray or Dataset, got {type(obj).__name__}"
         )
     axes = find_axes(obj, dims, require_time=require_time)
+    _check_grid_sizes(obj, axes, argument)
     order = [axes[a] for a in ("T", "Y", "X") if a in axes]
     out: list[xr.DataArray] = []
     for name, da in arrays.items():

@@ -24,7 +24,18 @@ def check_features(features: Sequence[str] | str | None) -> list[str]:
         return []
     if isinstance(features, str):
         features = [features]
+    if not isinstance(features, Sequence | np.ndarray) or isinstance(features, bytes):
+        raise TypeError(
+            f"time_features must be a feature name or a list of names among "
+            f"{sorted(TIME_FEATURES)} (e.g. time_features=['season']), got "
+            f"{type(features).__name__} {features!r}"
+        )
     features = list(features)
+    if not all(isinstance(f, str) for f in features):
+        raise TypeError(
+            f"time_features={features!r} must hold feature names (str) among "
+            f"{sorted(TIME_FEATURES)}"
+        )
     bad = [f for f in features if f not in TIME_FEATURES]
     if bad or len(set(features)) != len(features):
         raise ValueError(
