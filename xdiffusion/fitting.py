@@ -87,6 +87,10 @@ MIN_WINDOWS_FOR_VALIDATION = 20
 VALIDATION_BATCHES = 2
 #: Time steps read (spread evenly over the series) for the data digest of a checkpoint.
 DIGEST_STEPS = 64
+#: Training windows that set the latent encoder's ActNorm before the first step, and the
+#: key of their random choice.
+ENCODER_INIT_WINDOWS = 64
+ENCODER_INIT_KEY = 10**9 + 1
 
 
 def _transform_for(spec: Any, name: str) -> tuple[Transform, bool]:
@@ -860,6 +864,16 @@ def fit(
                 rng = np.random.default_rng([seed, 10**9])
                 for _ in range(VALIDATION_BATCHES):
                     val_batches.append(batches(rng.choice(val_starts, size=size)))
+
+            if module.encoder is not None:
+                # the encoder's ActNorm from a fixed sample of training windows (the same
+                # on every rank; a resumed run then loads its checkpointed values)
+                rng = np.random.default_rng([seed, ENCODER_INIT_KEY])
+                size = min(ENCODER_INIT_WINDOWS, len(train_starts))
+                b0 = batches(rng.choice(train_starts, size=size, replace=False))
+                with torch.no_grad():
+                    y0 = module.codec.encode_scaled(b0.scaled)
+                    module.encoder.initialize(torch.where(b0.mask, y0, 0.0), b0.mask)
 
             def loss_fn(mod: Denoiser, batch: DiffusionBatch, gen: torch.Generator) -> torch.Tensor:
                 net = train_net if train_net is not None and mod is module else mod.net

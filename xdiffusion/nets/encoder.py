@@ -25,11 +25,14 @@ from torch import Tensor, nn
 
 from xdiffusion.validation import is_int
 
-__all__ = ["LOGVAR_RANGE", "Encoder", "EncoderConfig"]
+__all__ = ["ACTNORM_FLOOR", "LOGVAR_RANGE", "Encoder", "EncoderConfig"]
 
 #: log σ² is clamped to this range: exp(−20) keeps σ > 0 in float32 and a posterior wider
 #: than e^(10/2) ≈ 150 prior standard deviations carries no information anyway.
 LOGVAR_RANGE = (-20.0, 10.0)
+#: Smallest standard deviation :meth:`Encoder.initialize` divides by (features that do not
+#: vary across the batch keep a bounded scale).
+ACTNORM_FLOOR = 1e-6
 
 
 @dataclass
@@ -111,9 +114,36 @@ class Encoder(nn.Module):
             c *= 2
         layers += [nn.SiLU()]
         self.features = nn.Sequential(*layers)
+        # ActNorm (Kingma & Dhariwal 2018) of the pooled features, set from data by
+        # initialize(): a window's features differ from the next's by well under 1 % of
+        # their size (mostly-dry precipitation), so without it the head would need weights
+        # in the hundreds to read them, and an Adam-trained head never gets there.
+        self.shift = nn.Parameter(torch.zeros(c))
+        self.log_scale = nn.Parameter(torch.zeros(c))
         self.head = nn.Linear(c, 2 * cfg.latent_dim)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+
+    def pooled(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """The features of each window averaged over its counted positions, (B, C)."""
+        if x.ndim != 5 or x.shape[1] != self.config.channels:
+            raise ValueError(
+                f"x must be (B, {self.config.channels}, F, H, W), got {tuple(x.shape)}"
+            )
+        m = torch.ones_like(x) if mask is None else mask.expand_as(x).to(x.dtype)
+        h = self.features(torch.cat([x * m, m], dim=1))
+        # the mean over positions with any counted element in their receptive field's
+        # centre cell: downsample the mask the way the features were
+        keep = F.adaptive_max_pool3d(m.amax(1, keepdim=True), h.shape[2:])
+        return (h * keep).sum((2, 3, 4)) / keep.sum((2, 3, 4)).clamp_min(1.0)
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor, mask: Tensor | None = None) -> None:
+        """Data-dependent initialisation: the pooled features of the windows ``x`` get zero
+        mean and unit standard deviation over the batch (per feature)."""
+        p = self.pooled(x, mask).float()
+        self.shift.copy_(p.mean(0))
+        self.log_scale.copy_(-torch.log(p.std(0, unbiased=False).clamp_min(ACTNORM_FLOOR)))
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """μ and log σ² of q(w | x), each (B, latent_dim), float32.
@@ -126,19 +156,7 @@ class Encoder(nn.Module):
             Boolean, broadcastable to ``x``: elements that count (others are read as 0
             and flagged as missing); None: all.
         """
-        if x.ndim != 5 or x.shape[1] != self.config.channels:
-            raise ValueError(
-                f"x must be (B, {self.config.channels}, F, H, W), got {tuple(x.shape)}"
-            )
-        if mask is None:
-            m = torch.ones_like(x)
-        else:
-            m = mask.expand_as(x).to(x.dtype)
-        h = self.features(torch.cat([x * m, m], dim=1))
-        # the mean over positions with any counted element in their receptive field's
-        # centre cell: downsample the mask the way the features were
-        keep = F.adaptive_max_pool3d(m.amax(1, keepdim=True), h.shape[2:])
-        pooled = (h * keep).sum((2, 3, 4)) / keep.sum((2, 3, 4)).clamp_min(1.0)
-        out = self.head(pooled.float())
+        pooled = (self.pooled(x, mask).float() - self.shift) * self.log_scale.exp()
+        out = self.head(pooled)
         mu, logvar = out.chunk(2, dim=-1)
         return mu, logvar.clamp(*LOGVAR_RANGE)
