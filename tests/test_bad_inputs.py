@@ -98,6 +98,11 @@ def numeric_time(s):
     return s.assign_coords(time=np.arange(s.sizes["time"], dtype=float))
 
 
+def text_time(s):
+    """A time axis of strings (never decoded)."""
+    return s.assign_coords(time=[f"t{i}" for i in range(s.sizes["time"])])
+
+
 # (builder(model, series), exception, match): match names the argument or the remedy.
 CASES = {
     # fit: data
@@ -334,7 +339,7 @@ CASES = {
     "sample-context": (
         lambda m, s: short(s).diffusion.sample(m, context=4, **GEN),
         ValueError,
-        r"context must be in \[0, frames - 1\]",
+        r"context must be (an integer )?in \[0, frames - 1\]",
     ),
     "sample-other-grid": (
         lambda m, s: off_grid(s).diffusion.sample(m, **GEN),
@@ -500,7 +505,7 @@ CASES = {
     "evaluate-other-grid": (
         lambda m, s: evaluate(short(s), short(s).isel(x=slice(0, 10))),
         ValueError,
-        r"reference grids differ along 'x'.*regrid",
+        r"samples and reference grids differ along 'x' \(16 vs 10 cells\).*regrid",
     ),
     "evaluate-inf": (
         lambda m, s: evaluate(with_inf(short(s), 2), short(s)),
@@ -654,6 +659,81 @@ CASES = {
         ValueError,
         r"gaussian_blobs\(nt=1000000000, ny=64, nx=64\) needs about",
     ),
+    # found by scripts/adversarial.py (issue 14's third run): variables= on a DataArray was
+    # ignored (any value, the model fitted on the DataArray anyway); on a Dataset, [] and 3
+    # failed inside numpy ("need at least one array to stack") or with "'int' object is
+    # not iterable"
+    "fit-variables-on-dataarray": (
+        lambda m, s: fit(s, variables=["tas"]),
+        ValueError,
+        r"variables=\['tas'\] cannot select from data: it is a DataArray, the single "
+        r"variable 'pr'; leave variables=None \(or variables=\['pr'\]\)",
+    ),
+    "fit-variables-empty-on-dataarray": (
+        lambda m, s: fit(s, variables=[]),
+        ValueError,
+        r"variables=\[\] names no variable",
+    ),
+    "fit-variables-int-on-dataarray": (
+        lambda m, s: fit(s, variables=3),
+        TypeError,
+        r"variables must be a variable name or a list of names \(e.g. \['pr'\]\), got int",
+    ),
+    "fit-variables-empty": (
+        lambda m, s: fit(s.to_dataset(), variables=[]),
+        ValueError,
+        r"variables=\[\] names no variable; name at least one",
+    ),
+    "fit-variables-int": (
+        lambda m, s: fit(s.to_dataset(), variables=3),
+        TypeError,
+        "variables must be a variable name or a list of names",
+    ),
+    "fit-variables-not-names": (
+        lambda m, s: fit(s.to_dataset(), variables=[3]),
+        TypeError,
+        r"variables=\[3\] must hold variable names \(str\), but holds int",
+    ),
+    # a grid with no cells ended in numpy's "zero-size array to reduction operation"
+    "fit-empty-grid": (
+        lambda m, s: fit(s.isel(y=slice(0, 0))),
+        ValueError,
+        r"data has no cells along its y \(latitude\) axis 'y' \(size 0\)",
+    ),
+    # time_features=3: "'int' object is not iterable"
+    "fit-time-features-int": (
+        lambda m, s: fit(s, time_features=3),
+        TypeError,
+        r"time_features must be a feature name or a list of names among \['hour', 'season'\]",
+    ),
+    # a time axis of strings: numpy's UFuncTypeError ("ufunc 'subtract' did not contain a
+    # loop") in fit and forecast
+    "fit-text-time": (
+        lambda m, s: fit(text_time(s)),
+        TypeError,
+        r"time axis has dtype <U\d+ \(e.g. 't0'\): neither dates .* xr.decode_cf\(ds\)",
+    ),
+    "forecast-text-time": (
+        lambda m, s: text_time(short(s)).diffusion.forecast(m, lead=2, **GEN),
+        TypeError,
+        r"time axis has dtype <U\d+ .*decode it to dates first",
+    ),
+    "sample-text-time": (
+        lambda m, s: text_time(short(s)).diffusion.sample(m, **GEN),
+        TypeError,
+        r"time axis has dtype <U\d+ .*decode it to dates first",
+    ),
+    # all-NaN samples gave a report of NaNs
+    "evaluate-all-nan-samples": (
+        lambda m, s: evaluate(short(s) * np.nan, short(s)),
+        ValueError,
+        "samples are all NaN: there are no values to evaluate",
+    ),
+    "evaluate-all-nan-reference": (
+        lambda m, s: evaluate(short(s), short(s) * np.nan),
+        ValueError,
+        "reference is all NaN",
+    ),
 }
 
 
@@ -702,6 +782,31 @@ def test_valid_inputs_next_to_the_bad_ones_work(model, series):
     fine = coarse(series).diffusion.downscale(model, factor=4, **GEN)
     assert fine.shape == (1, 8, 16, 16)
     assert irregular(series).diffusion.fit(**{**FIT, "frames": 3}).frames == 3
+
+
+def test_long_lazy_template_returns_at_once(model, series):
+    """A lazy 10**6-step template (found by scripts/adversarial.py: over 60 s planning its
+    windows and building the graph, quadratic in the length); now seconds, and lazy."""
+    import dask.array as dsa
+
+    nt = 10**6
+    time = np.datetime64("2000-01-01T00") + np.arange(nt) * np.timedelta64(1, "h")
+    template = xr.DataArray(
+        dsa.zeros((nt, 16, 16), chunks=(1000, 16, 16), dtype=np.float32),
+        dims=("time", "y", "x"),
+        coords={"time": time, "y": series.y, "x": series.x},
+        name="pr",
+        attrs=series.attrs,
+    )
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(60)
+    try:
+        out = template.diffusion.sample(model, **GEN)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert isinstance(out.data, dsa.Array)
+    assert out.shape == (1, nt, 16, 16) and len(out.chunks[1]) == nt // 1000
 
 
 # ------------------------------------------------------------------ files, sample data, CLI
