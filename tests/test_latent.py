@@ -477,3 +477,25 @@ def test_short_fit_latents_describe_intensity_and_reconstruct_better_than_sample
         return float(np.sqrt(((np.sqrt(a) - np.sqrt(held)) ** 2).mean()))
 
     assert rmse(rec) < rmse(unc)
+
+
+def test_elbo_training_counts_dry_values_as_one_class():
+    from xdiffusion.training import dequantize_dry
+
+    g = torch.Generator().manual_seed(0)
+    scaled = torch.full((2, 2, 2, 4, 4), -1.0)
+    scaled[:, :, :, :2] = 0.5  # wet half
+    mask = torch.ones_like(scaled, dtype=torch.bool)
+    out, nats = dequantize_dry(scaled, mask, [-0.9, -math.inf], g)
+    dry = scaled[:, 0] < -0.9
+    assert torch.all((out[:, 0][dry] >= -1.0) & (out[:, 0][dry] < -0.9))
+    assert torch.equal(out[:, 0][~dry], scaled[:, 0][~dry])
+    assert torch.equal(out[:, 1], scaled[:, 1])  # no class for the second variable
+    np.testing.assert_allclose(nats, -math.log(0.1) * dry.flatten(1).sum(1), rtol=1e-5)
+    # two ranks draw what one process draws for the global batch
+    full, _ = dequantize_dry(scaled, mask, [-0.9, -math.inf], torch.Generator().manual_seed(1))
+    for r in range(2):
+        part, _ = dequantize_dry(
+            scaled[r::2], mask[r::2], [-0.9, -math.inf], torch.Generator().manual_seed(1), (r, 2)
+        )
+        assert torch.equal(part, full[r::2])

@@ -10,6 +10,7 @@ from any step by replaying nothing.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -203,7 +204,9 @@ class Objective:
         E_q[L_VDM(x | w)] + KL(q(w | x) ‖ N(0, I)), with L_VDM the prior, diffusion and
         Gaussian-decoder terms of :func:`~xdiffusion.core.likelihood.vlb_terms` (λ ~ U(λmin,
         λ_rec), one draw per window, with its control variates); a true upper bound on the
-        negative log-likelihood of the scaled, transformed data (with ``free_bits = 0``).
+        negative log-likelihood of the scaled, transformed data (with ``free_bits = 0``),
+        values below the dry threshold counted as one discrete class as in ``model.nll``
+        (dequantised in their bin, :func:`dequantize_dry`).
     beta
         Weight of the KL term in ``"weighted"`` (the bound has weight 1).
     free_bits
@@ -280,7 +283,18 @@ def diffusion_objective(
     ``"weighted"``), so a loss value is in nats per element for ``"elbo"``.
     """
     objective = objective or Objective()
-    y = codec.encode_scaled(batch.scaled)
+    scaled, dry_nats = batch.scaled, None
+    if objective.kind == "elbo":
+        # the dry class, as nll has it: exact zeros have no density, so values below the
+        # dry threshold are one discrete outcome, bounded by dequantisation in its bin
+        # (only for variables whose threshold took part in the model, as nll's default:
+        # a transform with a lower bound such as sqrt, or a learned one)
+        dry = [
+            t if codec[c].lower is not None or codec[c].has_learned else -math.inf
+            for c, t in enumerate(scaled_thresholds)
+        ]
+        scaled, dry_nats = dequantize_dry(batch.scaled, batch.mask, dry, generator, batch.share)
+    y = codec.encode_scaled(scaled)
     kw: dict[str, Tensor] = {} if batch.cond is None else {"cond": batch.cond}
     count = batch.mask.expand_as(y).flatten(1).sum(1).clamp_min(1).float()
     kl = None
@@ -304,7 +318,8 @@ def diffusion_objective(
             net_kwargs=kw or None,
             share=batch.share,
         )
-        loss = (terms["total"].float() + (0.0 if kl is None else kl)) / count
+        total = terms["total"].float() + dry_nats
+        loss = (total + (0.0 if kl is None else kl)) / count
     else:
         loss = v_loss(
             net,
@@ -318,9 +333,55 @@ def diffusion_objective(
         if kl is not None:
             loss = loss + objective.beta * kl / count
     if codec.has_learned:
-        loss = loss + codec.penalty(batch.scaled, batch.mask, scaled_thresholds) / count
+        loss = loss + codec.penalty(scaled, batch.mask, scaled_thresholds) / count
     # float32 whatever autocast did to the network (v_loss and the penalty already are)
     return loss.float().mean()
+
+
+#: Lower end of the codec's scaled range: the data's minimum (the bottom of the dry bin).
+SCALED_LOWER = -1.0
+
+
+def dequantize_dry(
+    scaled: Tensor,
+    mask: Tensor,
+    scaled_thresholds: Sequence[float],
+    generator: torch.Generator,
+    share: tuple[int, int] = (0, 1),
+) -> tuple[Tensor, Tensor]:
+    """Values below each channel's dry threshold drawn uniformly in the dry bin, and the
+    bin's −log width per sample (nats), so that a density bound on the result bounds
+    −log of the mixed likelihood: probability for the dry class, density above it
+    (Herbert (2023) eq. 4.10 with a dequantised class; see :mod:`xdiffusion.likelihood`).
+
+    Parameters
+    ----------
+    scaled
+        (B, C, F, H, W) data in the codec's scaled units ([−1, 1], the minimum at −1).
+    mask
+        Elements that count.
+    scaled_thresholds
+        Per channel dry threshold in scaled units (−inf: no dry class).
+    generator, share
+        The uniform draws, for the global batch of a data-parallel run (rows kept).
+    """
+    rank, world = share
+    b = scaled.shape[0]
+    nats = torch.zeros(b, dtype=torch.float32, device=scaled.device)
+    thr = [float(t) for t in scaled_thresholds]
+    if all(not math.isfinite(t) or t <= SCALED_LOWER for t in thr):
+        return scaled, nats
+    u = torch.rand((b * world, *scaled.shape[1:]), generator=generator, device=scaled.device)[
+        rank::world
+    ].to(scaled.dtype)
+    out = scaled.clone()
+    for c, t in enumerate(thr):
+        if not math.isfinite(t) or t <= SCALED_LOWER:
+            continue
+        dry = (scaled[:, c] < t) & mask[:, c]
+        out[:, c] = torch.where(dry, SCALED_LOWER + u[:, c] * (t - SCALED_LOWER), scaled[:, c])
+        nats = nats - math.log(t - SCALED_LOWER) * dry.flatten(1).sum(1).float()
+    return out, nats
 
 
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
