@@ -101,3 +101,8 @@ def test_damaged_data_or_training_sections_are_refused_at_load(tiny_model, tmp_p
 def test_fit_too_large_for_the_machine_is_refused_before_allocating(kw, words):
     with pytest.raises(ValueError, match=words):
         make_series(nt=40).diffusion.fit(steps=1, frames=4, progress=False, **kw)
+
+
+def test_lazy_forecast_with_millions_of_tasks_is_refused(tiny_model, short):
+    with pytest.raises(ValueError, match="longer time chunks"):
+        short.chunk(time=4).diffusion.forecast(tiny_model, lead=10**7, progress=False)

@@ -43,6 +43,9 @@ from xdiffusion.validation import check_bool, check_int, check_positive_int, che
 __all__ = ["FINE_COORD_DIGITS", "downscale", "forecast", "interpolate", "sample"]
 
 Dims = Mapping[str, str] | None
+#: Most tasks a lazy forecast may plan (output chunks × members): beyond it the graph alone
+#: would take gigabytes before anything is computed.
+MAX_GRAPH_TASKS = 1_000_000
 
 
 def _wrap(
@@ -376,6 +379,14 @@ def forecast(
         # the context. Nothing of the lead's size is allocated here: the plan needs only
         # which frames are known, and the NaN frames are a lazy array.
         step = time_chunks(p.shape[1], p.data.chunks[1], engine.frames)[0][1]
+        tasks = (lead // step + 1) * n
+        if tasks > MAX_GRAPH_TASKS:  # before any window or chunk is built
+            raise ValueError(
+                f"lead={lead} in time chunks of {step} steps (the input's, rounded to whole "
+                f"windows) for n={n} members makes about {tasks:,} tasks, more than "
+                f"{MAX_GRAPH_TASKS:,}; chunk the input in longer time chunks (e.g. "
+                "data.chunk(time=1000)) or forecast a shorter lead"
+            )
         chunks = list(pairwise([0, *range(ctx + step, t, step), t]))
         bs = lazy_batch(engine, n, batch_size, budget, c * step * h * w)
         _, known_ctx, _ = engine.encode_known(torch.from_numpy(context32))
