@@ -25,7 +25,7 @@ the rate), with the thread count you state (``--threads``, default 2).
 
 Ablations (``--variants``): ``base`` (the library's defaults), ``tconv`` / ``no_tconv``
 (with / without a (3, 1, 1) temporal convolution in every ResNet block,
-``net={"temporal_conv": ...}``; on since this benchmark), ``steps40``
+``net={"temporal_conv": ...}``), ``steps40``
 (the base model sampled with 40 instead of 20 steps: the sampler's λ grid is twice as fine,
 its high-λ end included), ``ema999`` (EMA decay 0.999). ``--setting fast`` trains and
 evaluates on a generator with faster, varying advection and shorter persistence instead of

@@ -103,10 +103,11 @@ class UNetConfig:
     temporal_conv : bool
         Give every ResNet block a (3, 1, 1) convolution over frames after its spatial ones
         (:class:`~xdiffusion.nets.layers.TemporalConv`, a factorised (2+1)-D block), so
-        neighbouring frames mix at every block and not only in temporal attention. On in
-        the ``"small"`` preset (``benchmarks/quality.py``: better temporal coherence per
-        CPU-minute), off in ``"reference"`` (Herbert (2023)'s network) and in a stored
-        configuration without it (:data:`LEGACY_DEFAULTS`).
+        neighbouring frames mix at every block and not only in temporal attention. Off by
+        default: at a 5-minute CPU budget it raised the samples' lag-1 autocorrelation
+        (0.19 → 0.32, data 0.66) but worsened the temporal and spatial spectra, the
+        quantiles and lags 2–3 (``benchmarks/quality.py``, docs/quality.md). A stored
+        configuration without it is read as False (:data:`LEGACY_DEFAULTS`).
     conv_pad : str
         Edge padding of every 3×3 convolution: ``"zeros"``, ``"replicate"`` or
         ``"reflect"`` (see :data:`~xdiffusion.nets.layers.CONV_PAD_MODES`). A stored
@@ -293,9 +294,6 @@ class UNetConfig:
 
 _PRESETS: dict[str, dict[str, Any]] = {
     # Trains in minutes on two CPU cores at 32×32×8.
-    # The (3, 1, 1) temporal convolutions (temporal_conv) doubled the lag-1 autocorrelation
-    # of samples at a 5-minute CPU budget for 17 % of the throughput
-    # (benchmarks/quality.py, docs/quality.md).
     "small": dict(
         width=32,
         mults=(1, 2, 2),
@@ -304,7 +302,6 @@ _PRESETS: dict[str, dict[str, Any]] = {
         temporal_attention=(True, True, True),
         mid_spatial_attention="full",
         head_dim=32,
-        temporal_conv=True,
     ),
     # Herbert (2023)'s network: lucidrains' Unet3D with dim=64, dim_mults=(1, 2, 4, 8),
     # two ResNet blocks per level, linear spatial attention and temporal attention at every
