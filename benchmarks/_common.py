@@ -240,3 +240,15 @@ def rounded(obj, digits: int = 4):
     if isinstance(obj, list | tuple):
         return [rounded(v, digits) for v in obj]
     return obj
+
+
+def status_kib(field: str) -> int | None:
+    """A ``/proc/self/status`` field in KiB (Linux), or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None

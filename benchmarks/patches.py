@@ -107,18 +107,6 @@ def _seconds_per_step(data, s: dict, patch: int | None) -> float:
     return max((t[1] - t[0]) / CALIBRATION_STEPS, 1e-3)
 
 
-def _status_kib(field: str) -> int | None:
-    """A ``/proc/self/status`` field in KiB (Linux), or None."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def _reset_peak_rss() -> bool:
     """Reset ``VmHWM`` to the current RSS (Linux ≥ 4.0: write 5 to clear_refs)."""
     try:
@@ -144,12 +132,12 @@ def _sample_memory(model_dir: str, template_path: str, n: int, steps: int, queue
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     exact = _reset_peak_rss()
-    before = _status_kib("VmRSS") if exact else None
+    before = C.status_kib("VmRSS") if exact else None
     before_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     model.sample(template, n=n, steps=steps, seed=0, progress=False)
     seconds = time.perf_counter() - t0
-    peak = _status_kib("VmHWM") if exact else None
+    peak = C.status_kib("VmHWM") if exact else None
     if peak is not None and before is not None:
         added, how = peak - before, "VmHWM reset before sampling"
     else:

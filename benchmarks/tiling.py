@@ -69,18 +69,6 @@ SEAM_NET = {
 SEAM_STEPS = 10
 
 
-def _status_kib(field: str) -> int | None:
-    """A ``/proc/self/status`` field in KiB (Linux), or None."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def _child(model_dir: str, template: str, tile: int, overlap: int, steps: int) -> None:
     """In a fresh process: sample once and print seconds and peak memory as JSON."""
     import xarray as xr
@@ -88,18 +76,18 @@ def _child(model_dir: str, template: str, tile: int, overlap: int, steps: int) -
     model = xd.load(model_dir, device="cpu")
     model.tile(tile or None, overlap)
     tmpl = xr.open_dataarray(template).load()
-    before_peak = _status_kib("VmHWM")
+    before_peak = C.status_kib("VmHWM")
     try:  # reset VmHWM to the current RSS (Linux ≥ 4.0: write 5 to clear_refs)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         reset = True
     except OSError:
         reset = False
-    rss = _status_kib("VmRSS")
+    rss = C.status_kib("VmRSS")
     t = time.perf_counter()
     out = model.sample(tmpl, n=1, steps=steps, seed=0, progress=False)
     seconds = time.perf_counter() - t
-    peak = _status_kib("VmHWM")
+    peak = C.status_kib("VmHWM")
     result = {
         "seconds": seconds,
         "peak_rss_mib": max(peak or 0, before_peak or 0) / 1024,

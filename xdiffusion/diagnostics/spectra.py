@@ -211,6 +211,21 @@ def _temporal_psd_kernel(x: np.ndarray, window: int) -> np.ndarray:
     return (np.abs(np.fft.rfft(x, axis=-1)) ** 2 / window)[..., 1:]
 
 
+def _time_windows(
+    da: xr.DataArray, dims: Mapping[str, str] | None, window: int | None
+) -> tuple[str, int, int]:
+    """The time dimension, its length and the window length (default: the whole series)."""
+    axes = find_axes(da, dims, require_time=False)
+    if "T" not in axes:
+        raise ValueError(f"da= has no time axis among {list(da.dims)}; pass dims={{'T': '<name>'}}")
+    tdim = axes["T"]
+    nt = da.sizes[tdim]
+    window = nt if window is None else int(window)
+    if window < 2 or window > nt:
+        raise ValueError(f"window={window} must be between 2 and the series length {nt}")
+    return tdim, nt, window
+
+
 def temporal_psd(
     da: xr.DataArray,
     *,
@@ -247,14 +262,7 @@ def temporal_psd(
         input.
     """
     da = _check_da(da, "da")
-    axes = find_axes(da, dims, require_time=False)
-    if "T" not in axes:
-        raise ValueError(f"da= has no time axis among {list(da.dims)}; pass dims={{'T': '<name>'}}")
-    tdim = axes["T"]
-    nt = da.sizes[tdim]
-    window = nt if window is None else int(window)
-    if window < 2 or window > nt:
-        raise ValueError(f"window={window} must be between 2 and the series length {nt}")
+    tdim, nt, window = _time_windows(da, dims, window)
     if dt is not None and not float(dt) > 0:
         raise ValueError(f"dt={dt!r} must be a positive time step in hours")
     step = float(dt) if dt is not None else _time_step_hours(da, tdim)
@@ -336,14 +344,7 @@ def lag_autocorrelation(
         ``lag_autocorrelation`` on dimension ``lag`` (units ``1``).
     """
     da = _check_da(da, "da")
-    axes = find_axes(da, dims, require_time=False)
-    if "T" not in axes:
-        raise ValueError(f"da= has no time axis among {list(da.dims)}; pass dims={{'T': '<name>'}}")
-    tdim = axes["T"]
-    nt = da.sizes[tdim]
-    window = nt if window is None else int(window)
-    if window < 2 or window > nt:
-        raise ValueError(f"window={window} must be between 2 and the series length {nt}")
+    tdim, nt, window = _time_windows(da, dims, window)
     lags = [int(k) for k in lags]
     if not lags or any(k < 1 or k >= window for k in lags):
         raise ValueError(f"lags={lags} must be positive and shorter than the window ({window})")
