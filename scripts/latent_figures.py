@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--models", default=None)
     ap.add_argument("--quick", action="store_true", help="the benchmark's --quick models")
     ap.add_argument("--steps", type=int, default=None, help="training steps, if fitting")
-    ap.add_argument("--model", default="weighted", help="latent model of figures (b), (c)")
+    ap.add_argument("--model", default="elbo", help="latent model of figures (b), (c)")
     ap.add_argument("--sampling-steps", type=int, default=20)
     ap.add_argument("--out", default=str(ROOT / "docs" / "figures"))
     args = ap.parse_args(argv)
