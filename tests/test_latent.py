@@ -499,3 +499,30 @@ def test_elbo_training_counts_dry_values_as_one_class():
             scaled[r::2], mask[r::2], [-0.9, -math.inf], torch.Generator().manual_seed(1), (r, 2)
         )
         assert torch.equal(part, full[r::2])
+
+
+def test_cli_latent_model_on_a_rotated_pole_360_day_file_keeps_its_metadata(tmp_path):
+    """A CORDEX-like file as users have it: fit with --latent-dim, encode, sample from the
+    latents with --var; grid mapping, bounds and the 360_day calendar come through."""
+    from xdiffusion.cli import main
+    from xdiffusion.testing import file_encoding, rotated_pole_dataset
+
+    ds = rotated_pole_dataset(nt=24)
+    src = tmp_path / "rot.nc"
+    ds.to_netcdf(src, encoding=file_encoding(ds))
+    net = "width=8,mults=1-2"
+    main(["fit", str(src), "--var", "pr", "--out", str(tmp_path / "m"), "--steps", "3",
+          "--frames", "4", "--net", net, "--latent-dim", "2", "--quiet"])  # fmt: skip
+    main(["encode", str(tmp_path / "m"), str(src), "--var", "pr", "--out",
+          str(tmp_path / "w.nc"), "--quiet"])  # fmt: skip
+    main(["sample", str(tmp_path / "m"), "--like", str(src), "--var", "pr", "--n", "1",
+          "--steps", "2", "--latent", str(tmp_path / "w.nc"), "--out",
+          str(tmp_path / "s.nc"), "--quiet"])  # fmt: skip
+    coder = xr.coders.CFDatetimeCoder(use_cftime=True)
+    with xr.open_dataset(tmp_path / "w.nc", decode_times=coder) as w:
+        assert w.window_start.dt.calendar == "360_day" and w.sizes["window"] == 6
+    with xr.open_dataset(tmp_path / "s.nc", decode_times=coder) as s:
+        assert s.pr.attrs["grid_mapping"] == "rotated_pole"
+        for name in ("rotated_pole", "time_bnds", "rlat_bnds", "rlon_bnds", "lat_vertices"):
+            assert name in s.variables, name
+        assert s.time.dt.calendar == "360_day" and "latent=" in s.attrs["history"]

@@ -264,7 +264,15 @@ def _open(
             raise ValueError(
                 f"--var {', '.join(missing)} not in {path}; available: {list(ds.data_vars)}"
             )
-        ds = ds[names]
+        chosen = ds[names]
+        # selecting variables drops coordinates with a dimension of their own (bounds
+        # with "bnds", 2-D lat/lon vertices): keep those that lie along the chosen grid
+        extra = {
+            k: v
+            for k, v in ds.coords.items()
+            if k not in chosen.coords and set(v.dims) & set(chosen.dims)
+        }
+        ds = chosen.assign_coords(extra)
     if chunks is not None:
         ds = ds.chunk({_time_dim(ds, dims): chunks})
     return ds
