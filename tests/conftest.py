@@ -30,6 +30,14 @@ def make_series(nt=120, ny=16, nx=16, seed=0, calendar="standard"):
     return synthetic_precipitation(nt=nt, ny=ny, nx=nx, seed=seed, calendar=calendar)
 
 
+def with_static_nan(block: tuple[slice, slice], da: xr.DataArray) -> xr.DataArray:
+    """``da`` with NaN in the cells ``block`` (rows, columns) at every time step: cells a
+    model learns as permanently missing."""
+    v = da.values.copy()
+    v[:, block[0], block[1]] = np.nan
+    return da.copy(data=v)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module's bit-for-bit comparisons, restored afterwards (a test

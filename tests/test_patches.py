@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import TINY_NET
+from conftest import TINY_NET, with_static_nan
 
 import xdiffusion as xd
 from xdiffusion.cli import main, parse_patch
@@ -41,15 +41,9 @@ GEN = dict(steps=2, progress=False)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _masked(da: xr.DataArray) -> xr.DataArray:
-    v = da.values.copy()
-    v[:, BLOCK[0], BLOCK[1]] = np.nan
-    return da.copy(data=v)
-
-
 @pytest.fixture(scope="module")
 def series() -> xr.DataArray:
-    return _masked(synthetic_precipitation(nt=60, ny=GRID, nx=GRID, seed=0))
+    return with_static_nan(BLOCK, synthetic_precipitation(nt=60, ny=GRID, nx=GRID, seed=0))
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +180,7 @@ def test_bad_patch_refused(series, patch, match):
 @pytest.fixture(scope="module")
 def trained():
     """A patch-trained model that has learned something (80 steps, static NaN block)."""
-    data = _masked(synthetic_precipitation(nt=300, ny=GRID, nx=GRID, seed=2))
+    data = with_static_nan(BLOCK, synthetic_precipitation(nt=300, ny=GRID, nx=GRID, seed=2))
     fit = {**FIT, "steps": 80, "batch_size": 4, "lr": 2e-3, "warmup": 10, "val_every": 20}
     return data.diffusion.fit(patch=PATCH, transform="sqrt", **fit)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from conftest import TINY_NET
+from conftest import TINY_NET, with_static_nan
 from torch import nn
 
 import xdiffusion.nets.tiled as tiled_module
@@ -202,15 +202,9 @@ def test_tiled_net_exposes_the_config():
 # ------------------------------------------------------------------ the model
 
 
-def _masked(da: xr.DataArray) -> xr.DataArray:
-    v = da.values.copy()
-    v[:, BLOCK[0], BLOCK[1]] = np.nan
-    return da.copy(data=v)
-
-
 @pytest.fixture(scope="module")
 def series() -> xr.DataArray:
-    return _masked(synthetic_precipitation(nt=300, ny=GRID, nx=GRID, seed=2))
+    return with_static_nan(BLOCK, synthetic_precipitation(nt=300, ny=GRID, nx=GRID, seed=2))
 
 
 @pytest.fixture(scope="module")
