@@ -311,3 +311,81 @@ def test_generated_dry_cells_are_exact_zeros(tiny_model, series, sampler):
     dry, wet = out[..., ny // 2 :, :], out[..., : ny // 2, :]
     assert (dry == 0.0).all(), np.unique(dry)[:5]
     assert out.min() >= 0.0 and (wet > 0).all()
+
+
+# ------------------------------------------------------------ dry class decodes to zero
+
+
+def test_decode_below_dry_below_gives_the_lower_bound_exactly():
+    """Values the model's dry class covers ([0, dry_below)) decode to exact zeros; the
+    threshold itself and everything above are kept; encode is unchanged by it."""
+    plain = VariableCodec.fit(0.0, 50.0, "sqrt")
+    codec = VariableCodec.fit(0.0, 50.0, "sqrt", dry_below=0.01)
+    x = torch.tensor([[0.0, 1e-9, 0.004, 0.00999, 0.01, 0.02, 3.0]], dtype=torch.float64)
+    y = plain.encode(x)
+    torch.testing.assert_close(codec.encode(x), y)
+    out = codec.decode(y)[0]
+    assert out[:4].tolist() == [0.0, 0.0, 0.0, 0.0]
+    torch.testing.assert_close(out[4:], plain.decode(y)[0, 4:])
+    assert (out[4:] > 0).all()
+
+
+def test_dry_below_config_round_trip_and_older_files():
+    codec = VariableCodec.fit(0.0, 50.0, {"name": "log1p", "scale": 0.1}, dry_below=0.05)
+    cfg = json.loads(json.dumps(codec.to_config()))
+    assert VariableCodec.from_config(cfg).dry_below == 0.05
+    del cfg["dry_below"]  # a file written before the threshold existed decodes as before
+    assert VariableCodec.from_config(cfg).dry_below is None
+
+
+@pytest.mark.parametrize(
+    ("transform", "value", "match"),
+    [
+        ("none", 0.01, "lower bound"),
+        ("sqrt", 0.0, "above the lower bound"),
+        ("sqrt", -1.0, "above the lower bound"),
+        ("sqrt", float("nan"), "finite number"),
+        ("sqrt", True, "finite number"),
+        ("sqrt", "0.01", "finite number"),
+    ],
+)
+def test_dry_below_errors(transform, value, match):
+    with pytest.raises(ValueError, match=match):
+        VariableCodec.fit(0.0, 50.0, transform, dry_below=value)
+
+
+def test_fit_decodes_its_dry_class_to_zero_and_checks_units(series):
+    """A fitted sqrt model's dry threshold decodes to 0: a network whose x̂ is 0.004 mm/h
+    (below 0.01) in half the grid and 0.5 mm/h elsewhere generates exact zeros there and
+    keeps the rain. Data in other units (kg m-2 s-1, where 0.01 is above most rain) get a
+    warning and no threshold."""
+    from conftest import TINY_NET
+
+    import xdiffusion as xd
+    from xdiffusion.model import Denoiser
+
+    fit_args = dict(frames=4, steps=2, batch_size=2, progress=False, device="cpu", net=TINY_NET)
+    da = series.isel(time=slice(0, 60))
+    model = da.diffusion.fit(**fit_args)
+    assert model.codec[0].dry_below == 0.01
+    ny, nx = model.grid
+    field = torch.full((1, 1, ny, nx), 0.5, dtype=torch.float64)
+    field[..., : ny // 2, :] = 0.004
+    target = model.codec.encode(field)[0].float()
+    fixed = xd.DiffusionModel(
+        model.config,
+        Denoiser(_FixedField(target, model.net_config), model.codec),
+        valid=model.valid,
+    )
+    tmpl = da.isel(time=slice(0, 4))
+    v = tmpl.diffusion.sample(fixed, n=2, steps=4, progress=False).values
+    assert (v[..., : ny // 2, :] == 0.0).all()
+    np.testing.assert_allclose(v[..., ny // 2 :, :], 0.5, rtol=1e-3)
+    model.codec[0].dry_below = None  # the same network without the threshold
+    r = tmpl.diffusion.sample(fixed, n=2, steps=4, progress=False).values
+    np.testing.assert_allclose(r[..., : ny // 2, :], 0.004, rtol=1e-3)
+
+    other_units = (da / 3600.0).assign_attrs(units="kg m-2 s-1")
+    with pytest.warns(UserWarning, match="not a dry threshold for these data"):
+        other = other_units.diffusion.fit(**fit_args)
+    assert other.codec[0].dry_below is None

@@ -62,6 +62,22 @@ def _as_bound(value: Any, name: str) -> Tensor:
     return t.detach().cpu()
 
 
+def _check_dry_below(value: Any, lower: float | None) -> float | None:
+    """``dry_below`` as a float above ``lower`` (None stays None)."""
+    if value is None:
+        return None
+    if lower is None:
+        raise ValueError(
+            "dry_below needs a transform with a lower bound (sqrt, log1p): without one "
+            "there is no dry value to decode to"
+        )
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"dry_below must be a finite number or None, got {value!r}")
+    if value <= lower:
+        raise ValueError(f"dry_below must be above the lower bound {lower}, got {value!r}")
+    return float(value)
+
+
 def _float(x: Tensor) -> Tensor:
     x = torch.as_tensor(x)
     return x if x.is_floating_point() else x.to(torch.get_default_dtype())
@@ -78,13 +94,21 @@ class VariableCodec(nn.Module):
         ``f`` of the training minimum and maximum (scalars, ``hi > lo``).
     learned
         Optional :class:`~xdiffusion.transforms.LearnedMonotone` h_ω applied after scaling.
+    dry_below
+        For transforms with a lower bound: decoded values below this (physical units)
+        become the lower bound exactly. :func:`~xdiffusion.fit` sets it to the smallest
+        value above the lower bound in the training data when the data has exact values
+        at the bound (dry cells), since no value in between was ever observed: generated
+        values there are dry cells the sampler did not bring down to the bound exactly.
+        None: no threshold (model files from before it existed).
 
     Notes
     -----
     :meth:`to_scaled` and :meth:`encode` do not clip: values beyond the training range map
     outside [−1, 1]. :meth:`decode` clips to [−1, 1], inverts exactly (snapping scaled
     values within :data:`DECODE_SNAP` of −1 to −1, so that dry cells are exact zeros),
-    then clips at ``transform.lower`` (never negative precipitation).
+    then clips at ``transform.lower`` (never negative precipitation) and sets values below
+    ``dry_below`` to ``transform.lower``.
     """
 
     def __init__(
@@ -93,6 +117,7 @@ class VariableCodec(nn.Module):
         lo: float | Tensor,
         hi: float | Tensor,
         learned: LearnedMonotone | None = None,
+        dry_below: float | None = None,
     ) -> None:
         super().__init__()
         self.transform = get_transform(transform)
@@ -109,6 +134,7 @@ class VariableCodec(nn.Module):
         # arithmetic on every device, and nothing to move with .to()
         self.lo, self.hi = lo_t, hi_t
         self.learned = learned
+        self.dry_below = _check_dry_below(dry_below, self.transform.lower)
 
     # -- construction ---------------------------------------------------------------------
 
@@ -121,6 +147,7 @@ class VariableCodec(nn.Module):
         learned: bool | LearnedMonotone = False,
         *,
         min_grad: float = 0.1,
+        dry_below: float | None = None,
     ) -> VariableCodec:
         """Build from training statistics: lo = f(min), hi = f(max).
 
@@ -134,6 +161,9 @@ class VariableCodec(nn.Module):
             ``True`` for a fresh :class:`LearnedMonotone` (with ``min_grad``), or one to use.
         min_grad
             Minimum-gradient coefficient of a fresh h_ω (eq. 4.13).
+        dry_below
+            Decoded values below this (physical units) become the transform's lower bound
+            exactly (see :attr:`dry_below`); None: only float residue is snapped.
 
         Raises
         ------
@@ -151,7 +181,7 @@ class VariableCodec(nn.Module):
             h = learned
         else:
             raise TypeError(f"learned must be a bool or a LearnedMonotone, got {type(learned)}")
-        return cls(f, f.forward(mn), f.forward(mx), h)
+        return cls(f, f.forward(mn), f.forward(mx), h, dry_below=dry_below)
 
     @property
     def lower(self) -> float | None:
@@ -166,7 +196,7 @@ class VariableCodec(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"transform={self.transform!r}, lo={float(self.lo):g}, hi={float(self.hi):g}, "
-            f"learned={self.has_learned}"
+            f"learned={self.has_learned}, dry_below={self.dry_below}"
         )
 
     # -- the chain ------------------------------------------------------------------------
@@ -204,7 +234,8 @@ class VariableCodec(nn.Module):
     def decode(self, y: Tensor) -> Tensor:
         """Diffusion space → physical: clip to [−1, 1], exact h_ω⁻¹, snap scaled values
         within :data:`DECODE_SNAP` of −1 to −1 (the training minimum comes back exactly:
-        dry cells are 0, not 1e-14), unscale, f⁻¹, clip at ``lower``. Not differentiable
+        dry cells are 0, not 1e-14), unscale, f⁻¹, clip at ``lower``, values below
+        :attr:`dry_below` to ``lower``. Not differentiable
         through h_ω⁻¹ (see :meth:`decode_differentiable`)."""
         s = _float(y).clamp(-1.0, 1.0)
         if self.learned is not None:
@@ -212,7 +243,12 @@ class VariableCodec(nn.Module):
                 s = self.learned.inverse(s)
         s = torch.where(s < -1.0 + DECODE_SNAP, torch.full_like(s, -1.0), s)
         x = self.from_scaled(s)
-        return x if self.lower is None else x.clamp(min=self.lower)
+        if self.lower is None:
+            return x
+        x = x.clamp(min=self.lower)
+        if self.dry_below is not None:
+            x = torch.where(x < self.dry_below, torch.full_like(x, self.lower), x)
+        return x
 
     def decode_differentiable(self, y: Tensor) -> Tensor:
         """:meth:`decode` with gradients w.r.t. ``y`` (no clip at ``lower``).
@@ -291,6 +327,7 @@ class VariableCodec(nn.Module):
             "lo": float(self.lo),
             "hi": float(self.hi),
             "learned": None if self.learned is None else self.learned.to_config(),
+            "dry_below": self.dry_below,
         }
 
     @classmethod
@@ -308,7 +345,8 @@ class VariableCodec(nn.Module):
         # schema-1 model files stored per-channel lists of one element
         lo = lo[0] if isinstance(lo, list) and len(lo) == 1 else lo
         hi = hi[0] if isinstance(hi, list) and len(hi) == 1 else hi
-        return cls(get_transform(cfg["transform"]), lo, hi, learned)
+        # model files written before dry_below existed decode as they did (no threshold)
+        return cls(get_transform(cfg["transform"]), lo, hi, learned, cfg.get("dry_below"))
 
 
 class Codec(nn.Module):

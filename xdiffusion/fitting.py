@@ -16,6 +16,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -174,6 +175,35 @@ def check_fit_arguments(
     return out
 
 
+#: A dry threshold above this share of a variable's positive training values is not a
+#: dry threshold for it (most likely given in other units): it is not used to decode.
+MAX_DRY_SHARE = 0.05
+
+
+def _dry_below(
+    stats: Mapping[str, np.ndarray], c: int, lower: float | None, dry_threshold: float, name: str
+) -> float | None:
+    """The value below which decoded data is dry (``VariableCodec.dry_below``): the dry
+    threshold, for a transform bounded at 0 and data with exact zeros, unless it would
+    call more than :data:`MAX_DRY_SHARE` of the training data's rain dry (then a warning
+    names the units, and None)."""
+    if lower != 0.0 or float(stats["min"][c]) != 0.0 or not dry_threshold > 0.0:
+        return None
+    n_pos = int(stats.get("n_positive", [0])[c])
+    share = int(stats.get("n_below", [0])[c]) / n_pos if n_pos else 0.0
+    if share > MAX_DRY_SHARE:
+        warnings.warn(
+            f"dry_threshold={dry_threshold:g} is above {share:.0%} of the positive values of "
+            f"{name!r}: it is not a dry threshold for these data (other units?). Generated "
+            "values are not set to 0 below it, and nll's dry class and the learned "
+            "transform's mask use it as given; pass dry_threshold in the data's units",
+            UserWarning,
+            stacklevel=4,
+        )
+        return None
+    return float(dry_threshold)
+
+
 def describe_variables(
     p: Prepared,
     stats: Mapping[str, np.ndarray],
@@ -216,7 +246,14 @@ def describe_variables(
                 f"data variable {name!r} is constant ({mn:g}): zero-variance data cannot be "
                 "scaled; check the variable or the time selection"
             )
-        codec = VariableCodec.fit(mn, mx, tr, learned=is_learned, min_grad=min_grad)
+        codec = VariableCodec.fit(
+            mn,
+            mx,
+            tr,
+            learned=is_learned,
+            min_grad=min_grad,
+            dry_below=_dry_below(stats, c, lo, dry_threshold, name),
+        )
         codecs.append(codec)
         described.append(
             {
@@ -816,7 +853,7 @@ def fit(
             f"no window of frames={frames} consecutive regular time steps exists; the time "
             "axis has gaps everywhere: use fewer frames"
         )
-    stats = channel_stats(p.data, sources=p.arrays)
+    stats = channel_stats(p.data, sources=p.arrays, threshold=args["dry_threshold"])
     codec, described = describe_variables(
         p, stats, transform, min_grad=args["min_grad"], dry_threshold=args["dry_threshold"]
     )

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -396,6 +397,496 @@ def _graticule(ax: Any, da: xr.DataArray, ydim: str, xdim: str) -> None:
         levels = MaxNLocator(GRATICULE_LINES).tick_values(np.nanmin(values), np.nanmax(values))
         lines = ax.contour(x, y, values, levels=levels, colors="0.35", linewidths=0.5)
         ax.clabel(lines, fontsize=SMALL_FONT - 2, fmt=lambda v, s=suffix: f"{v:g}{s}")
+
+
+# --------------------------------------------------------------------------- map projections
+# cartopy is optional ("pip install 'xdiffusion[maps]'") and imported only when a map is drawn.
+
+#: ``GeoAxes.name`` of cartopy's map axes (recognised without importing cartopy).
+_GEOAXES_NAME = "cartopy.geoaxes"
+#: Natural Earth coastline resolutions, in the order tried for a map spanning up to 15°,
+#: up to 60° and more (finest first on small domains).
+COASTLINE_RESOLUTIONS = {
+    15.0: ("10m", "50m", "110m"),
+    60.0: ("50m", "110m", "10m"),
+    np.inf: ("110m", "50m", "10m"),
+}
+#: Domains of 2-D latitude/longitude without a grid mapping smaller than this (degrees of
+#: longitude, latitude) are drawn on a Lambert azimuthal equal-area map centred on them;
+#: larger ones on an equirectangular (Plate Carrée) map.
+REGIONAL_SPAN = (120.0, 60.0)
+#: Grid mappings (CF ``grid_mapping_name``) turned into a cartopy projection.
+CF_GRID_MAPPINGS = (
+    "rotated_latitude_longitude",
+    "latitude_longitude",
+    "lambert_conformal_conic",
+    "polar_stereographic",
+    "stereographic",
+    "transverse_mercator",
+    "lambert_azimuthal_equal_area",
+    "albers_conical_equal_area",
+    "mercator",
+    "orthographic",
+)
+_CARTOPY_MISSING = (
+    "maps in a projection need cartopy; install it with pip install 'xdiffusion[maps]' "
+    "(or pip install cartopy), or pass projection=None for plain axes"
+)
+
+
+@dataclass(frozen=True)
+class _Georef:
+    """Where a (Y, X) field lies: the cartopy CRS its cell coordinates ``x``, ``y`` (1-D or
+    2-D, as pcolormesh takes them) are in, whether that came from a CF grid mapping, and the
+    factor to metres of the grid's projection coordinates (1 for degrees)."""
+
+    crs: Any
+    x: np.ndarray
+    y: np.ndarray
+    mapped: bool
+    scale: tuple[float, float] = (1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class _Maps:
+    """How the maps of a figure are drawn with cartopy: the module ``cartopy.crs``, the
+    projection of new axes, the georeference of the first field (for fields that carry
+    none) and the coastline rule."""
+
+    ccrs: Any
+    projection: Any
+    reference: _Georef
+    coastlines: bool | None
+
+
+def _cartopy(required: bool) -> Any | None:
+    """``cartopy.crs``, or None when cartopy is missing (ImportError if ``required``)."""
+    try:
+        import cartopy.crs as ccrs
+    except ImportError as err:
+        if required:
+            raise ImportError(_CARTOPY_MISSING) from err
+        return None
+    return ccrs
+
+
+def _is_geoaxes(ax: Any) -> bool:
+    return getattr(ax, "name", None) == _GEOAXES_NAME
+
+
+def _grid_mapping(da: xr.DataArray) -> Mapping[str, Any] | None:
+    """The attributes of the CF grid-mapping variable ``da`` carries as a coordinate.
+
+    Found by ``da``'s ``grid_mapping`` attribute (or encoding, where ``xr.open_dataset(...,
+    decode_coords="all")`` moves it), else as any scalar coordinate with a
+    ``grid_mapping_name``.
+    """
+    from xdiffusion.io.cf import referenced
+
+    names: list[str] = []
+    for source in (da.attrs, da.encoding):
+        if source.get("grid_mapping"):
+            names += referenced("grid_mapping", source["grid_mapping"])
+    for name in names:
+        if name in da.coords and "grid_mapping_name" in da[name].attrs:
+            return da[name].attrs
+    for coord in da.coords.values():
+        if coord.ndim == 0 and "grid_mapping_name" in coord.attrs:
+            return coord.attrs
+    return None
+
+
+def _globe(attrs: Mapping[str, Any], ccrs: Any) -> Any | None:
+    """The cartopy Globe of a grid mapping's ``earth_radius`` / ``semi_major_axis``."""
+    if attrs.get("earth_radius") is not None:
+        radius = float(np.ravel(attrs["earth_radius"])[0])
+        return ccrs.Globe(ellipse=None, semimajor_axis=radius, semiminor_axis=radius)
+    if attrs.get("semi_major_axis") is None:
+        return None  # cartopy's default, WGS84
+    major = float(np.ravel(attrs["semi_major_axis"])[0])
+    flattening = attrs.get("inverse_flattening")
+    if flattening is not None and float(np.ravel(flattening)[0]) != 0.0:
+        return ccrs.Globe(
+            ellipse=None,
+            semimajor_axis=major,
+            inverse_flattening=float(np.ravel(flattening)[0]),
+        )
+    minor = attrs.get("semi_minor_axis", major)
+    return ccrs.Globe(
+        ellipse=None, semimajor_axis=major, semiminor_axis=float(np.ravel(minor)[0])
+    )
+
+
+def cf_projection(attrs: Mapping[str, Any]) -> Any | None:
+    """The cartopy projection of a CF grid mapping, or None if it is not one of
+    :data:`CF_GRID_MAPPINGS` (or its parameters are incomplete).
+
+    Parameters
+    ----------
+    attrs
+        Attributes of the grid-mapping variable (``grid_mapping_name`` and its parameters,
+        CF §5.6 and Appendix F), e.g. ``ds["rotated_pole"].attrs``.
+
+    Returns
+    -------
+    cartopy.crs.Projection or None
+        For example ``rotated_latitude_longitude`` gives
+        ``RotatedPole(pole_longitude=grid_north_pole_longitude,
+        pole_latitude=grid_north_pole_latitude,
+        central_rotated_longitude=north_pole_grid_longitude)``.
+
+    Raises
+    ------
+    ImportError
+        If cartopy is not installed.
+    """
+    ccrs = _cartopy(required=True)
+    name = str(attrs.get("grid_mapping_name", ""))
+
+    def num(key: str, default: float | None = 0.0) -> float | None:
+        value = attrs.get(key)
+        return default if value is None else float(np.ravel(value)[0])
+
+    def parallels() -> tuple[float, ...]:
+        return tuple(float(v) for v in np.ravel(attrs["standard_parallel"]))
+
+    globe = _globe(attrs, ccrs)
+    false = {"false_easting": num("false_easting"), "false_northing": num("false_northing")}
+    try:
+        if name == "rotated_latitude_longitude":
+            return ccrs.RotatedPole(
+                pole_longitude=num("grid_north_pole_longitude", None),
+                pole_latitude=num("grid_north_pole_latitude", None),
+                central_rotated_longitude=num("north_pole_grid_longitude"),
+                globe=globe,
+            )
+        if name == "latitude_longitude":
+            return ccrs.PlateCarree(globe=globe)
+        if name == "lambert_conformal_conic":
+            standard = parallels()
+            return ccrs.LambertConformal(
+                central_longitude=num("longitude_of_central_meridian"),
+                central_latitude=num("latitude_of_projection_origin"),
+                standard_parallels=standard,
+                globe=globe,
+                # cut the cone off on the side away from its pole
+                cutoff=-30 if max(standard, key=abs) > 0 else 30,
+                **false,
+            )
+        if name in ("polar_stereographic", "stereographic"):
+            polar = name == "polar_stereographic"
+            true_scale = num("standard_parallel", None) if polar else None
+            return ccrs.Stereographic(
+                central_latitude=num("latitude_of_projection_origin"),
+                central_longitude=num(
+                    "straight_vertical_longitude_from_pole"
+                    if polar
+                    else "longitude_of_projection_origin"
+                ),
+                true_scale_latitude=true_scale,
+                scale_factor=(
+                    num("scale_factor_at_projection_origin", None) if true_scale is None else None
+                ),
+                globe=globe,
+                **false,
+            )
+        if name == "transverse_mercator":
+            return ccrs.TransverseMercator(
+                central_longitude=num("longitude_of_central_meridian"),
+                central_latitude=num("latitude_of_projection_origin"),
+                scale_factor=num("scale_factor_at_central_meridian", 1.0),
+                globe=globe,
+                approx=False,
+                **false,
+            )
+        if name == "lambert_azimuthal_equal_area":
+            return ccrs.LambertAzimuthalEqualArea(
+                central_longitude=num("longitude_of_projection_origin"),
+                central_latitude=num("latitude_of_projection_origin"),
+                globe=globe,
+                **false,
+            )
+        if name == "albers_conical_equal_area":
+            return ccrs.AlbersEqualArea(
+                central_longitude=num("longitude_of_central_meridian"),
+                central_latitude=num("latitude_of_projection_origin"),
+                standard_parallels=parallels(),
+                globe=globe,
+                **false,
+            )
+        if name == "mercator":
+            true_scale = num("standard_parallel", None)
+            return ccrs.Mercator(
+                central_longitude=num("longitude_of_projection_origin"),
+                latitude_true_scale=true_scale,
+                scale_factor=(
+                    num("scale_factor_at_projection_origin", None) if true_scale is None else None
+                ),
+                globe=globe,
+                **false,
+            )
+        if name == "orthographic":
+            return ccrs.Orthographic(
+                central_longitude=num("longitude_of_projection_origin"),
+                central_latitude=num("latitude_of_projection_origin"),
+                globe=globe,
+            )
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None
+
+
+def _is_geographic(coord: xr.DataArray, which: str) -> bool:
+    """Whether ``coord`` is a latitude (``which="lat"``) or longitude coordinate."""
+    standard = str(coord.attrs.get("standard_name", ""))
+    units = str(coord.attrs.get("units", ""))
+    name = str(coord.name).lower()
+    if which == "lat":
+        return standard == "latitude" or units in ("degrees_north", "degree_north") or (
+            name in ("lat", "latitude") and not standard and units in ("", "degrees", "degree")
+        )
+    return standard == "longitude" or units in ("degrees_east", "degree_east") or (
+        name in ("lon", "longitude") and not standard and units in ("", "degrees", "degree")
+    )
+
+
+def _continuous_longitude(lon: np.ndarray) -> np.ndarray:
+    """Longitudes without a jump of 360° inside the domain (around its middle cell)."""
+    lon = np.asarray(lon, dtype=float)
+    finite = lon[np.isfinite(lon)]
+    if not finite.size:
+        return lon
+    centre = float(np.ravel(lon)[lon.size // 2])
+    centre = centre if np.isfinite(centre) else float(finite[0])
+    return centre + (lon - centre + 180.0) % 360.0 - 180.0
+
+
+def _georef(da: xr.DataArray, ydim: str, xdim: str, ccrs: Any) -> _Georef | None:
+    """Where ``da`` lies on the Earth: its CF grid mapping (with the grid's 1-D coordinates),
+    else its 2-D latitude/longitude, else 1-D latitude/longitude axes; None if none."""
+    gm = _grid_mapping(da)
+    axes_1d = all(d in da.coords and da[d].ndim == 1 for d in (ydim, xdim))
+    if gm is not None and axes_1d:
+        crs = cf_projection(gm)
+        if crs is not None:
+            x = np.asarray(da[xdim].values, dtype=float)
+            y = np.asarray(da[ydim].values, dtype=float)
+            name = gm.get("grid_mapping_name")
+            if name == "latitude_longitude":
+                return _Georef(crs, _continuous_longitude(x), y, True)
+            if name == "rotated_latitude_longitude":
+                return _Georef(crs, x, y, True)
+            from xdiffusion.io.grids import _scale_to_metres
+
+            sx, sy = _scale_to_metres(da[xdim].attrs), _scale_to_metres(da[ydim].attrs)
+            if sx is not None and sy is not None:
+                return _Georef(crs, x * sx, y * sy, True, (sx, sy))
+    found = {suffix: coord for coord, suffix in _geo_coords(da, ydim, xdim)}
+    if "°N" in found and "°E" in found:
+        lat = np.asarray(found["°N"].transpose(ydim, xdim).values, dtype=float)
+        lon = np.asarray(found["°E"].transpose(ydim, xdim).values, dtype=float)
+        return _Georef(ccrs.PlateCarree(), _continuous_longitude(lon), lat, False)
+    if axes_1d and _is_geographic(da[ydim], "lat") and _is_geographic(da[xdim], "lon"):
+        x = _continuous_longitude(np.asarray(da[xdim].values, dtype=float))
+        return _Georef(ccrs.PlateCarree(), x, np.asarray(da[ydim].values, dtype=float), False)
+    return None
+
+
+def _frame_georef(frame: xr.DataArray, ydim: str, xdim: str, maps: _Maps) -> _Georef:
+    """The georeference of one field; one carrying none is taken to share the grid mapping of
+    the figure's first field (e.g. a coarse input without its grid-mapping variable)."""
+    found = _georef(frame, ydim, xdim, maps.ccrs)
+    if found is not None:
+        return found
+    ref = maps.reference
+    y, x = _grid_coords(frame, ydim, xdim)
+    if not ref.mapped:
+        raise ValueError(
+            "a field has no grid mapping and no latitude/longitude coordinates to place it on "
+            "the map; pass projection=None"
+        )
+    return _Georef(
+        ref.crs,
+        np.asarray(x, dtype=float) * ref.scale[0],
+        np.asarray(y, dtype=float) * ref.scale[1],
+        True,
+        ref.scale,
+    )
+
+
+def _default_projection(ref: _Georef, ccrs: Any) -> Any:
+    """The projection new map axes get: the grid mapping's own (a rotated-pole or projected
+    grid stays rectangular), else Plate Carrée for a latitude-longitude grid, else a
+    Lambert azimuthal equal-area map centred on a regional curvilinear grid."""
+    if ref.mapped and not isinstance(ref.crs, ccrs.PlateCarree):
+        return ref.crs
+    lon, lat = np.asarray(ref.x, dtype=float), np.asarray(ref.y, dtype=float)
+    if not (np.isfinite(lon).any() and np.isfinite(lat).any()):
+        return ccrs.PlateCarree()
+    lon0, lon1 = float(np.nanmin(lon)), float(np.nanmax(lon))
+    lat0, lat1 = float(np.nanmin(lat)), float(np.nanmax(lat))
+    centre = round((lon0 + lon1) / 2.0)
+    regional = lon1 - lon0 < REGIONAL_SPAN[0] and lat1 - lat0 < REGIONAL_SPAN[1]
+    if lon.ndim == 2 and regional:
+        return ccrs.LambertAzimuthalEqualArea(
+            central_longitude=(lon0 + lon1) / 2.0, central_latitude=(lat0 + lat1) / 2.0
+        )
+    return ccrs.PlateCarree(central_longitude=centre)
+
+
+def _resolve_maps(
+    projection: Any,
+    coastlines: bool | None,
+    fields: Sequence[xr.DataArray],
+    ydim: str,
+    xdim: str,
+    axes: Sequence[Any] | None,
+) -> _Maps | None:
+    """How a figure's maps are drawn: with cartopy (a :class:`_Maps`) or on plain axes
+    (None), from ``projection=`` (see :func:`plot_fields`), the data and any given axes."""
+    if projection is None or projection is False:
+        return None
+    if isinstance(projection, str) and projection != "auto":
+        raise ValueError(
+            f"projection={projection!r} must be 'auto', True, None/False or a cartopy "
+            "projection (e.g. cartopy.crs.Robinson())"
+        )
+    explicit = not isinstance(projection, str)  # True or a cartopy projection
+    if coastlines not in (None, True, False):
+        raise ValueError(f"coastlines={coastlines!r} must be None, True or False")
+    given_geo = axes is not None and all(_is_geoaxes(a) for a in axes)
+    if axes is not None and not given_geo:
+        if explicit:
+            raise ValueError(
+                "ax= are plain matplotlib axes; create them with a cartopy projection "
+                "(subplot_kw={'projection': ...}) or pass projection=None"
+            )
+        return None  # "auto" follows the axes given
+    ccrs = _cartopy(required=explicit or given_geo)
+    if ccrs is None:
+        return None
+    if explicit and projection is not True and not isinstance(projection, ccrs.Projection):
+        raise TypeError(
+            f"projection= must be a cartopy.crs.Projection, got {type(projection).__name__}"
+        )
+    refs = [r for r in (_georef(f, ydim, xdim, ccrs) for f in fields) if r is not None]
+    if not refs:
+        if explicit or given_geo:
+            raise ValueError(
+                "the fields have no CF grid mapping (as a coordinate named by their "
+                "grid_mapping attribute) and no latitude/longitude coordinates to place them "
+                "on a map; pass projection=None"
+            )
+        return None
+    ref = next((r for r in refs if r.mapped), refs[0])
+    if given_geo:
+        target = None  # the axes' own projection
+    elif explicit and projection is not True:
+        target = projection
+    else:
+        target = _default_projection(ref, ccrs)
+    return _Maps(ccrs, target, ref, coastlines)
+
+
+def _coastline_on_disk(resolution: str) -> bool:
+    """Whether the Natural Earth coastline of ``resolution`` is on disk where cartopy looks
+    first (``cartopy.config["pre_existing_data_dir"]``, then ``["data_dir"]``), so drawing
+    it downloads nothing."""
+    import cartopy
+    from cartopy.io import Downloader
+
+    try:
+        downloader = Downloader.from_config(
+            ("shapefiles", "natural_earth", resolution, "physical", "coastline")
+        )
+    except ValueError:  # pragma: no cover - a cartopy configured without Natural Earth
+        return False
+    where = {
+        "config": cartopy.config,
+        "category": "physical",
+        "name": "coastline",
+        "resolution": resolution,
+    }
+    paths = (downloader.pre_downloaded_path(where), downloader.target_path(where))
+    return any(p is not None and Path(p).is_file() for p in paths)
+
+
+def _draw_coastlines(ax: Any, maps: _Maps) -> None:
+    """Coastlines on map axes: always (``True``; cartopy may download them), never
+    (``False``), or (``None``) only from a Natural Earth file already on disk."""
+    if maps.coastlines is False:
+        return
+    lon0, lon1, lat0, lat1 = ax.get_extent(maps.ccrs.PlateCarree())
+    span = max(lon1 - lon0, lat1 - lat0)
+    order = next(v for k, v in COASTLINE_RESOLUTIONS.items() if span <= k)
+    if maps.coastlines:
+        resolution = order[0]
+    else:
+        resolution = next((r for r in order if _coastline_on_disk(r)), None)
+        if resolution is None:
+            return
+    ax.coastlines(resolution=resolution, linewidth=0.6, color="0.15")
+
+
+def _geo_mesh(
+    ax: Any, frame: xr.DataArray, field: np.ndarray, ydim: str, xdim: str, maps: _Maps, **kw: Any
+) -> Any:
+    """pcolormesh of one (Y, X) field on map axes, from the field's own coordinates."""
+    ref = _frame_georef(frame, ydim, xdim, maps)
+    return ax.pcolormesh(ref.x, ref.y, field, transform=ref.crs, shading="auto", **kw)
+
+
+def _decorate_map(ax: Any, maps: _Maps, *, left: bool, bottom: bool) -> Any:
+    """Labelled latitude/longitude lines (labels on the ``left`` and ``bottom`` sides asked
+    for) and coastlines; returns the Gridliner."""
+    from cartopy.mpl.ticker import LatitudeLocator, LongitudeLocator
+
+    sides = {side: xy for side, xy, on in (("left", "y", left), ("bottom", "x", bottom)) if on}
+    style = {"size": SMALL_FONT - 1}
+    grid = ax.gridlines(
+        draw_labels=sides or False,
+        x_inline=False,
+        y_inline=False,
+        linewidth=0.5,
+        color="0.35",
+        alpha=0.8,
+        linestyle="--",
+        xlabel_style=style,
+        ylabel_style=style,
+        xpadding=2,
+        ypadding=2,
+    )
+    grid.xlocator = LongitudeLocator(nbins=GRATICULE_LINES)
+    grid.ylocator = LatitudeLocator(nbins=GRATICULE_LINES)
+    _draw_coastlines(ax, maps)
+    return grid
+        
+        
+def _row_label(ax: Any, text: str, grid: Any) -> None:
+    """A row's label left of map axes, beyond the latitude labels of ``grid``."""
+    from matplotlib.transforms import Bbox
+
+    def beside(renderer: Any) -> Any:
+        boxes = [ax.get_window_extent(renderer)]
+        grid.get_tightbbox(renderer)  # places the labels
+        boxes += [
+            t.get_window_extent(renderer)
+            for t in grid.left_label_artists
+            if t.get_visible() and t.get_text()
+        ]
+        return Bbox.union(boxes)
+
+    ax.annotate(
+        text,
+        xy=(0.0, 0.5),
+        xycoords=beside,
+        xytext=(-2.0, 0.0),
+        textcoords="offset points",
+        rotation=90,
+        ha="right",
+        va="center",
+        fontsize=SMALL_FONT,
+    )
 
 
 def _time_text(value: Any) -> str:

@@ -55,7 +55,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 #: SHA-256 of every file of each shipped model (``scripts/train_reference.py`` prints them).
 PRETRAINED: dict[str, dict[str, str]] = {
     "synthetic-precip": {
-        "config.json": "ce8ae6b4f0f601db19d12af54011a5d921334b9b1dcd8d1df32582cb39321053",
+        "config.json": "1065931a457b87af4ced33d65938de4b9649f124874e7023c4b6a669a8c33ac7",
         "ema.safetensors": "ac9568d62b88bd9ad660e2e119f4754e129b340fc0ecab978008cf2d740546d3",
         "training.json": "9b704f318f0660dd22079bdec8fce5f9a7abe3021f9b79945580c2dc9f4915ea",
     },

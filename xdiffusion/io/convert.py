@@ -202,10 +202,14 @@ def channel_stats(
     *,
     argument: str = "data",
     sources: Sequence[xr.DataArray] | None = None,
+    threshold: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-channel min, max, mean and NaN-free flags of a (C, T, Y, X) array, in one pass.
 
-    Also the number of finite values per channel (``n_finite``, an exact count).
+    Also the number of finite values per channel (``n_finite``, an exact count), of
+    positive values (``n_positive``) and, with ``threshold``, of values in
+    ``(0, threshold)`` (``n_below``): how much of a dry/wet variable's rain a dry
+    threshold would call dry.
 
     Raises ValueError for all-NaN channels and for infinities (with the remedy). With
     ``sources`` (the inputs before the float32 cast, one per channel, as
@@ -228,10 +232,16 @@ def channel_stats(
             static_valid,
             finite.all(),
             finite.sum(axis=axes),
+            (finite & (data > 0)).sum(axis=axes),
+            (finite & (data > 0) & (data < (np.inf if threshold is None else threshold))).sum(
+                axis=axes
+            ),
         )
         if lib is dsa:
             parts = dask.compute(*parts)
-    mn, mx, mean, inf, static_valid, all_finite, n_finite = (np.asarray(p) for p in parts)
+    mn, mx, mean, inf, static_valid, all_finite, n_finite, n_pos, n_below = (
+        np.asarray(p) for p in parts
+    )
     if inf.any():
         if sources is not None:
             raise_if_overflow(sources, np.flatnonzero(inf), argument)
@@ -251,6 +261,8 @@ def channel_stats(
         "static_valid": static_valid.astype(bool),
         "all_finite": bool(all_finite),
         "n_finite": n_finite.astype(np.int64),
+        "n_positive": n_pos.astype(np.int64),
+        "n_below": n_below.astype(np.int64),
     }
 
 
