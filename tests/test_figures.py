@@ -300,7 +300,7 @@ def test_fields_with_2d_lat_lon_get_a_graticule():
     from xdiffusion.testing import rotated_pole_dataset
 
     pr = rotated_pole_dataset(nt=2, ny=8, nx=8).pr
-    fig = plot.plot_fields(pr, max_frames=1)
+    fig = plot.plot_fields(pr, max_frames=1, projection=None)  # map axes: tests/test_maps.py
     (ax,) = _maps(fig)
     assert ax.get_xlabel() == "rlon [°]" and ax.get_ylabel() == "rlat [°]"
     labels = [t.get_text() for t in ax.texts]

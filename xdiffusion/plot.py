@@ -16,6 +16,13 @@ so drizzle is not coloured as dry), label their axes with the grid's coordinates
 units; latitude/longitude lines where the fields carry 2-D lat/lon), their colour bar with
 the variable's long name and units, and their rows "observed", "truth" or "generated";
 panels holding generated values in a conditional task are framed in red.
+
+With cartopy installed (``pip install 'xdiffusion[maps]'``, optional), the maps and
+:func:`plot_bias_map` are drawn in a map projection where the data are georeferenced (a CF
+grid mapping such as rotated pole, or latitude/longitude coordinates), with labelled
+latitude/longitude lines, and with coastlines where Natural Earth's files are already on
+disk (``projection=``, ``coastlines=``; see :func:`plot_fields`). cartopy is imported only
+when such a map is drawn.
 """
 
 from __future__ import annotations
@@ -24,14 +31,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
 from xdiffusion.io.axes import find_axes
 
+if TYPE_CHECKING:  # cartopy is optional and imported only where a map is drawn
+    from cartopy.crs import Projection
+
 __all__ = [
+    "cf_projection",
     "plot_bias_map",
     "plot_downscaling",
     "plot_ensemble_scores",
@@ -512,9 +523,7 @@ def _globe(attrs: Mapping[str, Any], ccrs: Any) -> Any | None:
             inverse_flattening=float(np.ravel(flattening)[0]),
         )
     minor = attrs.get("semi_minor_axis", major)
-    return ccrs.Globe(
-        ellipse=None, semimajor_axis=major, semiminor_axis=float(np.ravel(minor)[0])
-    )
+    return ccrs.Globe(ellipse=None, semimajor_axis=major, semiminor_axis=float(np.ravel(minor)[0]))
 
 
 def cf_projection(attrs: Mapping[str, Any]) -> Any | None:
@@ -642,11 +651,15 @@ def _is_geographic(coord: xr.DataArray, which: str) -> bool:
     units = str(coord.attrs.get("units", ""))
     name = str(coord.name).lower()
     if which == "lat":
-        return standard == "latitude" or units in ("degrees_north", "degree_north") or (
-            name in ("lat", "latitude") and not standard and units in ("", "degrees", "degree")
+        return (
+            standard == "latitude"
+            or units in ("degrees_north", "degree_north")
+            or (name in ("lat", "latitude") and not standard and units in ("", "degrees", "degree"))
         )
-    return standard == "longitude" or units in ("degrees_east", "degree_east") or (
-        name in ("lon", "longitude") and not standard and units in ("", "degrees", "degree")
+    return (
+        standard == "longitude"
+        or units in ("degrees_east", "degree_east")
+        or (name in ("lon", "longitude") and not standard and units in ("", "degrees", "degree"))
     )
 
 
@@ -769,16 +782,18 @@ def _resolve_maps(
         raise TypeError(
             f"projection= must be a cartopy.crs.Projection, got {type(projection).__name__}"
         )
-    refs = [r for r in (_georef(f, ydim, xdim, ccrs) for f in fields) if r is not None]
-    if not refs:
+    every = [_georef(f, ydim, xdim, ccrs) for f in fields]
+    refs = [r for r in every if r is not None]
+    ref = next((r for r in refs if r.mapped), refs[0] if refs else None)
+    # a field without a georeference is drawn on the grid mapping of the others, if any
+    if ref is None or (len(refs) < len(every) and not ref.mapped):
         if explicit or given_geo:
             raise ValueError(
-                "the fields have no CF grid mapping (as a coordinate named by their "
-                "grid_mapping attribute) and no latitude/longitude coordinates to place them "
-                "on a map; pass projection=None"
+                f"{'some of ' if refs else ''}the fields have no CF grid mapping (as a "
+                "coordinate named by their grid_mapping attribute) and no latitude/longitude "
+                "coordinates to place them on a map; pass projection=None"
             )
         return None
-    ref = next((r for r in refs if r.mapped), refs[0])
     if given_geo:
         target = None  # the axes' own projection
     elif explicit and projection is not True:
@@ -836,17 +851,20 @@ def _geo_mesh(
     return ax.pcolormesh(ref.x, ref.y, field, transform=ref.crs, shading="auto", **kw)
 
 
-def _decorate_map(ax: Any, maps: _Maps, *, left: bool, bottom: bool) -> Any:
+def _decorate_map(
+    ax: Any, maps: _Maps, *, left: bool, bottom: bool, fontsize: float | None = SMALL_FONT - 1
+) -> Any:
     """Labelled latitude/longitude lines (labels on the ``left`` and ``bottom`` sides asked
-    for) and coastlines; returns the Gridliner."""
+    for, in ``fontsize`` points, None: matplotlib's) and coastlines; returns the Gridliner."""
     from cartopy.mpl.ticker import LatitudeLocator, LongitudeLocator
 
     sides = {side: xy for side, xy, on in (("left", "y", left), ("bottom", "x", bottom)) if on}
-    style = {"size": SMALL_FONT - 1}
+    style = {} if fontsize is None else {"size": fontsize}
     grid = ax.gridlines(
         draw_labels=sides or False,
         x_inline=False,
         y_inline=False,
+        rotate_labels=False,
         linewidth=0.5,
         color="0.35",
         alpha=0.8,
@@ -860,8 +878,8 @@ def _decorate_map(ax: Any, maps: _Maps, *, left: bool, bottom: bool) -> Any:
     grid.ylocator = LatitudeLocator(nbins=GRATICULE_LINES)
     _draw_coastlines(ax, maps)
     return grid
-        
-        
+
+
 def _row_label(ax: Any, text: str, grid: Any) -> None:
     """A row's label left of map axes, beyond the latitude labels of ``grid``."""
     from matplotlib.transforms import Bbox
@@ -983,25 +1001,38 @@ def _map_grid(
     cmap: str,
     title: str | None,
     ax: Sequence[Any] | np.ndarray | None,
+    projection: Any = "auto",
+    coastlines: bool | None = None,
 ) -> Any:
-    """Rows × columns of maps on one colour scale, labelled with the grid's coordinates."""
+    """Rows × columns of maps on one colour scale, labelled with the grid's coordinates
+    (on cartopy map axes where ``projection`` asks for them and the data allow)."""
     from matplotlib.ticker import MaxNLocator
 
     nrows, ncols = len(rows), len(titles)
-    if ax is None:
+    fields = [f for row in rows for f in row.frames if f is not None]
+    given = None if ax is None else np.asarray(ax, dtype=object).reshape(-1)
+    if given is not None and given.size < nrows * ncols:
+        raise ValueError(f"ax= has {given.size} axes; {nrows} x {ncols} are needed")
+    maps = _resolve_maps(
+        projection,
+        coastlines,
+        fields,
+        ydim,
+        xdim,
+        None if given is None else list(given[: nrows * ncols]),
+    )
+    if given is None:
         from matplotlib.figure import Figure
 
         # room for the titles, tick and axis labels around the square panels
         height = PANEL_INCHES * nrows + GRID_MARGIN_INCHES[1] + (0.3 if title else 0.0)
         width = PANEL_INCHES * ncols + GRID_MARGIN_INCHES[0]
         fig = Figure(figsize=(width, height), layout="constrained")
-        grid = np.asarray(fig.subplots(nrows, ncols, squeeze=False)).reshape(-1)
+        kw = {} if maps is None else {"subplot_kw": {"projection": maps.projection}}
+        grid = np.asarray(fig.subplots(nrows, ncols, squeeze=False, **kw)).reshape(-1)
     else:
-        grid = np.asarray(ax, dtype=object).reshape(-1)
-        if grid.size < nrows * ncols:
-            raise ValueError(f"ax= has {grid.size} axes; {nrows} x {ncols} are needed")
+        grid = given
         fig = grid[0].get_figure()
-    fields = [f for row in rows for f in row.frames if f is not None]
     values = np.concatenate([np.asarray(f.values, dtype=float).ravel() for f in fields])
     colour = _colour_norm(norm, values, vmax, precipitation)
     dry = precipitation and not bool(np.any(values < 0))  # white where 0, see WET_COLOUR_START
@@ -1025,8 +1056,11 @@ def _map_grid(
             field = np.asarray(frame.values, dtype=float)
             if dry:  # masked cells show the white background
                 field = np.ma.masked_where(~(field > 0), field)
-            y, x = _grid_coords(frame, ydim, xdim)
-            mesh = a.pcolormesh(x, y, field, cmap=cmap, norm=colour, shading="auto")
+            if maps is None:
+                y, x = _grid_coords(frame, ydim, xdim)
+                mesh = a.pcolormesh(x, y, field, cmap=cmap, norm=colour, shading="auto")
+            else:
+                mesh = _geo_mesh(a, frame, field, ydim, xdim, maps, cmap=cmap, norm=colour)
             if not np.isfinite(np.asarray(frame.values, dtype=float)).any():
                 a.text(
                     0.5,
@@ -1038,22 +1072,29 @@ def _map_grid(
                     fontsize=SMALL_FONT,
                     color="0.4",
                 )
-            _graticule(a, frame, ydim, xdim)
-            a.set_aspect("equal")
-            a.tick_params(labelsize=SMALL_FONT - 1, length=2, pad=1)
-            a.xaxis.set_major_locator(MaxNLocator(MAP_TICKS))
-            a.yaxis.set_major_locator(MaxNLocator(MAP_TICKS))
             below = (
                 i + 1 < nrows and j < len(rows[i + 1].frames) and rows[i + 1].frames[j] is not None
             )
-            if below:
-                a.tick_params(labelbottom=False)
+            if maps is not None:
+                # latitude/longitude labels on the outer sides, the row's label left of them
+                lines = _decorate_map(a, maps, left=j == 0, bottom=not below)
+                if j == 0 and row.label:
+                    _row_label(a, row.label, lines)
             else:
-                a.set_xlabel(xlabel, fontsize=SMALL_FONT)
-            if j == 0:
-                a.set_ylabel(f"{row.label}\n{ylabel}" if row.label else ylabel, fontsize=SMALL_FONT)
-            else:
-                a.tick_params(labelleft=False)
+                _graticule(a, frame, ydim, xdim)
+                a.set_aspect("equal")
+                a.tick_params(labelsize=SMALL_FONT - 1, length=2, pad=1)
+                a.xaxis.set_major_locator(MaxNLocator(MAP_TICKS))
+                a.yaxis.set_major_locator(MaxNLocator(MAP_TICKS))
+                if below:
+                    a.tick_params(labelbottom=False)
+                else:
+                    a.set_xlabel(xlabel, fontsize=SMALL_FONT)
+                if j == 0:
+                    text = f"{row.label}\n{ylabel}" if row.label else ylabel
+                    a.set_ylabel(text, fontsize=SMALL_FONT)
+                else:
+                    a.tick_params(labelleft=False)
             if i == 0:
                 a.set_title(titles[j], fontsize=SMALL_FONT)
             if j < len(row.generated) and row.generated[j]:
@@ -1076,6 +1117,8 @@ def plot_bias_map(
     vmax: float | None = None,
     cmap: str = "RdBu_r",
     ax: Any = None,
+    projection: str | bool | Projection | None = "auto",
+    coastlines: bool | None = None,
 ) -> Any:
     """Map of the mean-normalised bias (Fig. 4.12), with its mean absolute value and, from
     the attributes ``sample_fields`` / ``reference_fields`` of ``evaluate``, the number of
@@ -1093,6 +1136,9 @@ def plot_bias_map(
         Diverging colour map.
     ax
         Axes to draw into; default a new Figure.
+    projection, coastlines
+        Map projection and coastlines, as in :func:`plot_fields` (with ``"auto"``, given
+        plain axes are drawn on as plain axes).
 
     Returns
     -------
@@ -1107,20 +1153,33 @@ def plot_bias_map(
     axes = find_axes(obj, dims, require_time=False)
     if obj.ndim != 2:
         raise ValueError(f"the bias map must be 2-D (Y, X), got dims {obj.dims}")
-    fig, ax = _new_axes(ax, (5.5, 4.5))
     da = obj.transpose(axes["Y"], axes["X"])
+    ydim, xdim = axes["Y"], axes["X"]
+    maps = _resolve_maps(projection, coastlines, [da], ydim, xdim, None if ax is None else [ax])
+    if maps is not None and ax is None:
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(5.5, 4.5), layout="constrained")
+        ax = fig.add_subplot(projection=maps.projection)
+    else:
+        fig, ax = _new_axes(ax, (5.5, 4.5))
     values = np.asarray(da.values, dtype=float)
     if vmax is None:
         # a few cells with a tiny reference mean would otherwise set the whole scale
         finite = np.abs(values[np.isfinite(values)])
         vmax = float(np.percentile(finite, 98)) if finite.size else 1.0
         vmax = vmax if vmax > 0 else 1.0
-    y, x = _grid_coords(da, axes["Y"], axes["X"])
-    mesh = ax.pcolormesh(x, y, values, cmap=cmap, vmin=-vmax, vmax=vmax, shading="auto")
+    scale = {"cmap": cmap, "vmin": -vmax, "vmax": vmax}
+    if maps is None:
+        y, x = _grid_coords(da, ydim, xdim)
+        mesh = ax.pcolormesh(x, y, values, shading="auto", **scale)
+        ax.set_xlabel(_axis_label(da, xdim))
+        ax.set_ylabel(_axis_label(da, ydim))
+        ax.set_aspect("equal")
+    else:
+        mesh = _geo_mesh(ax, da, values, ydim, xdim, maps, **scale)
+        _decorate_map(ax, maps, left=True, bottom=True, fontsize=None)
     fig.colorbar(mesh, ax=ax, label="mean-normalised bias")
-    ax.set_xlabel(_axis_label(da, axes["X"]))
-    ax.set_ylabel(_axis_label(da, axes["Y"]))
-    ax.set_aspect("equal")
     mean_abs = float(np.nanmean(np.abs(values))) if np.isfinite(values).any() else np.nan
     title = f"mean-normalised bias (mean |b| = {mean_abs:.2f})"
     if "sample_fields" in da.attrs and "reference_fields" in da.attrs:
@@ -1206,6 +1265,8 @@ def plot_fields(
     cmap: str = "Blues",
     title: str | None = None,
     ax: Sequence[Any] | np.ndarray | None = None,
+    projection: str | bool | Projection | None = "auto",
+    coastlines: bool | None = None,
 ) -> Any:
     """A grid of maps: one row per member, one column per time step (Fig. 4.1).
 
@@ -1239,13 +1300,40 @@ def plot_fields(
         none otherwise; ``""`` for none.
     ax
         Existing axes, at least rows × columns of them (row-major); default a new Figure.
+        With ``projection="auto"``, cartopy map axes (``GeoAxes``) are drawn on as maps and
+        plain axes as plain axes.
+    projection
+        How the maps are drawn (cartopy is optional: ``pip install 'xdiffusion[maps]'``):
+
+        - ``"auto"`` (default): on cartopy map axes when cartopy is installed and the
+          fields are georeferenced: a CF grid mapping (the coordinate their
+          ``grid_mapping`` attribute names, e.g. ``rotated_latitude_longitude``,
+          ``lambert_conformal_conic``; see :data:`CF_GRID_MAPPINGS`) with the grid's
+          coordinates, else 2-D or 1-D latitude/longitude coordinates. The maps are then
+          in the grid mapping's own projection (a rotated-pole grid stays rectangular),
+          Plate Carrée for a latitude-longitude grid, or a Lambert azimuthal equal-area
+          projection centred on a regional curvilinear grid, with labelled
+          latitude/longitude lines. Otherwise (no cartopy, no georeference) as with None.
+        - ``None`` or ``False``: plain axes in the grid's coordinates, with labelled
+          latitude/longitude lines drawn from 2-D lat/lon where the fields have them.
+        - ``True``: map axes as for ``"auto"``, but an ImportError without cartopy and a
+          ValueError for fields without a georeference.
+        - a ``cartopy.crs.Projection`` (e.g. ``cartopy.crs.Robinson()``): map axes in that
+          projection, the fields transformed from their own coordinates.
+    coastlines
+        Coastlines (Natural Earth, at a resolution fitting the map's extent) on the maps
+        drawn with cartopy: ``None`` (default) draws them only when the shapefile is
+        already on disk (under ``cartopy.config["pre_existing_data_dir"]`` or
+        ``cartopy.config["data_dir"]``), so a machine without network access never waits
+        for a download; ``True`` always draws them (cartopy downloads the file on first
+        use); ``False`` never.
 
     Returns
     -------
     matplotlib.figure.Figure
         Axes show the grid's coordinates (names and units; labelled latitude/longitude
-        lines where the fields have 2-D lat/lon), the colour bar the variable's long name
-        and units.
+        lines where the fields have 2-D lat/lon), or, on map axes, labelled
+        latitude/longitude lines; the colour bar the variable's long name and units.
     """
     if not isinstance(da, xr.DataArray):
         raise TypeError(f"da= must be a DataArray, got {type(da).__name__}")
@@ -1284,6 +1372,8 @@ def plot_fields(
         cmap=cmap,
         title=title,
         ax=ax,
+        projection=projection,
+        coastlines=coastlines,
     )
 
 
@@ -1324,6 +1414,8 @@ def plot_interpolation(
     cmap: str = "Blues",
     title: str | None = None,
     ax: Sequence[Any] | np.ndarray | None = None,
+    projection: str | bool | Projection | None = "auto",
+    coastlines: bool | None = None,
 ) -> Any:
     """Gap filling: consecutive frames, the generated ones framed in red.
 
@@ -1348,6 +1440,8 @@ def plot_interpolation(
         Figure title (a default explains the frames; ``""`` for none).
     ax
         Existing axes, at least rows × columns of them; default a new Figure.
+    projection, coastlines
+        Map projection and coastlines, as in :func:`plot_fields`.
 
     Returns
     -------
@@ -1389,6 +1483,8 @@ def plot_interpolation(
         cmap=cmap,
         title=title,
         ax=ax,
+        projection=projection,
+        coastlines=coastlines,
     )
 
 
@@ -1407,6 +1503,8 @@ def plot_forecast(
     cmap: str = "Blues",
     title: str | None = None,
     ax: Sequence[Any] | np.ndarray | None = None,
+    projection: str | bool | Projection | None = "auto",
+    coastlines: bool | None = None,
 ) -> Any:
     """A forecast ensemble: the last observed frames, then the generated leads (red frames).
 
@@ -1432,6 +1530,8 @@ def plot_forecast(
         Figure title (a default explains the rows; ``""`` for none).
     ax
         Existing axes, at least rows × columns of them; default a new Figure.
+    projection, coastlines
+        Map projection and coastlines, as in :func:`plot_fields`.
 
     Returns
     -------
@@ -1490,6 +1590,8 @@ def plot_forecast(
         cmap=cmap,
         title=title,
         ax=ax,
+        projection=projection,
+        coastlines=coastlines,
     )
 
 
@@ -1507,6 +1609,8 @@ def plot_downscaling(
     cmap: str = "Blues",
     title: str | None = None,
     ax: Sequence[Any] | np.ndarray | None = None,
+    projection: str | bool | Projection | None = "auto",
+    coastlines: bool | None = None,
 ) -> Any:
     """Downscaling: the coarse input, generated fine fields (red frames) and the truth.
 
@@ -1528,6 +1632,8 @@ def plot_downscaling(
         Figure title (a default names the rows and the factor; ``""`` for none).
     ax
         Existing axes, at least rows × columns of them; default a new Figure.
+    projection, coastlines
+        Map projection and coastlines, as in :func:`plot_fields`.
 
     Returns
     -------
@@ -1570,6 +1676,8 @@ def plot_downscaling(
         cmap=cmap,
         title=title,
         ax=ax,
+        projection=projection,
+        coastlines=coastlines,
     )
 
 
