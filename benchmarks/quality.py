@@ -39,6 +39,7 @@ Usage::
 
     python benchmarks/quality.py --quick                      # smoke run, ~1 min
     python benchmarks/quality.py --budgets 5 --variants base,tconv
+    python benchmarks/quality.py --budgets 60 --variants steps40 --reuse  # base's fit
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ VARIANTS = {
     "steps40": ({}, {}, 40),
     "ema999": ({}, {"ema_decay": 0.999}, 20),
 }
+#: Variants that only sample differently train the same model as another one: with
+#: ``--reuse`` they share its cached fit.
+TRAINS_AS = {"steps40": "base"}
 
 
 def _log(msg: str) -> None:
@@ -195,6 +199,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--members", type=int, default=192)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tag", default=None, help="suffix of the results file")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="load a model this benchmark fitted before for the same setting, variant and "
+        "budget (benchmarks/.cache/) instead of fitting: re-score sampling and decoding",
+    )
     args = ap.parse_args(argv)
     args.net = {"width": 32}
     if args.quick:
@@ -236,18 +246,30 @@ def main(argv: list[str] | None = None) -> dict:
     budgets = [float(b) for b in args.budgets.split(",")]
     for name in args.variants.split(","):
         net, fit_kw, sampling_steps = VARIANTS[name]
-        # the rate of this network here and now: a short fit, timed after a warm-up fit
-        calib = 3 if args.quick else 20
-        _fit(train, 2, args, net, fit_kw)
-        t0 = time.perf_counter()
-        _fit(train, calib, args, net, fit_kw)
-        rate = calib / (time.perf_counter() - t0)
+        trained = TRAINS_AS.get(name, name)
+        rate = None
         for minutes in budgets:
-            steps = 20 if args.quick else max(1, round(minutes * 60 * rate))
-            _log(f"[{name}] {minutes:g} min ≈ {steps} steps at {rate:.2f} steps/s")
-            t0 = time.perf_counter()
-            model = _fit(train, steps, args, net, fit_kw)
-            seconds = time.perf_counter() - t0
+            cached = CACHE / f"quality-{args.setting}-{trained}-{minutes:g}min"
+            reused = bool(args.reuse and cached.exists())
+            if reused:
+                model = xd.load(cached)
+                steps = int(model.config["training"]["steps"])
+                seconds = float(model.config["training"].get("seconds", float("nan")))
+                _log(f"[{name}] {minutes:g} min: reusing {cached} ({steps} steps)")
+            else:
+                if rate is None:
+                    # the rate of this network here and now: a short fit, timed after a
+                    # warm-up fit
+                    calib = 3 if args.quick else 20
+                    _fit(train, 2, args, net, fit_kw)
+                    t0 = time.perf_counter()
+                    _fit(train, calib, args, net, fit_kw)
+                    rate = calib / (time.perf_counter() - t0)
+                steps = 20 if args.quick else max(1, round(minutes * 60 * rate))
+                _log(f"[{name}] {minutes:g} min ≈ {steps} steps at {rate:.2f} steps/s")
+                t0 = time.perf_counter()
+                model = _fit(train, steps, args, net, fit_kw)
+                seconds = time.perf_counter() - t0
             t0 = time.perf_counter()
             ens = model.sample(
                 template, n=args.members, steps=sampling_steps, seed=args.seed, progress=False
@@ -264,14 +286,16 @@ def main(argv: list[str] | None = None) -> dict:
             for v, thr in zip(model.codec, thresholds):
                 v.dry_below = thr
             m_raw = metrics(raw, reference)
-            CACHE.mkdir(exist_ok=True)
-            model.save(CACHE / f"quality-{args.setting}-{name}-{minutes:g}min", overwrite=True)
+            if not reused:
+                CACHE.mkdir(exist_ok=True)
+                model.save(cached, overwrite=True)
             run = {
                 "variant": name,
                 "budget_minutes": minutes,
                 "steps": steps,
-                "steps_per_second": round(rate, 3),
-                "samples_per_second": round(rate * args.batch, 2),
+                "reused_fit": reused,
+                "steps_per_second": None if rate is None else round(rate, 3),
+                "samples_per_second": None if rate is None else round(rate * args.batch, 2),
                 "seconds_fit": round(seconds, 1),
                 "seconds_sample": round(t_sample, 1),
                 "sampling_steps": sampling_steps,
