@@ -27,7 +27,10 @@ Ablations (``--variants``): ``base`` (the library's defaults), ``tconv`` / ``no_
 (with / without a (3, 1, 1) temporal convolution in every ResNet block,
 ``net={"temporal_conv": ...}``), ``steps40``
 (the base model sampled with 40 instead of 20 steps: the sampler's λ grid is twice as fine,
-its high-λ end included), ``ema999`` (EMA decay 0.999). ``--setting fast`` trains and
+its high-λ end included), ``ema999`` (EMA decay 0.999), ``cosine_lr`` (the learning
+rate decays along half a cosine to 0.1× over the budget's steps, ``lr_schedule="cosine"``),
+``relpos1`` (temporal attention's position bias tells only earlier / same / later frames
+apart, not how far: ``max_relative_position=1`` instead of 16). ``--setting fast`` trains and
 evaluates on a generator with faster, varying advection and shorter persistence instead of
 the default one. Every run is also scored without decoding below the dry threshold to exact
 zeros (``without_dry_decode``: the same weights and noise, ``dry_below=None``), and its
@@ -80,6 +83,8 @@ VARIANTS = {
     "no_tconv": ({"temporal_conv": False}, {}, 20),
     "steps40": ({}, {}, 40),
     "ema999": ({}, {"ema_decay": 0.999}, 20),
+    "cosine_lr": ({}, {"lr_schedule": "cosine"}, 20),
+    "relpos1": ({"max_relative_position": 1}, {}, 20),
 }
 #: Variants that only sample differently train the same model as another one: with
 #: ``--reuse`` they share its cached fit.

@@ -677,6 +677,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=int, default=16, help="windows per step")
     f.add_argument("--lr", type=float, default=3e-4, help="learning rate (AdamW)")
     f.add_argument(
+        "--lr-schedule",
+        default="constant",
+        choices=("constant", "cosine"),  # training.LR_SCHEDULES (torch is not imported here)
+        help="learning rate after the warm-up: constant, or a cosine decay to 0.1 x --lr "
+        "at the last step",
+    )
+    f.add_argument(
         "--transform",
         default="sqrt",
         choices=TRANSFORM_NAMES,
@@ -918,6 +925,7 @@ def _fit(args: argparse.Namespace) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        lr_schedule=args.lr_schedule,
         transform=args.transform,
         preset=args.preset,
         net=args.net,

@@ -433,6 +433,7 @@ def run_fingerprint(
         "seed": args["seed"],
         "batch_size": int(cfg.batch_size),
         "lr": float(cfg.lr),
+        "lr_schedule": cfg.lr_schedule,
         "warmup": int(cfg.warmup),
         "ema_decay": float(cfg.ema_decay),
         "grad_clip": cfg.grad_clip,
@@ -595,6 +596,7 @@ def fit(
     batch_size: int = 16,
     lr: float = 3e-4,
     warmup: int = 100,
+    lr_schedule: str = "constant",
     ema_decay: float = 0.995,
     grad_clip: float | None = 1.0,
     seed: int = 0,
@@ -641,8 +643,9 @@ def fit(
     transform
         ``"none"``, ``"sqrt"``, ``"log1p"``, ``"learned"`` (eq. 4.13–4.15), a
         :class:`~xdiffusion.transforms.Transform`, or a mapping variable → one of these.
-    steps, batch_size, lr, warmup, ema_decay, grad_clip
-        Optimisation (see :class:`~xdiffusion.training.TrainConfig`); ``steps`` at most
+    steps, batch_size, lr, warmup, lr_schedule, ema_decay, grad_clip
+        Optimisation (see :class:`~xdiffusion.training.TrainConfig`; ``lr_schedule``
+        ``"constant"`` or ``"cosine"``); ``steps`` at most
         999 999 999 (checkpoint files number steps with 9 digits).
     seed
         Seeds initialisation, window order, t and ε: same seed, same CPU → same model.
@@ -795,6 +798,7 @@ def fit(
         batch_size=check_batch_size(batch_size),
         lr=check_number(lr, "lr", minimum=0.0, exclusive_minimum=True),
         warmup=check_int(warmup, "warmup", minimum=0),
+        lr_schedule=lr_schedule,
         ema_decay=check_number(ema_decay, "ema_decay", minimum=0.0, maximum=1.0),
         grad_clip=check_number(grad_clip, "grad_clip", minimum=0.0, allow_none=True),
         val_every=check_int(val_every, "val_every", minimum=0),

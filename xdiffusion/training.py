@@ -29,6 +29,8 @@ from xdiffusion.parallel import all_mean, is_main_process, world_size
 from xdiffusion.validation import check_int, check_number, is_number
 
 __all__ = [
+    "COSINE_FLOOR",
+    "LR_SCHEDULES",
     "MAX_BATCH_SIZE",
     "MAX_SEED",
     "MAX_STEPS",
@@ -43,6 +45,7 @@ __all__ = [
     "check_train_seed",
     "diffusion_objective",
     "ema_update",
+    "learning_rate",
     "param_groups",
     "step_generator",
     "train",
@@ -87,6 +90,28 @@ def check_train_seed(value: Any, name: str = "seed") -> int:
     )
 
 
+#: Learning-rate schedules after the warm-up.
+LR_SCHEDULES = ("constant", "cosine")
+#: The cosine schedule ends at this fraction of the peak learning rate, not at 0 (the last
+#: steps still move the weights that the EMA averages).
+COSINE_FLOOR = 0.1
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based).
+
+    A linear warm-up to ``config.lr`` over ``config.warmup`` steps, then constant or, for
+    ``lr_schedule="cosine"``, lr · (f + (1 − f) · ½ (1 + cos(π p))) with p the fraction
+    of the post-warm-up steps done and f = :data:`COSINE_FLOOR`.
+    """
+    lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup))
+    if config.lr_schedule == "cosine" and step >= config.warmup:
+        span = max(1, config.steps - 1 - config.warmup)
+        p = min(1.0, (step - config.warmup) / span)
+        lr *= COSINE_FLOOR + (1.0 - COSINE_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * p))
+    return lr
+
+
 @dataclass
 class TrainConfig:
     """Optimisation settings (defaults suit small models on a CPU).
@@ -99,6 +124,10 @@ class TrainConfig:
         Windows per step.
     lr
         Peak AdamW learning rate, reached linearly after ``warmup`` steps.
+    lr_schedule
+        After the warm-up: ``"constant"`` (the peak to the end) or ``"cosine"`` (half a
+        cosine from the peak down to :data:`COSINE_FLOOR` × the peak at the last step:
+        for a fixed budget of steps, see :func:`learning_rate`).
     weight_decay
         AdamW weight decay.
     warmup
@@ -123,6 +152,7 @@ class TrainConfig:
     steps: int = 2000
     batch_size: int = 16
     lr: float = 3e-4
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     warmup: int = 100
     grad_clip: float | None = 1.0
@@ -139,6 +169,10 @@ class TrainConfig:
         self.lr = check_number(  # type: ignore[assignment]
             self.lr, "lr", minimum=0.0, exclusive_minimum=True
         )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}"
+            )
         self.weight_decay = check_number(  # type: ignore[assignment]
             self.weight_decay, "weight_decay", minimum=0.0
         )
@@ -530,7 +564,7 @@ def train(
     )
     running = None
     for step in bar:
-        lr = config.lr * min(1.0, (step + 1) / max(1, config.warmup))
+        lr = learning_rate(config, step)
         for group in opt.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)  # absent in older checkpoints
         module.train()
