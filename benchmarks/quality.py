@@ -27,8 +27,10 @@ Ablations (``--variants``): ``base`` (the library's defaults), ``tconv`` / ``no_
 (with / without a (3, 1, 1) temporal convolution in every ResNet block,
 ``net={"temporal_conv": ...}``), ``steps40``
 (the base model sampled with 40 instead of 20 steps: the sampler's λ grid is twice as fine,
-its high-λ end included), ``ema999`` (EMA decay 0.999), ``cosine_lr`` (the learning
-rate decays along half a cosine to 0.1× over the budget's steps, ``lr_schedule="cosine"``),
+its high-λ end included), ``ema999`` (EMA decay 0.999), ``cosine_lr`` / ``constant_lr``
+(the learning rate decays along half a cosine to 0.1× over the budget's steps, or stays
+constant: ``lr_schedule=``; cosine is the default since the 15-minute runs, so ``base``
+now equals ``cosine_lr``, and the results files from before say ``base`` for constant),
 ``relpos1`` (temporal attention's position bias tells only earlier / same / later frames
 apart, not how far: ``max_relative_position=1`` instead of 16). ``--setting fast`` trains and
 evaluates on a generator with faster, varying advection and shorter persistence instead of
@@ -84,6 +86,7 @@ VARIANTS = {
     "steps40": ({}, {}, 40),
     "ema999": ({}, {"ema_decay": 0.999}, 20),
     "cosine_lr": ({}, {"lr_schedule": "cosine"}, 20),
+    "constant_lr": ({}, {"lr_schedule": "constant"}, 20),
     "relpos1": ({"max_relative_position": 1}, {}, 20),
 }
 #: Variants that only sample differently train the same model as another one: with

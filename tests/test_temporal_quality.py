@@ -57,9 +57,9 @@ def test_short_fit_is_temporally_coherent_and_shuffled_or_untrained_models_are_n
     template = data.isel(time=slice(0, 4))
     shuffled = data.copy(data=data.values[np.random.default_rng(0).permutation(DATA["nt"])])
     kw = dict(progress=False, steps=10)
-    fitted = template.diffusion.sample(data.diffusion.fit(steps=200, **FIT), 16, **kw)
+    fitted = template.diffusion.sample(data.diffusion.fit(steps=300, **FIT), 16, **kw)
     untrained = template.diffusion.sample(data.diffusion.fit(steps=1, **FIT), 16, **kw)
-    frame_shuffled = template.diffusion.sample(shuffled.diffusion.fit(steps=200, **FIT), 16, **kw)
+    frame_shuffled = template.diffusion.sample(shuffled.diffusion.fit(steps=300, **FIT), 16, **kw)
     assert abs(_lag1(fitted) - real) < BOUND
     assert abs(_lag1(untrained) - real) > BOUND
     assert abs(_lag1(frame_shuffled) - real) > BOUND

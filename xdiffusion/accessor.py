@@ -42,7 +42,7 @@ class _DiffusionAccessor:
         batch_size: int = 16,
         lr: float = 3e-4,
         warmup: int = 100,
-        lr_schedule: str = "constant",
+        lr_schedule: str = "cosine",
         ema_decay: float = 0.995,
         grad_clip: float | None = 1.0,
         seed: int = 0,

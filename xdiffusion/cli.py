@@ -678,10 +678,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--lr", type=float, default=3e-4, help="learning rate (AdamW)")
     f.add_argument(
         "--lr-schedule",
-        default="constant",
+        default="cosine",
         choices=("constant", "cosine"),  # training.LR_SCHEDULES (torch is not imported here)
-        help="learning rate after the warm-up: constant, or a cosine decay to 0.1 x --lr "
-        "at the last step",
+        help="learning rate after the warm-up: a cosine decay to 0.1 x --lr at the last "
+        "step, or constant",
     )
     f.add_argument(
         "--transform",

@@ -421,7 +421,13 @@ def run_fingerprint(
     of :class:`~xdiffusion.training.TrainConfig` but ``steps``, which may be raised to
     train longer), the crop size ``args["patch"]`` of a patch run included.
     """
-    train_cfg = {k: v for k, v in cfg.to_dict().items() if k != "steps"}
+    # a constant schedule leaves no key, so checkpoints written before the schedule was a
+    # setting still resume with lr_schedule="constant"
+    train_cfg = {
+        k: v
+        for k, v in cfg.to_dict().items()
+        if k != "steps" and not (k == "lr_schedule" and v == "constant")
+    }
     return {
         "data_shape": [int(s) for s in p.shape],
         "variables": list(p.variables),
@@ -433,7 +439,7 @@ def run_fingerprint(
         "seed": args["seed"],
         "batch_size": int(cfg.batch_size),
         "lr": float(cfg.lr),
-        "lr_schedule": cfg.lr_schedule,
+        **({"lr_schedule": cfg.lr_schedule} if cfg.lr_schedule != "constant" else {}),
         "warmup": int(cfg.warmup),
         "ema_decay": float(cfg.ema_decay),
         "grad_clip": cfg.grad_clip,
@@ -596,7 +602,7 @@ def fit(
     batch_size: int = 16,
     lr: float = 3e-4,
     warmup: int = 100,
-    lr_schedule: str = "constant",
+    lr_schedule: str = "cosine",
     ema_decay: float = 0.995,
     grad_clip: float | None = 1.0,
     seed: int = 0,
@@ -644,8 +650,10 @@ def fit(
         ``"none"``, ``"sqrt"``, ``"log1p"``, ``"learned"`` (eq. 4.13–4.15), a
         :class:`~xdiffusion.transforms.Transform`, or a mapping variable → one of these.
     steps, batch_size, lr, warmup, lr_schedule, ema_decay, grad_clip
-        Optimisation (see :class:`~xdiffusion.training.TrainConfig`; ``lr_schedule``
-        ``"constant"`` or ``"cosine"``); ``steps`` at most
+        Optimisation (see :class:`~xdiffusion.training.TrainConfig`). ``lr_schedule``:
+        ``"cosine"`` (default: the rate decays to 0.1 × ``lr`` at the last step; at equal
+        CPU time it gave samples 3 × closer to the data's spectra than a constant rate,
+        docs/quality.md) or ``"constant"``; ``steps`` at most
         999 999 999 (checkpoint files number steps with 9 digits).
     seed
         Seeds initialisation, window order, t and ε: same seed, same CPU → same model.

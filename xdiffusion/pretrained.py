@@ -46,6 +46,7 @@ RECIPES: dict[str, dict[str, Any]] = {
             "batch_size": 8,
             "lr": 1e-3,
             "warmup": 50,
+            "lr_schedule": "constant",  # trained before the cosine default
             "seed": 0,
             "net": {"width": 16, "head_dim": 16},
         },
