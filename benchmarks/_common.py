@@ -67,6 +67,17 @@ class Spec:
         )
 
 
+#: A lean U-Net for CPU benchmarks: temporal attention only, at the coarsest level
+#: (benchmarks/transforms.py, benchmarks/latent.py; add ``width``).
+LEAN_NET: dict = {
+    "mults": [1, 2, 2],
+    "spatial_attention": ["none", "none", "none"],
+    "temporal_attention": [False, False, True],
+    "mid_spatial_attention": "none",
+    "heads": 2,
+    "head_dim": None,
+}
+
 #: The brief's setting: the ``small`` preset at 32×32×8. Its 1000-step ancestral reference
 #: costs about 0.3 s per sample and network evaluation on two loaded CPU cores, i.e. hours
 #: for two ensembles; use it with ``--full`` on a GPU or an idle machine.

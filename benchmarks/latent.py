@@ -57,21 +57,14 @@ import xarray as xr
 from xdiffusion.datasets import REGIME_DIRECTIONS, synthetic_regimes
 
 try:
-    from benchmarks._common import log, machine, rounded
+    from benchmarks._common import LEAN_NET, log, machine, rounded
 except ImportError:  # run as a script: benchmarks/ is on sys.path
-    from _common import log, machine, rounded
+    from _common import LEAN_NET, log, machine, rounded
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CACHE = Path(__file__).resolve().parent / ".cache"
 #: A lean U-Net (temporal attention only), as in benchmarks/transforms.py.
-NET = {
-    "mults": [1, 2, 2],
-    "spatial_attention": ["none", "none", "none"],
-    "temporal_attention": [False, False, True],
-    "mid_spatial_attention": "none",
-    "heads": 2,
-    "head_dim": None,
-}
+NET = LEAN_NET
 FACTORS = ("intensity", "direction", "segment")
 
 

@@ -41,6 +41,11 @@ import xdiffusion
 from xdiffusion.datasets import synthetic_precipitation
 from xdiffusion.diagnostics import mean_normalised_bias, qq
 
+try:
+    from benchmarks._common import LEAN_NET
+except ImportError:  # run as a script: benchmarks/ is on sys.path
+    from _common import LEAN_NET
+
 DRIZZLE = (0.05, 0.2)  # mm/h
 DRY = 0.01  # mm/h
 QUANTILES = (0.9, 0.99, 0.999)
@@ -126,15 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.nt, args.size, args.frames, args.steps = 200, 16, 4, 5
         args.batch, args.width, args.members, args.sampling_steps, args.n_lambda = 2, 8, 2, 3, 2
-    net = {  # a lean U-Net: temporal attention only, so that CPU training is affordable
-        "width": args.width,
-        "mults": [1, 2, 2],
-        "spatial_attention": ["none", "none", "none"],
-        "temporal_attention": [False, False, True],
-        "mid_spatial_attention": "none",
-        "heads": 2,
-        "head_dim": None,
-    }
+    # a lean U-Net: temporal attention only, so that CPU training is affordable
+    net = {"width": args.width, **LEAN_NET}
     _log(f"data: {args.nt} h of {args.size}x{args.size}")
     da = synthetic_precipitation(nt=args.nt, ny=args.size, nx=args.size, seed=args.seed)
     n_train = int(0.8 * args.nt)
