@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -357,8 +358,9 @@ def test_dry_below_errors(transform, value, match):
 def test_fit_decodes_its_dry_class_to_zero_and_checks_units(series):
     """A fitted sqrt model's dry threshold decodes to 0: a network whose x̂ is 0.004 mm/h
     (below 0.01) in half the grid and 0.5 mm/h elsewhere generates exact zeros there and
-    keeps the rain. Data in other units (kg m-2 s-1, where 0.01 is above most rain) get a
-    warning and no threshold."""
+    keeps the rain. The default threshold follows the units (0.01 mm h-1 is 2.8e-6
+    kg m-2 s-1); a number given in other units than the data's (0.01 for kg m-2 s-1,
+    above most rain) gets a warning and no threshold."""
     from conftest import TINY_NET
 
     import xdiffusion as xd
@@ -386,6 +388,11 @@ def test_fit_decodes_its_dry_class_to_zero_and_checks_units(series):
     np.testing.assert_allclose(r[..., : ny // 2, :], 0.004, rtol=1e-3)
 
     other_units = (da / 3600.0).assign_attrs(units="kg m-2 s-1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flux = other_units.diffusion.fit(**fit_args)
+    assert flux.codec[0].dry_below == pytest.approx(0.01 / 3600.0, rel=1e-9)
+    assert flux.dry_thresholds == [flux.codec[0].dry_below]
     with pytest.warns(UserWarning, match="not a dry threshold for these data"):
-        other = other_units.diffusion.fit(**fit_args)
+        other = other_units.diffusion.fit(dry_threshold=0.01, **fit_args)
     assert other.codec[0].dry_below is None

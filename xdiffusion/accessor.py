@@ -57,7 +57,7 @@ class _DiffusionAccessor:
         lambda_min: float = -30.0,
         lambda_max: float = 30.0,
         min_grad: float = 0.1,
-        dry_threshold: float = 0.01,
+        dry_threshold: float | Mapping[str, float | str] | str = "auto",
         transform_lr_scale: float = 10.0,
         sampler: str | None = None,
         sampling_steps: int | None = None,

@@ -115,6 +115,11 @@ def parse_dims(text: str) -> dict[str, str]:
     return dims
 
 
+def _dry_threshold(text: str) -> float | str:
+    """``--dry-threshold``: ``auto`` or a number (argparse reports the ValueError)."""
+    return text if text == "auto" else float(text)
+
+
 def _scalar(text: str) -> Any:
     low = text.lower()
     if low in ("true", "false"):
@@ -684,6 +689,13 @@ def build_parser() -> argparse.ArgumentParser:
         "step, or constant",
     )
     f.add_argument(
+        "--dry-threshold",
+        default="auto",
+        type=_dry_threshold,
+        help="value below which rain counts as dry, in the data's units (generated values "
+        "below it become 0; nll's dry class); auto: 0.01 mm h-1 in the variable's units",
+    )
+    f.add_argument(
         "--transform",
         default="sqrt",
         choices=TRANSFORM_NAMES,
@@ -926,6 +938,7 @@ def _fit(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         lr_schedule=args.lr_schedule,
+        dry_threshold=args.dry_threshold,
         transform=args.transform,
         preset=args.preset,
         net=args.net,

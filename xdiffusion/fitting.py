@@ -35,6 +35,7 @@ from xdiffusion.core.samplers import get_sampler
 from xdiffusion.core.schedule import CosineSchedule
 from xdiffusion.engine import resolve_device
 from xdiffusion.io.calendar import detect_step
+from xdiffusion.io.conform import default_dry_threshold
 from xdiffusion.io.convert import Prepared, channel_stats, prepare
 from xdiffusion.io.patches import PatchSampler, check_patch, check_patch_size
 from xdiffusion.io.spec import DataSpec, GridSpec, VariableSpec
@@ -139,7 +140,7 @@ def check_fit_arguments(
         "val_fraction": check_number(val_fraction, "val_fraction", minimum=0.0, maximum=1.0),
         "sampling_steps": check_positive_int(sampling_steps, "sampling_steps", allow_none=True),
         "min_grad": check_number(min_grad, "min_grad", minimum=0.0, exclusive_minimum=True),
-        "dry_threshold": check_number(dry_threshold, "dry_threshold"),
+        "dry_threshold": check_dry_threshold(dry_threshold),
         "lambda_min": check_number(lambda_min, "lambda_min"),
         "lambda_max": check_number(lambda_max, "lambda_max"),
         "progress": check_bool(progress, "progress"),
@@ -175,13 +176,65 @@ def check_fit_arguments(
     return out
 
 
+def check_dry_threshold(value: Any) -> float | str | dict[str, float | str]:
+    """``fit``'s ``dry_threshold``: ``"auto"``, a number, or a mapping variable → either."""
+    if isinstance(value, Mapping):
+        return {str(k): check_dry_threshold(v) for k, v in value.items()}  # type: ignore[misc]
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(
+                f"dry_threshold must be 'auto', a number in the data's units or a mapping "
+                f"variable → either, got {value!r}"
+            )
+        return value
+    return check_number(value, "dry_threshold")
+
+
+def resolve_dry_thresholds(value: Any, p: Prepared) -> tuple[list[float], list[str]]:
+    """Per variable of ``p``: its dry threshold in data units and how it was found.
+
+    ``"auto"`` is :data:`~xdiffusion.io.conform.DRY_RATE` (0.01 mm h-1) in the variable's
+    ``units`` (:func:`~xdiffusion.io.conform.default_dry_threshold`); a number is taken
+    as given, in the data's units.
+    """
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(p.variables))
+        if unknown:
+            raise ValueError(
+                f"dry_threshold has entries for {unknown}, which are not variables of the "
+                f"data (its variables are {list(p.variables)})"
+            )
+    step = None
+    if p.time is not None:
+        try:
+            step = detect_step(p.time)
+        except ValueError:  # an irregular axis: no step of known length
+            step = None
+    values, how = [], []
+    for name, arr in zip(p.variables, p.arrays):
+        v = value.get(name, "auto") if isinstance(value, Mapping) else value
+        if v == "auto":
+            units = arr.attrs.get("units")
+            v, why = default_dry_threshold(str(units).strip() if units is not None else None, step)
+        else:
+            why = "given"
+        values.append(float(v))
+        how.append(why)
+    return values, how
+
+
 #: A dry threshold above this share of a variable's positive training values is not a
 #: dry threshold for it (most likely given in other units): it is not used to decode.
 MAX_DRY_SHARE = 0.05
 
 
 def _dry_below(
-    stats: Mapping[str, np.ndarray], c: int, lower: float | None, dry_threshold: float, name: str
+    stats: Mapping[str, np.ndarray],
+    c: int,
+    lower: float | None,
+    dry_threshold: float,
+    name: str,
+    how: str | None = None,
 ) -> float | None:
     """The value below which decoded data is dry (``VariableCodec.dry_below``): the dry
     threshold, for a transform bounded at 0 and data with exact zeros, unless it would
@@ -193,10 +246,11 @@ def _dry_below(
     share = int(stats.get("n_below", [0])[c]) / n_pos if n_pos else 0.0
     if share > MAX_DRY_SHARE:
         warnings.warn(
-            f"dry_threshold={dry_threshold:g} is above {share:.0%} of the positive values of "
-            f"{name!r}: it is not a dry threshold for these data (other units?). Generated "
-            "values are not set to 0 below it, and nll's dry class and the learned "
-            "transform's mask use it as given; pass dry_threshold in the data's units",
+            f"dry_threshold={dry_threshold:g}{f' ({how})' if how else ''} is above {share:.0%} "
+            f"of the positive values of {name!r}: it is not a dry threshold for these data "
+            "(other units?). Generated values are not set to 0 below it, and nll's dry class "
+            "and the learned transform's mask use it as given; pass dry_threshold in the "
+            "data's units",
             UserWarning,
             stacklevel=4,
         )
@@ -210,9 +264,11 @@ def describe_variables(
     transform: Any,
     *,
     min_grad: float,
-    dry_threshold: float,
+    dry_threshold: Sequence[float],
+    dry_how: Sequence[str] | None = None,
 ) -> tuple[Codec, list[dict[str, Any]]]:
-    """Each variable's codec and description (name, attrs, transform, statistics).
+    """Each variable's codec and description (name, attrs, transform, statistics);
+    ``dry_threshold`` has one value per variable, in its units.
 
     Raises ValueError for data below a transform's lower bound and constant variables.
     """
@@ -252,7 +308,9 @@ def describe_variables(
             tr,
             learned=is_learned,
             min_grad=min_grad,
-            dry_below=_dry_below(stats, c, lo, dry_threshold, name),
+            dry_below=_dry_below(
+                stats, c, lo, dry_threshold[c], name, dry_how[c] if dry_how else None
+            ),
         )
         codecs.append(codec)
         described.append(
@@ -265,7 +323,7 @@ def describe_variables(
                 "min": mn,
                 "max": mx,
                 "mean": float(stats["mean"][c]),
-                "dry_threshold": float(dry_threshold),
+                "dry_threshold": float(dry_threshold[c]),
                 "min_grad": float(min_grad),
             }
         )
@@ -446,7 +504,12 @@ def run_fingerprint(
         "weight_decay": float(cfg.weight_decay),
         "lambda": [args["lambda_min"], args["lambda_max"]],
         "min_grad": args["min_grad"],
-        "dry_threshold": args["dry_threshold"],
+        # one number while all variables share it, as before per-variable thresholds
+        "dry_threshold": (
+            args["dry_threshold"][0]
+            if len(set(args["dry_threshold"])) == 1
+            else list(args["dry_threshold"])
+        ),
         "val_fraction": args["val_fraction"],
         "n_windows": int(n_windows),
         "time_features": list(features),
@@ -617,7 +680,7 @@ def fit(
     lambda_min: float = -30.0,
     lambda_max: float = 30.0,
     min_grad: float = 0.1,
-    dry_threshold: float = 0.01,
+    dry_threshold: float | Mapping[str, float | str] | str = "auto",
     transform_lr_scale: float = 10.0,
     sampler: str | None = None,
     sampling_steps: int | None = None,
@@ -675,9 +738,18 @@ def fit(
         Share of windows, taken from the end of the series, held out for validation loss.
     lambda_min, lambda_max
         Log-SNR range of the schedule (eq. 2.59).
-    min_grad, dry_threshold
-        Learned transform: minimum-gradient coefficient and the data value (in data units)
-        above which log-derivatives enter the loss (the mask set M of eq. 4.14).
+    min_grad
+        Learned transform: minimum-gradient coefficient (eq. 4.15).
+    dry_threshold
+        The value, in the data's units, below which a value counts as dry: generated
+        values below it are decoded to exact zeros (for a transform bounded at 0 and data
+        with exact zeros), ``model.nll`` counts values below it as one dry class, and the
+        learned transform's log-derivatives enter the loss only above it (the mask set M
+        of eq. 4.14). ``"auto"`` (default): 0.01 mm h-1 of water in each variable's
+        ``units`` (0.24 for ``mm day-1``, 2.8e-6 for ``kg m-2 s-1``; for an amount per step
+        such as ``mm`` or ``kg m-2``, 0.01 mm h-1 times the time step); without units, or
+        units of another quantity, 0.01 in the data's units. A number, or a mapping
+        variable → number or ``"auto"``, is used as given.
     transform_lr_scale
         Learning-rate multiplier of the learned transforms relative to ``lr`` (default 10:
         at the network's rate the small h_ω barely moves in a short fit).
@@ -865,9 +937,15 @@ def fit(
             f"no window of frames={frames} consecutive regular time steps exists; the time "
             "axis has gaps everywhere: use fewer frames"
         )
+    args["dry_threshold"], dry_how = resolve_dry_thresholds(args["dry_threshold"], p)
     stats = channel_stats(p.data, sources=p.arrays, threshold=args["dry_threshold"])
     codec, described = describe_variables(
-        p, stats, transform, min_grad=args["min_grad"], dry_threshold=args["dry_threshold"]
+        p,
+        stats,
+        transform,
+        min_grad=args["min_grad"],
+        dry_threshold=args["dry_threshold"],
+        dry_how=dry_how,
     )
 
     with preserved_global_rng(dev):  # the caller's global RNG states are left as they were
@@ -879,7 +957,7 @@ def fit(
         train_net = compile_network(module.net) if args["compile"] else None
         valid = torch.from_numpy(stats["static_valid"]).to(dev)
         train_starts, val_starts = split_windows(starts, frames, args["val_fraction"])
-        thresholds = codec.scaled_thresholds([args["dry_threshold"]] * len(codec))
+        thresholds = codec.scaled_thresholds(args["dry_threshold"])
         patches = None
         if args["patch"] is not None:
             patches = PatchSampler(args["patch"], stats["static_valid"], seed)

@@ -27,15 +27,18 @@ import dask.array as dsa
 import numpy as np
 import xarray as xr
 
+from xdiffusion.io.calendar import SECONDS_PER_DAY, TimeStep
 from xdiffusion.io.spec import DataSpec, GridSpec
 
 __all__ = [
     "COORD_EPS",
+    "DRY_RATE",
     "GRID_RTOL",
     "Conform",
     "UnitConversion",
     "axis_values",
     "check_grid",
+    "default_dry_threshold",
     "locate_region",
     "plan",
 ]
@@ -58,6 +61,13 @@ WATER_EQUIVALENTS = (("kg m-2 s-1", "mm s-1"), ("kg m-2", "mm"))
 _PROBES = np.array([0.0, 1.0, 2.0])
 
 _ORIENTED_AXES = ("Y", "X")
+
+#: The default dry threshold, as a rate of liquid water: (value, units). Below about
+#: 0.01 mm h-1 gauges and radars report no rain, and generated values below it are
+#: indistinguishable from dry (docs/transforms.md).
+DRY_RATE = (0.01, "mm h-1")
+#: The mean Gregorian month, for a dry threshold of monthly amounts.
+_MEAN_MONTH_SECONDS = 365.2425 / 12 * SECONDS_PER_DAY
 
 
 @dataclass(frozen=True)
@@ -318,6 +328,64 @@ def _unit_conversion(
             "bound 0 in the model's units) does not allow",
         )
     return UnitConversion(source, target, *forward, *back)
+
+
+def _step_seconds(step: TimeStep | None) -> float | None:
+    if step is None or step.kind == "numeric":
+        return None
+    return step.size if step.kind == "seconds" else step.size * _MEAN_MONTH_SECONDS
+
+
+def default_dry_threshold(units: str | None, step: TimeStep | None = None) -> tuple[float, str]:
+    """The default dry threshold, :data:`DRY_RATE` (0.01 mm h-1 of water), in ``units``.
+
+    Parameters
+    ----------
+    units
+        The variable's ``units`` attribute (UDUNITS, as CF writes it).
+    step
+        The time step of the data, for units of an amount per step (``mm``, ``m``,
+        ``kg m-2``): the threshold is then the rate times the step.
+
+    Returns
+    -------
+    (value, how)
+        The threshold in ``units`` and a phrase saying how it was found (for messages).
+        A rate (``mm day-1``, ``m s-1``) is converted; a mass flux (``kg m-2 s-1``) takes
+        1 kg m-2 of water as 1 mm; an amount per step needs a step of known duration.
+        Units that are none of these, absent or unknown keep 0.01 in the data's units,
+        i.e. the data are taken to be in mm h-1 (the value before units were read).
+    """
+    value, rate = DRY_RATE
+    target = _parse(units) if units else None
+    if target is None:
+        return value, f"{value:g} (no units known: taken as {rate})"
+    per_second = _parse(rate).convert(value, _parse("mm s-1"))  # mm s-1 ≡ kg m-2 s-1 of water
+    for source, amount in (
+        ("mm s-1", False),
+        ("kg m-2 s-1", False),
+        ("mm", True),
+        ("kg m-2", True),
+    ):
+        unit = _parse(source)
+        if not target.is_convertible(unit):
+            continue
+        if not amount:
+            return _round(unit.convert(per_second, target)), f"{value:g} {rate} in {units!r}"
+        seconds = _step_seconds(step)
+        if seconds is None:
+            return value, (
+                f"{value:g} in {units!r} (an amount per time step of unknown length; pass "
+                "dry_threshold= in these units)"
+            )
+        out = _round(unit.convert(per_second * seconds, target))
+        return out, f"{value:g} {rate} over the {step.describe()} step, in {units!r}"
+    return value, f"{value:g} in {units!r} (not a precipitation rate or amount)"
+
+
+def _round(x: float) -> float:
+    """``x`` to 12 significant digits: unit conversions leave 0.010000000000000002."""
+    return float(f"{float(x):.12g}")
 
 
 def _units_of(da: xr.DataArray) -> str | None:

@@ -202,14 +202,14 @@ def channel_stats(
     *,
     argument: str = "data",
     sources: Sequence[xr.DataArray] | None = None,
-    threshold: float | None = None,
+    threshold: float | Sequence[float] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-channel min, max, mean and NaN-free flags of a (C, T, Y, X) array, in one pass.
 
     Also the number of finite values per channel (``n_finite``, an exact count), of
     positive values (``n_positive``) and, with ``threshold``, of values in
-    ``(0, threshold)`` (``n_below``): how much of a dry/wet variable's rain a dry
-    threshold would call dry.
+    ``(0, threshold)`` (``n_below``; one threshold, or one per channel): how much of a
+    dry/wet variable's rain a dry threshold would call dry.
 
     Raises ValueError for all-NaN channels and for infinities (with the remedy). With
     ``sources`` (the inputs before the float32 cast, one per channel, as
@@ -218,6 +218,9 @@ def channel_stats(
     """
     lib = dsa if dask.is_dask_collection(data) else np
     axes = (1, 2, 3)
+    below = np.broadcast_to(
+        np.asarray(np.inf if threshold is None else threshold, float), (data.shape[0],)
+    )
     finite = lib.isfinite(data)
     infs = lib.isinf(data).any(axis=axes)
     # Cells that are NaN at every time step form a static mask (land/sea, radar domain).
@@ -233,9 +236,7 @@ def channel_stats(
             finite.all(),
             finite.sum(axis=axes),
             (finite & (data > 0)).sum(axis=axes),
-            (finite & (data > 0) & (data < (np.inf if threshold is None else threshold))).sum(
-                axis=axes
-            ),
+            (finite & (data > 0) & (data < below[:, None, None, None])).sum(axis=axes),
         )
         if lib is dsa:
             parts = dask.compute(*parts)
