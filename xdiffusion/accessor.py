@@ -74,6 +74,7 @@ class _DiffusionAccessor:
         objective: str = "weighted",
         beta: float = 1.0,
         free_bits: float = 0.0,
+        high_noise: float | None = None,
         encoder: Mapping[str, Any] | None = None,
     ) -> DiffusionModel:
         """Train a model on this object; see :func:`xdiffusion.fit` for every argument.
@@ -132,6 +133,7 @@ class _DiffusionAccessor:
             objective=objective,
             beta=beta,
             free_bits=free_bits,
+            high_noise=high_noise,
             encoder=encoder,
         )
 

@@ -760,6 +760,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="nats per latent dimension below which the KL costs nothing (0: none)",
     )
     f.add_argument(
+        "--high-noise",
+        type=float,
+        default=None,
+        help="latent models with --objective weighted: share of each batch trained at the "
+        "highest noise levels, where only the latent shows the window (default 0.25)",
+    )
+    f.add_argument(
         "--compile",
         action="store_true",
         help="run the network through torch.compile during training (worth it on a GPU; "
@@ -953,6 +960,7 @@ def _fit(args: argparse.Namespace) -> int:
         objective=args.objective,
         beta=args.beta,
         free_bits=args.free_bits,
+        high_noise=args.high_noise,
     )
     model.save(args.out)
     from xdiffusion.parallel import is_main_process
