@@ -210,6 +210,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--latent-dim", type=int, default=8)
     ap.add_argument("--beta", type=float, default=1.0, help='KL weight of "weighted"')
     ap.add_argument("--free-bits", type=float, default=0.0, help="of both latent models")
+    ap.add_argument(
+        "--high-noise",
+        type=float,
+        default=None,
+        help='share of "weighted" batches at t ~ U(0.99, 1) (default: the library\'s, 0.25)',
+    )
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=50)
@@ -269,6 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
             "objective": "weighted",
             "beta": args.beta,
             "free_bits": args.free_bits,
+            "high_noise": args.high_noise,
         },
     }
     result: dict = {
@@ -313,6 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
                 else 0
             ),
             "final_loss_mean_last_50": float(np.mean(loss[-50:])),
+            "objective": model.config["training"].get("objective"),
         }
         log(f"[{name}] {seconds:.0f} s")
 

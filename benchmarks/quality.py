@@ -257,7 +257,8 @@ def main(argv: list[str] | None = None) -> dict:
         trained = TRAINS_AS.get(name, name)
         rate = None
         for minutes in budgets:
-            cached = CACHE / f"quality-{args.setting}-{trained}-{minutes:g}min"
+            seed_tag = f"-seed{args.seed}" if args.seed else ""  # seed 0 keeps its old name
+            cached = CACHE / f"quality-{args.setting}-{trained}-{minutes:g}min{seed_tag}"
             reused = bool(args.reuse and cached.exists())
             if reused:
                 model = xd.load(cached)
