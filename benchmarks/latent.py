@@ -213,8 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument(
         "--high-noise",
         type=float,
-        default=None,
-        help='share of "weighted" batches at t ~ U(0.99, 1) (default: the library\'s, 0.25)',
+        default=0.0,
+        help='share of "weighted" batches at t ~ U(0.99, 1) (fit(high_noise=); default 0)',
     )
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)

@@ -16,7 +16,6 @@ from xdiffusion.core.latent import free_bits_kl, gaussian_kl, reparameterize
 from xdiffusion.core.likelihood import vlb_terms
 from xdiffusion.core.schedule import CosineSchedule, alpha_sigma
 from xdiffusion.datasets import synthetic_regimes
-from xdiffusion.fitting import LATENT_HIGH_NOISE
 from xdiffusion.nets import UNet3D, unet_config
 from xdiffusion.nets.encoder import Encoder, EncoderConfig
 from xdiffusion.training import (
@@ -300,15 +299,15 @@ def test_high_noise_trains_the_weighted_latent_objective_at_those_noise_levels()
         assert bool(top.all()) if high else float(top.float().mean()) < 0.1
 
 
-def test_fit_defaults_high_noise_for_latent_weighted_models_only(regimes):
+def test_fit_high_noise_is_recorded_and_checked(regimes):
     kw = dict(frames=4, steps=1, batch_size=2, progress=False, net=TINY_NET, device="cpu")
     kw["encoder"] = {"width": 8, "levels": 2}
-    weighted = regimes.diffusion.fit(latent_dim=2, **kw)
-    assert weighted.config["training"]["objective"]["high_noise"] == LATENT_HIGH_NOISE
-    off = regimes.diffusion.fit(latent_dim=2, high_noise=0.0, **kw)
+    weighted = regimes.diffusion.fit(latent_dim=2, high_noise=0.25, **kw)
+    assert weighted.config["training"]["objective"]["high_noise"] == 0.25
+    off = regimes.diffusion.fit(latent_dim=2, **kw)  # the default: t ~ U(0, 1)
     assert "high_noise" not in off.config["training"]["objective"]
-    elbo = regimes.diffusion.fit(latent_dim=2, objective="elbo", **kw)
-    assert "high_noise" not in elbo.config["training"]["objective"]
+    with pytest.raises(ValueError, match="'elbo' bound has its own weighting"):
+        regimes.diffusion.fit(latent_dim=2, objective="elbo", high_noise=0.25, **kw)
     del kw["encoder"]
     with pytest.raises(ValueError, match="pass latent_dim= too"):
         regimes.diffusion.fit(high_noise=0.5, **kw)

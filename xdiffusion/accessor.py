@@ -74,7 +74,7 @@ class _DiffusionAccessor:
         objective: str = "weighted",
         beta: float = 1.0,
         free_bits: float = 0.0,
-        high_noise: float | None = None,
+        high_noise: float = 0.0,
         encoder: Mapping[str, Any] | None = None,
     ) -> DiffusionModel:
         """Train a model on this object; see :func:`xdiffusion.fit` for every argument.

@@ -762,9 +762,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--high-noise",
         type=float,
-        default=None,
+        default=0.0,
         help="latent models with --objective weighted: share of each batch trained at the "
-        "highest noise levels, where only the latent shows the window (default 0.25)",
+        "highest noise levels, where only the latent shows the window (default 0)",
     )
     f.add_argument(
         "--compile",
