@@ -74,8 +74,8 @@ class _DiffusionAccessor:
         objective: str = "weighted",
         beta: float = 1.0,
         free_bits: float = 0.0,
-        high_noise: float = 0.0,
         encoder: Mapping[str, Any] | None = None,
+        high_noise: float = 0.0,
     ) -> DiffusionModel:
         """Train a model on this object; see :func:`xdiffusion.fit` for every argument.
 
@@ -133,8 +133,8 @@ class _DiffusionAccessor:
             objective=objective,
             beta=beta,
             free_bits=free_bits,
-            high_noise=high_noise,
             encoder=encoder,
+            high_noise=high_noise,
         )
 
     def sample(
