@@ -66,12 +66,15 @@ from xdiffusion.validation import (
 )
 
 __all__ = [
+    "MAX_DRY_SHARE",
+    "check_dry_threshold",
     "check_fit_arguments",
     "data_digest",
     "describe_variables",
     "digest_steps",
     "fit",
     "preserved_global_rng",
+    "resolve_dry_thresholds",
     "run_fingerprint",
     "split_windows",
     "training_report",
