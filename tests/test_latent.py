@@ -169,11 +169,16 @@ def _batch(b=4, share=(0, 1)):
     return DiffusionBatch(scaled=scaled, mask=mask, share=share)
 
 
-def test_constant_encoder_reduces_the_bound_to_the_unconditional_one():
+def _identity_codec():
+    """One variable already in [−1, 1]: the objective sees the batch as given."""
     from xdiffusion.codec import Codec, VariableCodec
     from xdiffusion.transforms import get_transform
 
-    codec = Codec([VariableCodec(get_transform("none"), -1.0, 1.0)])
+    return Codec([VariableCodec(get_transform("none"), -1.0, 1.0)])
+
+
+def test_constant_encoder_reduces_the_bound_to_the_unconditional_one():
+    codec = _identity_codec()
     net = _latent_net(k=3)
     with torch.no_grad():
         torch.nn.init.normal_(net.out_conv.weight, std=0.1)
@@ -206,10 +211,7 @@ def test_constant_encoder_reduces_the_bound_to_the_unconditional_one():
 
 @pytest.mark.parametrize(("kind", "high"), [("elbo", 0.0), ("weighted", 0.0), ("weighted", 0.5)])
 def test_ranks_of_a_latent_objective_add_up_to_the_global_batch(kind, high):
-    from xdiffusion.codec import Codec, VariableCodec
-    from xdiffusion.transforms import get_transform
-
-    codec = Codec([VariableCodec(get_transform("none"), -1.0, 1.0)])
+    codec = _identity_codec()
     net = _latent_net(k=2)
     with torch.no_grad():
         torch.nn.init.normal_(net.out_conv.weight, std=0.1)
@@ -267,10 +269,7 @@ def test_high_noise_draws_that_share_of_t_from_the_top_end():
 def test_high_noise_trains_the_weighted_latent_objective_at_those_noise_levels():
     """With high_noise=1 every λ the network sees is at the top of the noise range; an
     unconditional model and high_noise=0 keep t ~ U(0, 1)."""
-    from xdiffusion.codec import Codec, VariableCodec
-    from xdiffusion.transforms import get_transform
-
-    codec = Codec([VariableCodec(get_transform("none"), -1.0, 1.0)])
+    codec = _identity_codec()
     net = _latent_net(k=2)
     seen = []
 
@@ -284,16 +283,8 @@ def test_high_noise_trains_the_weighted_latent_objective_at_those_noise_levels()
     for high in (1.0, 0.0):
         seen.clear()
         obj = Objective("weighted", high_noise=high)
-        diffusion_objective(
-            spy,
-            codec,
-            sched,
-            batch,
-            [-math.inf],
-            step_generator(0, 1, "cpu"),
-            encoder=enc,
-            objective=obj,
-        )
+        args = (spy, codec, sched, batch, [-math.inf], step_generator(0, 1, "cpu"))
+        diffusion_objective(*args, encoder=enc, objective=obj)
         lam = torch.cat(seen)
         top = lam <= sched.lam(torch.tensor(HIGH_NOISE_T)) + 1e-4
         assert bool(top.all()) if high else float(top.float().mean()) < 0.1
