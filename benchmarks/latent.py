@@ -216,6 +216,12 @@ def main(argv: list[str] | None = None) -> dict:
         default=0.0,
         help='share of "weighted" batches at t ~ U(0.99, 1) (fit(high_noise=); default 0)',
     )
+    ap.add_argument(
+        "--pooling",
+        default=None,
+        choices=("stats", "mean"),
+        help="the encoder's pooling over frames and space (default: fit's, stats)",
+    )
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--warmup", type=int, default=50)
@@ -267,15 +273,17 @@ def main(argv: list[str] | None = None) -> dict:
         progress=False,
         net=net,
     )
+    encoder = {"encoder": {"pooling": args.pooling}} if args.pooling else {}
     variants = {
         "unconditional": {},
-        "elbo": {"latent_dim": k, "objective": "elbo", "free_bits": args.free_bits},
+        "elbo": {"latent_dim": k, "objective": "elbo", "free_bits": args.free_bits, **encoder},
         "weighted": {
             "latent_dim": k,
             "objective": "weighted",
             "beta": args.beta,
             "free_bits": args.free_bits,
             "high_noise": args.high_noise,
+            **encoder,
         },
     }
     result: dict = {
@@ -321,6 +329,12 @@ def main(argv: list[str] | None = None) -> dict:
             ),
             "final_loss_mean_last_50": float(np.mean(loss[-50:])),
             "objective": model.config["training"].get("objective"),
+            "encoder": (
+                model.module.encoder.config.to_dict()
+                | {"pooling": model.module.encoder.config.pooling}
+                if getattr(model.module, "encoder", None) is not None
+                else None
+            ),
         }
         log(f"[{name}] {seconds:.0f} s")
 

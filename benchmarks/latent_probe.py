@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--high-noise-from", type=float, default=training.HIGH_NOISE_T)
     ap.add_argument("--latent-lr-scale", type=float, default=1.0)
     ap.add_argument("--latent-dim", type=int, default=8)
+    ap.add_argument(
+        "--pooling", default=None, choices=("stats", "mean"), help="the encoder's (default: fit's)"
+    )
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0, help="seed of the fit (not of the data)")
     ap.add_argument("--threads", type=int, default=1)
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         latent_dim=args.latent_dim,
         objective=args.objective,
         beta=args.beta,
+        encoder={"pooling": args.pooling} if args.pooling else None,
         **extra,
     )
     fit_seconds = time.perf_counter() - t0

@@ -17,7 +17,7 @@ from conftest import TINY_NET
 
 import xdiffusion
 from xdiffusion import cli
-from xdiffusion.cli import main, parse_dims, parse_net, parse_time_features
+from xdiffusion.cli import main, parse_dims, parse_encoder, parse_net, parse_time_features
 
 NET = "width=8,mults=1-2"
 
@@ -308,12 +308,15 @@ def test_option_syntax():
         "pad_mode": "reflect",
     }
     assert parse_time_features("season,hour") == ["season", "hour"]
+    assert parse_encoder("width=8,pooling=mean") == {"width": 8, "pooling": "mean"}
+    assert parse_encoder('{"levels": 2}') == {"levels": 2}
     assert cli._variables(["pr", "tas,pr2", "pr"]) == ["pr", "tas", "pr2"]
     for parse, text in (
         (parse_dims, "T=time,t=t2"),
         (parse_dims, "T"),
         (parse_net, "width=8,width=9"),
         (parse_net, "{bad json"),
+        (parse_encoder, "pooling"),
         (parse_time_features, "season,season"),
     ):
         with pytest.raises(argparse.ArgumentTypeError):

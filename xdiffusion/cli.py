@@ -157,6 +157,14 @@ def parse_net(text: str) -> dict[str, Any]:
     return net
 
 
+def parse_encoder(text: str) -> dict[str, Any]:
+    """``"width=8,pooling=mean"`` (or a JSON object) → ``{"width": 8, "pooling": "mean"}``:
+    the latent encoder's settings (:class:`xdiffusion.nets.encoder.EncoderConfig`)."""
+    if text.strip().startswith("{"):
+        return _json_object(text, "--encoder")
+    return {k: _scalar(v) for k, v in _pairs(text, "--encoder", "width=16,pooling=stats")}
+
+
 def parse_time_features(text: str) -> list[str]:
     """``"season,hour"`` → ``["season", "hour"]`` (distinct names among season, hour)."""
     names = _items(text)
@@ -741,6 +749,15 @@ def build_parser() -> argparse.ArgumentParser:
         "learning; `xdiffusion encode` then describes windows); default: none",
     )
     f.add_argument(
+        "--encoder",
+        type=parse_encoder,
+        default=None,
+        metavar="KEY=VALUE,...",
+        help="latent models: encoder settings as key=value pairs, e.g. width=16,levels=3 or "
+        "pooling=mean (the encoder of fits from before statistics pooling, to resume their "
+        "checkpoints); default: width=16,levels=3,pooling=stats",
+    )
+    f.add_argument(
         "--objective",
         default="weighted",
         choices=OBJECTIVE_NAMES,
@@ -957,6 +974,7 @@ def _fit(args: argparse.Namespace) -> int:
         patch=args.patch,
         compile=args.compile,
         latent_dim=args.latent_dim,
+        encoder=args.encoder,
         objective=args.objective,
         beta=args.beta,
         free_bits=args.free_bits,

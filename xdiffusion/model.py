@@ -45,15 +45,20 @@ __all__ = [
     "schema_version",
 ]
 
-#: Version of ``config.json``. 3: a latent-conditioned model (a ``latent`` section and
-#: ``encoder.*`` tensors; an older xdiffusion refuses it by its version); 2: one codec per
-#: variable (``codec`` entries, h_ω under ``codec.variables.<c>.learned.*``); 1 (read and
-#: migrated): ``pipeline`` entries and h_ω under ``learned.<c>.*``. A model without a
-#: latent is still written as schema 2, which is all it needs, so older readers load it.
-SCHEMA_VERSION = 3
-SUPPORTED_SCHEMAS = (1, 2, 3)
+#: Version of ``config.json``. 4: a latent model whose encoder names its ``pooling``
+#: (statistics pooling; a schema-3 reader would build the wrong encoder, so it must refuse
+#: the file by its version); 3: a latent-conditioned model (a ``latent`` section and
+#: ``encoder.*`` tensors; an older xdiffusion refuses it by its version), encoder pooling
+#: by mean; 2: one codec per variable (``codec`` entries, h_ω under
+#: ``codec.variables.<c>.learned.*``); 1 (read and migrated): ``pipeline`` entries and h_ω
+#: under ``learned.<c>.*``. Each model is written with the lowest schema that describes it,
+#: so older readers load whatever they can.
+SCHEMA_VERSION = 4
+SUPPORTED_SCHEMAS = (1, 2, 3, 4)
 #: Schema of a model without a latent.
 SCHEMA_UNCONDITIONAL = 2
+#: Schema of a latent model whose encoder pools by mean (no ``pooling`` key).
+SCHEMA_LATENT_MEAN_POOLING = 3
 
 WEIGHTS = "ema.safetensors"
 RAW_WEIGHTS = "weights.safetensors"
@@ -93,8 +98,15 @@ class Denoiser(nn.Module):
 
 
 def schema_version(config: Mapping[str, Any]) -> int:
-    """The schema a configuration is written with: 3 with a latent, else 2."""
-    return SCHEMA_VERSION if config.get("latent") else SCHEMA_UNCONDITIONAL
+    """The schema a configuration is written with: 4 with a latent whose encoder names its
+    pooling, 3 with another latent, else 2."""
+    latent = config.get("latent")
+    if not latent:
+        return SCHEMA_UNCONDITIONAL
+    encoder = latent.get("encoder") if isinstance(latent, Mapping) else None
+    if isinstance(encoder, Mapping) and "pooling" in encoder:
+        return SCHEMA_VERSION
+    return SCHEMA_LATENT_MEAN_POOLING
 
 
 def migrate_state(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -1054,13 +1066,13 @@ def _check_config(config: dict[str, Any], label: str) -> None:
         if net_cfg.latent_dim:
             raise bad(f"net.latent_dim={net_cfg.latent_dim} but the file has no 'latent' section")
         return
-    if config.get("schema_version") != SCHEMA_VERSION:
-        raise bad(
-            f"a 'latent' section needs schema_version {SCHEMA_VERSION}, the file says "
-            f"{config.get('schema_version')!r}"
-        )
     if not isinstance(latent, dict) or set(latent) != {"dim", "encoder"}:
         raise bad(f"latent must be an object with the keys 'dim' and 'encoder', got {latent!r}")
+    if config.get("schema_version") != schema_version(config):
+        raise bad(
+            f"this 'latent' section needs schema_version {schema_version(config)}, the file "
+            f"says {config.get('schema_version')!r}"
+        )
     try:
         enc = EncoderConfig.from_dict(latent["encoder"])
     except (TypeError, ValueError) as err:
