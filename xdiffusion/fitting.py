@@ -816,7 +816,7 @@ def fit(
         infers q(w | x) = N(μ, σ²) from each window, one reparameterised draw of w
         conditions the network through its own projection into the FiLM input (beside
         λ and any time features), and the KL(q(w | x) ‖ N(0, I)) joins the loss. The
-        encoder trains, averages (EMA) and saves with the network (model schema 3). The
+        encoder trains, averages (EMA) and saves with the network (model schema 4). The
         model then offers :meth:`~xdiffusion.model.DiffusionModel.encode`,
         :meth:`~xdiffusion.model.DiffusionModel.reconstruct` and ``latent=`` in its
         generating methods. None or 0 (default): an unconditional model, as before.
@@ -833,7 +833,9 @@ def fit(
         latent dimensions are not switched off early (Kingma et al. 2016); 0: none.
     encoder
         Overrides of the encoder's architecture
-        (:class:`~xdiffusion.nets.encoder.EncoderConfig`: ``width``, ``levels``).
+        (:class:`~xdiffusion.nets.encoder.EncoderConfig`: ``width``, ``levels``,
+        ``pooling``). ``{"pooling": "mean"}`` builds the encoder of models fitted before
+        statistics pooling became the default, e.g. to resume their checkpoints.
     high_noise
         Latent models with ``"weighted"``: the share of each batch trained at the highest
         noise levels (t ~ U(0.99, 1)), where only w tells the network about the window
