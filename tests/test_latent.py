@@ -180,6 +180,17 @@ def test_statistics_pooling_is_the_mean_and_std_of_the_counted_features():
     assert bool((quiet < pooled[:, 8:]).float().mean() > 0.9)
 
 
+def test_encoder_pools_and_returns_float32_under_bf16_autocast():
+    """As on CUDA: the features run in bf16, the pooled statistics and (μ, log σ²) do not."""
+    enc = Encoder(EncoderConfig(channels=1, latent_dim=2, width=8, levels=2))
+    torch.nn.init.normal_(enc.head.weight, std=0.1)
+    x = torch.randn(3, 1, 4, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pooled, (mu, logvar) = enc.pooled(x), enc(x)
+    assert pooled.dtype == mu.dtype == logvar.dtype == torch.float32
+    torch.testing.assert_close(mu, enc(x)[0], atol=0.05, rtol=0.05)
+
+
 def _batch(b=4, share=(0, 1)):
     g = torch.Generator().manual_seed(1)
     scaled = torch.rand(b, 1, 4, 8, 8, generator=g) * 2 - 1

@@ -171,7 +171,12 @@ class Encoder(nn.Module):
                 f"x must be (B, {self.config.channels}, F, H, W), got {tuple(x.shape)}"
             )
         m = torch.ones_like(x) if mask is None else mask.expand_as(x).to(x.dtype)
+        # the pooled sums run over thousands of positions: in float32 even under bf16
+        # autocast, where a bf16 variance would lose the small differences between windows
         h = self.features(torch.cat([x * m, m], dim=1))
+        if h.dtype in (torch.float16, torch.bfloat16):
+            h = h.float()
+        m = m.to(h.dtype)
         # the mean over positions with any counted element in their receptive field's
         # centre cell: downsample the mask the way the features were
         keep = F.adaptive_max_pool3d(m.amax(1, keepdim=True), h.shape[2:])
@@ -204,6 +209,6 @@ class Encoder(nn.Module):
             and flagged as missing); None: all.
         """
         pooled = (self.pooled(x, mask).float() - self.shift) * self.log_scale.exp()
-        out = self.head(pooled)
+        out = self.head(pooled).float()  # float32 also under autocast, as documented
         mu, logvar = out.chunk(2, dim=-1)
         return mu, logvar.clamp(*LOGVAR_RANGE)
