@@ -34,7 +34,11 @@ now equals ``cosine_lr``, and the results files from before say ``base`` for con
 ``relpos1`` (temporal attention's position bias tells only earlier / same / later frames
 apart, not how far: ``max_relative_position=1`` instead of 16), ``sde`` / ``sde40`` (the
 ``cosine_lr`` model sampled with the stochastic DPM-Solver++ 2M SDE at 20 / 40 steps
-instead of the default deterministic 2M). ``--setting fast`` trains and
+instead of the default deterministic 2M), ``stratified`` / ``uniform_t`` (a batch's
+diffusion times one per stratum of [0, 1), or independent: ``t_sampling=``), ``spacetime``
+(the coarsest level's and the middle block's spatial attention attends over every pixel of
+every frame instead of each frame's, so a moving feature can be followed across frames:
+``spatial_attention="spacetime"``). ``--setting fast`` trains and
 evaluates on a generator with faster, varying advection and shorter persistence instead of
 the default one. Every run is also scored without decoding below the dry threshold to exact
 zeros (``without_dry_decode``: the same weights and noise, ``dry_below=None``), and its
@@ -94,6 +98,14 @@ VARIANTS = {
     "relpos1": ({"max_relative_position": 1}, {}, 20, None),
     "sde": ({}, {"lr_schedule": "cosine"}, 20, "dpmpp_2m_sde"),
     "sde40": ({}, {"lr_schedule": "cosine"}, 40, "dpmpp_2m_sde"),
+    "stratified": ({}, {"t_sampling": "stratified"}, 20, None),
+    "uniform_t": ({}, {"t_sampling": "uniform"}, 20, None),
+    "spacetime": (
+        {"spatial_attention": ["none", "none", "spacetime"], "mid_spatial_attention": "spacetime"},
+        {},
+        20,
+        None,
+    ),
 }
 #: Variants that only sample differently train the same model as another one: with
 #: ``--reuse`` they share its cached fit.
@@ -212,6 +224,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--members", type=int, default=192)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="train exactly this many steps (one budget only) instead of the budget's "
+        "minutes at the measured rate: an ablation at equal steps with an earlier run, "
+        "whatever the load on the machine now",
+    )
     ap.add_argument("--tag", default=None, help="suffix of the results file")
     ap.add_argument(
         "--reuse",
@@ -258,6 +278,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     template = reference.isel(realization=0, drop=True)
     budgets = [float(b) for b in args.budgets.split(",")]
+    if args.steps is not None and len(budgets) != 1:
+        ap.error("--steps trains one budget: pass a single --budgets value")
     for name in args.variants.split(","):
         net, fit_kw, sampling_steps, sampler = VARIANTS[name]
         trained = TRAINS_AS.get(name, name)
@@ -281,6 +303,8 @@ def main(argv: list[str] | None = None) -> dict:
                     _fit(train, calib, args, net, fit_kw)
                     rate = calib / (time.perf_counter() - t0)
                 steps = 20 if args.quick else max(1, round(minutes * 60 * rate))
+                if args.steps is not None:
+                    steps = args.steps
                 _log(f"[{name}] {minutes:g} min ≈ {steps} steps at {rate:.2f} steps/s")
                 t0 = time.perf_counter()
                 model = _fit(train, steps, args, net, fit_kw)

@@ -11,6 +11,8 @@ from xdiffusion.nets import UNet3D, UNetConfig, unet_config
 from xdiffusion.nets.layers import (
     LambdaEmbedding,
     Pointwise,
+    SpaceTimeAttention,
+    SpatialAttention,
     TemporalAttention,
     relative_index,
 )
@@ -151,6 +153,57 @@ def test_temporal_attention_bias_selects_relative_frame():
     d = (layer(x, 4) - layer(x2, 4)).abs().amax(dim=(1, 2, 3))
     assert d[0] > 1e-3 and d[1] > 1e-3  # frame 0 itself, and frame 1 that reads it
     assert d[2] == 0 and d[3] == 0 and d[4:].max() == 0
+
+
+def test_spacetime_attention_relates_other_pixels_of_other_frames():
+    """Joint attention: a change at one pixel of frame 0 reaches every pixel of every frame
+    (per-pixel temporal attention reaches only that pixel); the frame-offset bias still
+    selects frames, and with only offset 0 allowed it is full spatial attention per frame."""
+    torch.manual_seed(0)
+    layer = SpaceTimeAttention(8, heads=2, head_dim=4, groups=4, max_distance=3)
+    temporal = TemporalAttention(8, heads=2, head_dim=4, groups=4, max_distance=3)
+    # without the pre-norm, whose statistics over a frame would carry a change to every pixel
+    norms = layer.norm, temporal.norm
+    layer.norm = temporal.norm = torch.nn.Identity()
+    x = torch.randn(2 * 4, 8, 3, 5)  # B=2, F=4 frame batch
+    x2 = x.clone()
+    x2[0, :, 1, 2] += 3.0  # one pixel of frame 0 of sample 0
+    d = (layer(x, 4) - layer(x2, 4)).abs()
+    assert d[1:4].amin() > 0  # every pixel of frames 1-3 of sample 0 reads it
+    assert d[4:].max() == 0  # sample 1 does not
+    dt = (temporal(x, 4) - temporal(x2, 4)).abs()
+    assert dt[1:4, :, 0, 0].max() == 0 and dt[1:4, :, 1, 2].max() > 0
+    layer.norm, temporal.norm = norms
+    # only offset -1 allowed: frame p reads frame p - 1 alone, whatever the pixel
+    with torch.no_grad():
+        layer.rel_bias.fill_(-1e4)
+        layer.rel_bias[:, 3 - 1] = 0.0
+    d = (layer(x, 4) - layer(x2, 4)).abs().amax(dim=(1, 2, 3))
+    assert d[1] > 1e-3 and d[2] == 0 and d[3] == 0
+    # only offset 0 allowed: spatial attention within each frame, with the same weights
+    spatial = SpatialAttention(8, heads=2, head_dim=4, groups=4, kind="full")
+    with torch.no_grad():
+        layer.rel_bias.fill_(-1e4)
+        layer.rel_bias[:, 3] = 0.0
+        for name in ("norm", "qkv", "out"):
+            getattr(spatial, name).load_state_dict(getattr(layer, name).state_dict())
+    torch.testing.assert_close(layer(x, 4), spatial(x), rtol=1e-5, atol=1e-5)
+
+
+def test_spacetime_attention_in_the_network():
+    cfg = tiny(spatial_attention=("none", "spacetime"), mid_spatial_attention="spacetime")
+    assert UNetConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    net = perturbed(cfg)
+    assert sum(isinstance(m, SpaceTimeAttention) for m in net.modules()) == 3
+    z = torch.randn(2, 1, 3, 8, 12)
+    out = net(z, torch.tensor([0.0, 2.0]))
+    assert out.shape == z.shape
+    net.train()
+    net(z, torch.zeros(2)).square().mean().backward()
+    joint = [m for m in net.modules() if isinstance(m, SpaceTimeAttention)]
+    assert all(m.rel_bias.grad is not None for m in joint)
+    with pytest.raises(ValueError, match="spacetime"):
+        tiny(mid_spatial_attention="space-time")
 
 
 def test_lambda_embedding_separates_the_lambda_range():

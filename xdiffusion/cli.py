@@ -697,6 +697,13 @@ def build_parser() -> argparse.ArgumentParser:
         "step, or constant",
     )
     f.add_argument(
+        "--t-sampling",
+        default="uniform",
+        choices=("uniform", "stratified"),  # training.T_SAMPLINGS
+        help="diffusion times of a batch: independent draws, or one per stratum of [0, 1) "
+        "(the same loss in expectation, with less variance)",
+    )
+    f.add_argument(
         "--dry-threshold",
         default="auto",
         type=_dry_threshold,
@@ -962,6 +969,7 @@ def _fit(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         lr_schedule=args.lr_schedule,
+        t_sampling=args.t_sampling,
         dry_threshold=args.dry_threshold,
         transform=args.transform,
         preset=args.preset,

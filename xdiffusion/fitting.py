@@ -482,12 +482,14 @@ def run_fingerprint(
     of :class:`~xdiffusion.training.TrainConfig` but ``steps``, which may be raised to
     train longer), the crop size ``args["patch"]`` of a patch run included.
     """
-    # a constant schedule leaves no key, so checkpoints written before the schedule was a
-    # setting still resume with lr_schedule="constant"
+    # a constant schedule (and independent t draws) leave no key, so checkpoints written
+    # before these were settings still resume with lr_schedule="constant" (t_sampling="uniform")
     train_cfg = {
         k: v
         for k, v in cfg.to_dict().items()
-        if k != "steps" and not (k == "lr_schedule" and v == "constant")
+        if k != "steps"
+        and not (k == "lr_schedule" and v == "constant")
+        and not (k == "t_sampling" and v == "uniform")
     }
     return {
         "data_shape": [int(s) for s in p.shape],
@@ -669,6 +671,7 @@ def fit(
     lr: float = 3e-4,
     warmup: int = 100,
     lr_schedule: str = "cosine",
+    t_sampling: str = "uniform",
     ema_decay: float = 0.995,
     grad_clip: float | None = 1.0,
     seed: int = 0,
@@ -894,6 +897,7 @@ def fit(
         lr=check_number(lr, "lr", minimum=0.0, exclusive_minimum=True),
         warmup=check_int(warmup, "warmup", minimum=0),
         lr_schedule=lr_schedule,
+        t_sampling=t_sampling,
         ema_decay=check_number(ema_decay, "ema_decay", minimum=0.0, maximum=1.0),
         grad_clip=check_number(grad_clip, "grad_clip", minimum=0.0, allow_none=True),
         val_every=check_int(val_every, "val_every", minimum=0),
@@ -1028,6 +1032,7 @@ def fit(
                     gen,
                     encoder=mod.encoder,
                     objective=obj,
+                    stratified=cfg.t_sampling == "stratified",
                 )
 
             history: dict[str, list] = {}

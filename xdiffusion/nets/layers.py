@@ -25,13 +25,17 @@ __all__ = [
     "LambdaEmbedding",
     "Pointwise",
     "ResBlock",
+    "SpaceTimeAttention",
     "SpatialAttention",
     "TemporalAttention",
     "Upsample",
     "relative_index",
 ]
 
-SPATIAL_ATTENTION_KINDS = ("none", "linear", "full")
+#: Spatial attention per level: none, linear or full softmax attention over each frame's
+#: pixels, or ``"spacetime"``: full attention over every pixel of every frame of a window
+#: (:class:`SpaceTimeAttention`).
+SPATIAL_ATTENTION_KINDS = ("none", "linear", "full", "spacetime")
 #: How the 3×3 convolutions pad the grid's edges (``padding_mode`` of ``nn.Conv2d``):
 #: ``"zeros"`` (the edge sees a frame of zeros, which differs from any field in diffusion
 #: space, so edge cells are a case of their own), ``"replicate"`` (the edge values
@@ -311,6 +315,55 @@ class SpatialAttention(nn.Module):
             context = k.transpose(-1, -2) @ v  # (N, heads, d_k, d_v)
             o = q @ context  # (N, heads, HW, d_v)
         o = o.transpose(1, 2).reshape(n, h, w, hd * d)
+        return x + self.out(o).permute(0, 3, 1, 2)
+
+
+class SpaceTimeAttention(nn.Module):
+    """Pre-norm residual self-attention over all pixels of all frames of a window.
+
+    Per-pixel temporal attention relates a cell only to the same cell in other frames, so
+    rain that moves several cells an hour is seen as one feature only after convolutions
+    have spread it over the displacement. Here every (frame, pixel) token attends to every
+    other: a feature can find itself in the next frame wherever it went. Scores get the
+    learned per-head bias of the frame offset, as in :class:`TemporalAttention` (space has
+    none: the tokens' content and the convolutions carry position, as in full spatial
+    attention). Quadratic in frames × pixels: meant for the coarsest level.
+
+    Parameters
+    ----------
+    channels : int
+        Feature channels.
+    heads, head_dim : int
+        Attention heads and their width.
+    groups : int
+        GroupNorm groups of the pre-norm.
+    max_distance : int
+        Largest frame offset with its own bias.
+    """
+
+    def __init__(
+        self, channels: int, heads: int, head_dim: int, groups: int, max_distance: int
+    ) -> None:
+        super().__init__()
+        self.heads, self.head_dim, self.max_distance = heads, head_dim, max_distance
+        inner = heads * head_dim
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Linear(channels, 3 * inner, bias=False)
+        self.out = nn.Linear(inner, channels)
+        self.rel_bias = nn.Parameter(torch.zeros(heads, 2 * max_distance + 1))
+
+    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """``x``: ``(B*frames, C, H, W)`` frame batch; returns the same shape."""
+        n, _, h, w = x.shape
+        b, hd, d, hw = n // frames, self.heads, self.head_dim, h * w
+        qkv = self.qkv(_tokens(self.norm(x)))  # (N, H, W, 3·inner)
+        # (B, F, HW, 3, heads, d) -> 3 × (B, heads, F·HW, d): tokens ordered frame-major
+        q, k, v = qkv.view(b, frames, hw, 3, hd, d).permute(3, 0, 4, 1, 2, 5).flatten(3, 4)
+        idx = relative_index(frames, self.max_distance, x.device).repeat_interleave(hw, 0)
+        bias = self.rel_bias[:, idx.repeat_interleave(hw, 1)].to(q.dtype)  # (heads, FHW, FHW)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        # (B, heads, F·HW, d) -> (B·F, H, W, heads·d)
+        o = o.view(b, hd, frames, h, w, d).permute(0, 2, 3, 4, 1, 5).reshape(n, h, w, hd * d)
         return x + self.out(o).permute(0, 3, 1, 2)
 
 

@@ -30,6 +30,7 @@ from xdiffusion.nets.layers import (
     EdgeConv2d,
     LambdaEmbedding,
     ResBlock,
+    SpaceTimeAttention,
     SpatialAttention,
     TemporalAttention,
     Upsample,
@@ -63,7 +64,10 @@ class UNetConfig:
     blocks : int
         ResNet blocks per level (same in the down and up paths).
     spatial_attention : tuple of str
-        Per level: ``"none"``, ``"linear"`` or ``"full"`` spatial attention.
+        Per level: ``"none"``, ``"linear"`` or ``"full"`` spatial attention, or
+        ``"spacetime"``: full attention over all pixels of all frames, with the temporal
+        attention's relative-position bias (:class:`~xdiffusion.nets.layers.SpaceTimeAttention`;
+        quadratic in frames × pixels, so for the coarsest levels).
     temporal_attention : tuple of bool
         Per level: whether temporal attention follows the ResNet blocks.
     mid_spatial_attention : str
@@ -395,7 +399,10 @@ class UNet3D(nn.Module):
 
         def attn(c: int, spatial: str, temporal: bool) -> nn.ModuleList:
             mods = nn.ModuleList()
-            if spatial != "none":
+            if spatial == "spacetime":
+                heads = cfg.attention_heads(c)
+                mods.append(SpaceTimeAttention(c, *heads, g, cfg.max_relative_position))
+            elif spatial != "none":
                 mods.append(SpatialAttention(c, *cfg.attention_heads(c), g, spatial))
             if temporal:
                 mods.append(
@@ -445,7 +452,7 @@ class UNet3D(nn.Module):
     @staticmethod
     def _run_attn(mods: nn.ModuleList, x: torch.Tensor, frames: int) -> torch.Tensor:
         for m in mods:
-            x = m(x, frames) if isinstance(m, TemporalAttention) else m(x)
+            x = m(x, frames) if isinstance(m, TemporalAttention | SpaceTimeAttention) else m(x)
         return x
 
     def _check_inputs(
