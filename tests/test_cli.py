@@ -328,8 +328,9 @@ def test_fit_options_reach_fit(capsys, files, tmp_path, fake_fit):
     argv = ["fit", str(files / "multi.nc"), "--out", str(out), "--quiet"]
     argv += ["--var", "pr", "--var", "pr2", "--dims", "T=time,Y=y,X=x", "--net", NET]
     argv += ["--time-features", "season,hour", "--preset", "small"]
-    assert main(argv) == 0
+    assert main([*argv, "--t-sampling", "stratified", "--lr-schedule", "constant"]) == 0
     call = fake_fit[-1]
+    assert call["t_sampling"] == "stratified" and call["lr_schedule"] == "constant"
     assert isinstance(call["data"], xr.Dataset) and list(call["data"].data_vars) == ["pr", "pr2"]
     assert call["dims"] == {"T": "time", "Y": "y", "X": "x"}
     assert call["net"] == TINY_NET
