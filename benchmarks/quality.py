@@ -38,7 +38,9 @@ instead of the default deterministic 2M), ``stratified`` / ``uniform_t`` (a batc
 diffusion times one per stratum of [0, 1), or independent: ``t_sampling=``), ``spacetime``
 (the coarsest level's and the middle block's spatial attention attends over every pixel of
 every frame instead of each frame's, so a moving feature can be followed across frames:
-``spatial_attention="spacetime"``). ``--setting fast`` trains and
+``spatial_attention="spacetime"``), ``snr_cap5`` (the v-loss's weight on the x-error,
+1 + SNR, capped at 6: less weight on the lowest noise levels, ``snr_cap=5``).
+``--setting fast`` trains and
 evaluates on a generator with faster, varying advection and shorter persistence instead of
 the default one. Every run is also scored without decoding below the dry threshold to exact
 zeros (``without_dry_decode``: the same weights and noise, ``dry_below=None``), and its
@@ -100,6 +102,7 @@ VARIANTS = {
     "sde40": ({}, {"lr_schedule": "cosine"}, 40, "dpmpp_2m_sde"),
     "stratified": ({}, {"t_sampling": "stratified"}, 20, None),
     "uniform_t": ({}, {"t_sampling": "uniform"}, 20, None),
+    "snr_cap5": ({}, {"snr_cap": 5.0}, 20, None),
     "spacetime": (
         {"spatial_attention": ["none", "none", "spacetime"], "mid_spatial_attention": "spacetime"},
         {},

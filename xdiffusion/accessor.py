@@ -77,6 +77,7 @@ class _DiffusionAccessor:
         free_bits: float = 0.0,
         encoder: Mapping[str, Any] | None = None,
         high_noise: float = 0.0,
+        snr_cap: float | None = None,
     ) -> DiffusionModel:
         """Train a model on this object; see :func:`xdiffusion.fit` for every argument.
 
@@ -137,6 +138,7 @@ class _DiffusionAccessor:
             free_bits=free_bits,
             encoder=encoder,
             high_noise=high_noise,
+            snr_cap=snr_cap,
         )
 
     def sample(

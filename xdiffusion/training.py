@@ -271,6 +271,11 @@ class Objective:
         window, so w is the network's only source for it; under t ~ U(0, 1) that is 1 % of
         the draws, and the encoder learns next to nothing from them (docs/latent.md).
         Changes the weighting of the v-loss (more weight at the highest noise levels).
+    snr_cap
+        ``"weighted"`` only: cap γ of the v-loss's weight on the x-error, 1 + SNR, at
+        1 + γ (:func:`~xdiffusion.core.diffusion.v_loss`): less weight on the lowest noise
+        levels, where the v-loss weighs the x-error most. None (default): the method's
+        loss, eq. 2.68.
     """
 
     kind: str = "weighted"
@@ -278,6 +283,7 @@ class Objective:
     free_bits: float = 0.0
     lambda_rec: float | None = None
     high_noise: float = 0.0
+    snr_cap: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in OBJECTIVES:
@@ -299,11 +305,24 @@ class Objective:
                 "high_noise reweights the v-loss of objective='weighted'; the 'elbo' bound "
                 "has its own weighting (pass high_noise=0)"
             )
+        object.__setattr__(
+            self,
+            "snr_cap",
+            check_number(self.snr_cap, "snr_cap", minimum=0.0, allow_none=True),
+        )
+        if self.snr_cap is not None and self.kind != "weighted":
+            raise ValueError(
+                "snr_cap reweights the v-loss of objective='weighted'; the 'elbo' bound "
+                "has its own weighting (pass snr_cap=None)"
+            )
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        if not out["high_noise"]:  # runs and files from before the option keep their form
+        # runs and files from before the options keep their form
+        if not out["high_noise"]:
             del out["high_noise"]
+        if out["snr_cap"] is None:
+            del out["snr_cap"]
         return out
 
 
@@ -431,6 +450,7 @@ def diffusion_objective(
             net_kwargs=kw or None,
             share=batch.share,
             stratified=stratified,
+            snr_cap=objective.snr_cap,
         )
         if kl is not None:
             loss = loss + objective.beta * kl / count

@@ -85,6 +85,7 @@ def v_loss(
     net_kwargs: dict | None = None,
     share: tuple[int, int] = (0, 1),
     stratified: bool = False,
+    snr_cap: float | None = None,
 ) -> Tensor:
     """Per-sample v-prediction loss ‖v − v̂(z_t, λ_t)‖² with t ~ U(0, 1) (eq. 2.65, 2.68).
 
@@ -112,6 +113,12 @@ def v_loss(
     stratified
         Draw the global batch's t with :func:`stratified_times` (one per stratum of
         [0, 1)) instead of independently; the expected loss is the same.
+    snr_cap
+        Cap γ of the x-space weight: ‖v − v̂‖² = (1 + SNR) ‖x − x̂‖² (SNR = e^λ, eq. 2.69)
+        weights the error of x̂ ever more at low noise; with a cap each sample's loss is
+        multiplied by min(1, (1 + γ) / (1 + SNR)), i.e. the x-error weighs
+        min(1 + SNR, 1 + γ) (Hang et al. 2023's Min-SNR at the low-noise end only, the
+        v-loss unchanged where SNR ≤ γ). None: the method's loss.
 
     Returns
     -------
@@ -135,9 +142,14 @@ def v_loss(
     v_hat = net(z, lam, **(net_kwargs or {}))
     err = (v_hat.float() - v_target(x, eps, lam).float()) ** 2
     if mask is None:
-        return err.flatten(1).mean(1)
-    m = mask.expand_as(err).float()
-    return (err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
+        loss = err.flatten(1).mean(1)
+    else:
+        m = mask.expand_as(err).float()
+        loss = (err * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
+    if snr_cap is not None:
+        # (1 + γ) / (1 + e^λ) = (1 + γ) · sigmoid(−λ), finite at any λ
+        loss = loss * ((1.0 + snr_cap) * torch.sigmoid(-lam.float())).clamp(max=1.0)
+    return loss
 
 
 def make_denoiser(

@@ -1,4 +1,8 @@
-"""Stratified diffusion times: one t per stratum, the same loss in expectation, less variance."""
+"""Training options of the quality ablations (docs/quality.md).
+
+Stratified diffusion times (one t per stratum: the same loss in expectation, less variance)
+and the cap on the v-loss's weight at low noise (``snr_cap``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from conftest import TINY_NET
 
 from xdiffusion.core.diffusion import stratified_times, v_loss
 from xdiffusion.core.schedule import CosineSchedule, alpha_sigma
-from xdiffusion.training import TrainConfig
+from xdiffusion.training import Objective, TrainConfig
 
 #: Draws of the batch mean in the variance comparison.
 REPEATS = 400
@@ -121,3 +125,52 @@ def test_fit_records_it_and_resume_tells_them_apart(series, tmp_path):
             resume=True,
             **kw,
         )
+
+
+def test_snr_cap_closed_form():
+    """The capped loss is the v-loss times min(1, (1 + γ) / (1 + e^λ)): unchanged where
+    SNR ≤ γ, and (1 + γ) ‖x − x̂‖² where SNR > γ."""
+    schedule, gamma = CosineSchedule(), 5.0
+    x = torch.randn(5, 1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.01, 0.1, 0.3, 0.6, 0.95])
+    lam = schedule.lam(t)
+    seen = {}
+
+    def net(z, lam_b):
+        seen["z"] = z
+        return 0.3 * z
+
+    plain = v_loss(net, x, schedule, generator=torch.Generator().manual_seed(1), t=t)
+    capped = v_loss(
+        net, x, schedule, generator=torch.Generator().manual_seed(1), t=t, snr_cap=gamma
+    )
+    snr = lam.double().exp()
+    want = torch.minimum(torch.ones_like(snr), (1 + gamma) / (1 + snr))
+    torch.testing.assert_close((capped / plain).double(), want, rtol=1e-5, atol=0)
+    assert (snr > gamma).any() and (snr <= gamma).any()
+    # where capped: (1 + γ) times the x-error of x̂ = α z − σ v̂ (eq. 2.69)
+    alpha, sigma = alpha_sigma(lam)
+    x_hat = alpha[:, None, None, None, None] * seen["z"] - sigma[:, None, None, None, None] * (
+        0.3 * seen["z"]
+    )
+    x_err = ((x - x_hat) ** 2).flatten(1).mean(1)
+    high = snr > gamma
+    torch.testing.assert_close(capped[high], (1 + gamma) * x_err[high], rtol=1e-4, atol=0)
+
+
+def test_snr_cap_is_checked_and_recorded(series):
+    assert "snr_cap" not in Objective().to_dict()  # files from before keep their form
+    assert Objective(snr_cap=5).to_dict()["snr_cap"] == 5.0
+    with pytest.raises(ValueError, match="snr_cap"):
+        Objective(snr_cap=-1.0)
+    with pytest.raises(ValueError, match="snr_cap reweights the v-loss"):
+        Objective("elbo", snr_cap=5.0)
+    kw = dict(frames=4, batch_size=4, steps=4, progress=False, device="cpu", net=TINY_NET)
+    data = series.isel(time=slice(0, 40))
+    capped = data.diffusion.fit(snr_cap=5.0, **kw)
+    plain = data.diffusion.fit(**kw)
+    assert capped.config["training"]["objective"]["snr_cap"] == 5.0
+    assert "snr_cap" not in plain.config["training"]["objective"]
+    # the same draws: the first step's loss is lower with the cap (the untrained network's
+    # v̂ is 0, so the cap only scales the samples at SNR > 5 down)
+    assert capped.history_dict["loss"][0] < plain.history_dict["loss"][0]
