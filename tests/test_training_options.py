@@ -94,6 +94,20 @@ def test_ranks_together_draw_the_global_batch():
     assert sorted((t * 6).floor().long().tolist()) == list(range(6))
 
 
+def test_stratified_is_the_default_and_the_reference_recipe_keeps_uniform():
+    import inspect
+
+    from xdiffusion import fitting
+    from xdiffusion.accessor import DataArrayDiffusionAccessor
+    from xdiffusion.pretrained import RECIPES
+
+    assert TrainConfig().t_sampling == "stratified"
+    for f in (fitting.fit, DataArrayDiffusionAccessor.fit):
+        assert inspect.signature(f).parameters["t_sampling"].default == "stratified"
+    # the shipped model was trained with independent draws: its recipe says so
+    assert RECIPES["synthetic-precip"]["fit"]["t_sampling"] == "uniform"
+
+
 def test_bad_t_sampling_is_refused_with_the_choices():
     with pytest.raises(ValueError, match=r"t_sampling must be one of \['uniform', 'stratified'\]"):
         TrainConfig(t_sampling="sobol")

@@ -43,7 +43,7 @@ class _DiffusionAccessor:
         lr: float = 3e-4,
         warmup: int = 100,
         lr_schedule: str = "cosine",
-        t_sampling: str = "uniform",
+        t_sampling: str = "stratified",
         ema_decay: float = 0.995,
         grad_clip: float | None = 1.0,
         seed: int = 0,

@@ -698,10 +698,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument(
         "--t-sampling",
-        default="uniform",
+        default="stratified",
         choices=("uniform", "stratified"),  # training.T_SAMPLINGS
-        help="diffusion times of a batch: independent draws, or one per stratum of [0, 1) "
-        "(the same loss in expectation, with less variance)",
+        help="diffusion times of a batch: one per stratum of [0, 1) (the same loss in "
+        "expectation, with less variance), or independent draws (the default before)",
     )
     f.add_argument(
         "--dry-threshold",

@@ -47,6 +47,7 @@ RECIPES: dict[str, dict[str, Any]] = {
             "lr": 1e-3,
             "warmup": 50,
             "lr_schedule": "constant",  # trained before the cosine default
+            "t_sampling": "uniform",  # and before the stratified one
             "seed": 0,
             "net": {"width": 16, "head_dim": 16},
         },

@@ -137,9 +137,11 @@ class TrainConfig:
         end; the default before).
     t_sampling
         How each batch draws its diffusion times t (λ ~ p_Λ either way, eq. 2.65):
-        ``"uniform"`` (independently) or ``"stratified"`` (one per stratum of [0, 1), the
-        low-discrepancy sampler of Kingma et al. (2021): a lower-variance loss with the
-        same expectation; :func:`~xdiffusion.core.diffusion.stratified_times`).
+        ``"stratified"`` (the default: one per stratum of [0, 1), the low-discrepancy
+        sampler of Kingma et al. (2021), a lower-variance loss with the same expectation,
+        :func:`~xdiffusion.core.diffusion.stratified_times`; at 60 CPU-minutes its samples'
+        spectra were 2.8 × closer to the data's, docs/quality.md) or ``"uniform"``
+        (independent draws, the default before; checkpoints written then resume with it).
     weight_decay
         AdamW weight decay.
     warmup
@@ -165,7 +167,7 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 3e-4
     lr_schedule: str = "cosine"
-    t_sampling: str = "uniform"
+    t_sampling: str = "stratified"
     weight_decay: float = 0.0
     warmup: int = 100
     grad_clip: float | None = 1.0
