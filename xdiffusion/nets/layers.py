@@ -318,7 +318,7 @@ class SpatialAttention(nn.Module):
         return x + self.out(o).permute(0, 3, 1, 2)
 
 
-class SpaceTimeAttention(nn.Module):
+class SpaceTimeAttention(TemporalAttention):
     """Pre-norm residual self-attention over all pixels of all frames of a window.
 
     Per-pixel temporal attention relates a cell only to the same cell in other frames, so
@@ -329,28 +329,9 @@ class SpaceTimeAttention(nn.Module):
     none: the tokens' content and the convolutions carry position, as in full spatial
     attention). Quadratic in frames × pixels: meant for the coarsest level.
 
-    Parameters
-    ----------
-    channels : int
-        Feature channels.
-    heads, head_dim : int
-        Attention heads and their width.
-    groups : int
-        GroupNorm groups of the pre-norm.
-    max_distance : int
-        Largest frame offset with its own bias.
+    Its parameters are :class:`TemporalAttention`'s (the same projections and bias table);
+    only the set of tokens each query sees differs.
     """
-
-    def __init__(
-        self, channels: int, heads: int, head_dim: int, groups: int, max_distance: int
-    ) -> None:
-        super().__init__()
-        self.heads, self.head_dim, self.max_distance = heads, head_dim, max_distance
-        inner = heads * head_dim
-        self.norm = nn.GroupNorm(groups, channels)
-        self.qkv = nn.Linear(channels, 3 * inner, bias=False)
-        self.out = nn.Linear(inner, channels)
-        self.rel_bias = nn.Parameter(torch.zeros(heads, 2 * max_distance + 1))
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
         """``x``: ``(B*frames, C, H, W)`` frame batch; returns the same shape."""

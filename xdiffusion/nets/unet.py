@@ -452,7 +452,8 @@ class UNet3D(nn.Module):
     @staticmethod
     def _run_attn(mods: nn.ModuleList, x: torch.Tensor, frames: int) -> torch.Tensor:
         for m in mods:
-            x = m(x, frames) if isinstance(m, TemporalAttention | SpaceTimeAttention) else m(x)
+            # SpaceTimeAttention is a TemporalAttention: both take the frame count
+            x = m(x, frames) if isinstance(m, TemporalAttention) else m(x)
         return x
 
     def _check_inputs(
