@@ -82,6 +82,15 @@ QUANTILES = (0.9, 0.99, 0.999)
 LAGS = (1, 2, 3)
 #: Reference windows per generated (and per floor) window.
 REFERENCE_FACTOR = 5
+#: Independent real sets whose mean error against the reference is the floor.
+FLOOR_SETS = 8
+#: Hours of series per floor window: a window is drawn from each segment of this length, so
+#: that windows are (nearly) independent, like generated members. The generator's
+#: domain-wide regime has a 72-h AR(1) time scale: windows 240 h apart correlate by
+#: e^(-240/72) ≈ 0.04 through it.
+SEGMENT_HOURS = 240
+#: Seed of the first floor set (and of the single contiguous floor of earlier results).
+FLOOR_SEED = 202
 RESULTS = Path(__file__).resolve().parent / "results"
 #: Fitted models are kept here, so that decoding and sampling can be re-scored later.
 CACHE = Path(__file__).resolve().parent / ".cache"
@@ -107,6 +116,9 @@ VARIANTS = {
     "stratified": ({}, {"t_sampling": "stratified"}, 20, None),
     "uniform_t": ({}, {"t_sampling": "uniform"}, 20, None),
     "snr_cap5": ({}, {"snr_cap": 5.0}, 20, None),
+    # the shifted cosine schedule: training λ(t) + shift, shift = −2 log 2 and −2 log 4
+    "shift2": ({}, {"lambda_shift": -2 * math.log(2.0)}, 20, None),
+    "shift4": ({}, {"lambda_shift": -2 * math.log(4.0)}, 20, None),
     "spacetime": (
         {"spatial_attention": ["none", "none", "spacetime"], "mid_spatial_attention": "spacetime"},
         {},
@@ -136,6 +148,43 @@ def _windows(da: xr.DataArray, n: int, frames: int, seed: int) -> xr.DataArray:
         coords={k: v for k, v in tmpl.coords.items()},
         attrs=tmpl.attrs,
     )
+
+
+def _independent_windows(n: int, frames: int, seed: int, gen_kw: dict) -> xr.DataArray:
+    """``n`` windows of ``frames`` steps, one at a random offset in each
+    :data:`SEGMENT_HOURS`-long segment of one series of seed ``seed``."""
+    series = synthetic_precipitation(n * SEGMENT_HOURS, seed=seed, **gen_kw)
+    rng = np.random.default_rng(seed)
+    starts = np.arange(n) * SEGMENT_HOURS + rng.integers(0, SEGMENT_HOURS - frames, size=n)
+    tmpl = series.isel(time=slice(0, frames))
+    return xr.DataArray(
+        np.stack([series.values[s : s + frames] for s in starts]),
+        dims=("realization", *tmpl.dims),
+        coords={k: v for k, v in tmpl.coords.items()},
+        attrs=tmpl.attrs,
+    )
+
+
+def expected_floor(reference: xr.DataArray, n: int, frames: int, gen_kw: dict, sets: int) -> dict:
+    """The real-vs-real floor: every scalar metric of ``sets`` independent real sets of ``n``
+    independent windows against ``reference``, their mean (the floor) and spread.
+
+    One set is a single draw of a heavy-tailed quantity: over eight sets of contiguous
+    windows the temporal-spectrum error spans 0.010-0.28, so a single set's error says
+    little about what sampling noise alone gives.
+    """
+    rows = [
+        _scalar_metrics(metrics(_independent_windows(n, frames, FLOOR_SEED + k, gen_kw), reference))
+        for k in range(sets)
+    ]
+    keys = list(rows[0])
+    return {
+        "sets": sets,
+        "windows": f"independent: one per {SEGMENT_HOURS}-h segment of a series",
+        "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys},
+        "sd": {k: float(np.std([r[k] for r in rows], ddof=1)) for k in keys},
+        "per_set": rows,
+    }
 
 
 def _log_ratio(a: xr.DataArray, b: xr.DataArray) -> float:
@@ -194,10 +243,41 @@ def _scalar_metrics(m: dict) -> dict[str, float]:
     return flat
 
 
-def ratios(gen: dict, floor: dict) -> dict[str, float]:
-    """Each metric over its real-vs-real floor (≤ 1.5 is the issue's 60-minute target)."""
-    g, f = _scalar_metrics(gen), _scalar_metrics(floor)
-    return {k: g[k] / max(f[k], 1e-6) for k in g}
+def ratios(gen: dict, floor: dict[str, float]) -> dict[str, float]:
+    """Each metric of ``gen`` (a :func:`metrics` dict) over its floor, as flat numbers
+    (:func:`expected_floor`'s mean; ≤ 1.5 is the issue's 60-minute target)."""
+    g = _scalar_metrics(gen)
+    return {k: g[k] / max(floor[k], 1e-6) for k in g}
+
+
+def rescore(paths: list[str], sets: int) -> dict:
+    """Ratios of the runs stored in earlier results files to the expected floor (the
+    fitted models' metrics are unchanged; only the floor they are divided by is new)."""
+    out: dict = {"benchmark": "quality-rescore", "floor_sets": sets, "floors": {}, "runs": {}}
+    for p in paths:
+        doc = json.loads(Path(p).read_text())
+        st = doc["settings"]
+        key = f"{doc['setting']['name']}-{st['size']}px-{st['frames']}f-{st['members']}"
+        if key not in out["floors"]:
+            gen_kw = dict(ny=st["size"], nx=st["size"], **SETTINGS[doc["setting"]["name"]])
+            reference = _reference(st["members"], st["frames"], gen_kw)
+            out["floors"][key] = expected_floor(
+                reference, st["members"], st["frames"], gen_kw, sets
+            )
+        floor = out["floors"][key]["mean"]
+        for name, run in doc["runs"].items():
+            out["runs"][f"{Path(p).stem}:{name}"] = {
+                "steps": run["steps"],
+                "metrics": _scalar_metrics(run["metrics"]),
+                "ratio_to_expected_floor": ratios(run["metrics"], floor),
+                "ratio_to_single_floor": run["ratio_to_floor"],
+            }
+    return out
+
+
+def _reference(members: int, frames: int, gen_kw: dict) -> xr.DataArray:
+    n_ref = members * REFERENCE_FACTOR
+    return _windows(synthetic_precipitation(n_ref * frames, seed=101, **gen_kw), n_ref, frames, 1)
 
 
 def _fit(train: xr.DataArray, steps: int, args, net: dict, fit_kw: dict) -> xd.DiffusionModel:
@@ -246,7 +326,25 @@ def main(argv: list[str] | None = None) -> dict:
         help="load a model this benchmark fitted before for the same setting, variant and "
         "budget (benchmarks/.cache/) instead of fitting: re-score sampling and decoding",
     )
+    ap.add_argument(
+        "--floor-sets",
+        type=int,
+        default=FLOOR_SETS,
+        help="independent real sets averaged for the floor",
+    )
+    ap.add_argument(
+        "--rescore",
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="only divide the runs of these results files by the expected floor "
+        "(writes quality-rescore.json)",
+    )
     args = ap.parse_args(argv)
+    if args.rescore:
+        result = rescore(args.rescore, args.floor_sets)
+        (RESULTS / "quality-rescore.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(json.dumps(result, indent=1))
+        return result
     args.net = {"width": 32}
     if args.quick:
         args.size, args.frames, args.nt, args.members = 16, 4, 400, 8
@@ -255,20 +353,19 @@ def main(argv: list[str] | None = None) -> dict:
     data_kw = SETTINGS[args.setting]
     gen_kw = dict(ny=args.size, nx=args.size, **data_kw)
     train = synthetic_precipitation(args.nt, seed=args.seed, **gen_kw)
-    n_ref = args.members * REFERENCE_FACTOR
-    reference = _windows(
-        synthetic_precipitation(n_ref * args.frames, seed=101, **gen_kw),
-        n_ref,
-        args.frames,
-        1,
-    )
+    reference = _reference(args.members, args.frames, gen_kw)
+    # the single contiguous set of the results files before the expected floor, kept for
+    # comparison with them
     other = _windows(
-        synthetic_precipitation(3 * args.members * args.frames, seed=202, **gen_kw),
+        synthetic_precipitation(3 * args.members * args.frames, seed=FLOOR_SEED, **gen_kw),
         args.members,
         args.frames,
         2,
     )
-    floor = metrics(other, reference)
+    single_floor = metrics(other, reference)
+    floor = expected_floor(
+        reference, args.members, args.frames, gen_kw, 2 if args.quick else args.floor_sets
+    )
     result: dict = {
         "benchmark": "quality",
         "xdiffusion": xd.__version__,
@@ -281,6 +378,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "settings": {k: v for k, v in vars(args).items()},
         "floor": floor,
+        "single_contiguous_floor": single_floor,
         "runs": {},
     }
     template = reference.isel(realization=0, drop=True)
@@ -359,8 +457,12 @@ def main(argv: list[str] | None = None) -> dict:
                     "real": float((reference.values == 0).mean()),
                 },
                 "metrics": m,
-                "ratio_to_floor": ratios(m, floor),
-                "without_dry_decode": {"metrics": m_raw, "ratio_to_floor": ratios(m_raw, floor)},
+                "ratio_to_floor": ratios(m, floor["mean"]),
+                "ratio_to_single_floor": ratios(m, _scalar_metrics(single_floor)),
+                "without_dry_decode": {
+                    "metrics": m_raw,
+                    "ratio_to_floor": ratios(m_raw, floor["mean"]),
+                },
             }
             result["runs"][f"{name}@{minutes:g}min"] = run
             _log(json.dumps({k: run[k] for k in ("steps", "seconds_fit", "ratio_to_floor")}))

@@ -1,7 +1,8 @@
 """Training options of the quality ablations (docs/quality.md).
 
-Stratified diffusion times (one t per stratum: the same loss in expectation, less variance)
-and the cap on the v-loss's weight at low noise (``snr_cap``).
+Stratified diffusion times (one t per stratum: the same loss in expectation, less variance),
+the cap on the v-loss's weight at low noise (``snr_cap``) and the shifted training schedule
+(``lambda_shift``).
 """
 
 from __future__ import annotations
@@ -188,3 +189,54 @@ def test_snr_cap_is_checked_and_recorded(series):
     # the same draws: the first step's loss is lower with the cap (the untrained network's
     # v̂ is 0, so the cap only scales the samples at SNR > 5 down)
     assert capped.history_dict["loss"][0] < plain.history_dict["loss"][0]
+
+
+def test_lambda_shift_trains_at_shifted_log_snr():
+    """The network sees λ(t) + shift, clamped to the schedule's range, and z_t and the
+    v-target are those of the shifted λ: with the same draws, the loss equals the unshifted
+    loss at the times whose λ is the shifted one."""
+    schedule, shift = CosineSchedule(), -2.0 * np.log(2.0)
+    x = torch.randn(4, 1, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.0005, 0.2, 0.6, 1.0])
+    seen = []
+
+    def net(z, lam_b):
+        seen.append(lam_b.clone())
+        return 0.3 * z
+
+    shifted = v_loss(
+        net, x, schedule, generator=torch.Generator().manual_seed(1), t=t, lambda_shift=shift
+    )
+    want_lam = (schedule.lam(t) + shift).clamp(schedule.lambda_min, schedule.lambda_max)
+    torch.testing.assert_close(seen[0], want_lam)
+    assert seen[0][-1] == schedule.lambda_min  # clamped at the noisy end
+    # times whose unshifted λ is the shifted one give the same loss with the same ε
+    same = v_loss(
+        net, x, schedule, generator=torch.Generator().manual_seed(1), t=schedule.t(want_lam)
+    )
+    torch.testing.assert_close(shifted, same, rtol=1e-4, atol=1e-6)
+    # drawn times (stratified too) are shifted the same way
+    seen.clear()
+    for s in (0.0, shift):
+        g = torch.Generator().manual_seed(2)
+        v_loss(net, x, schedule, generator=g, lambda_shift=s, stratified=True)
+    torch.testing.assert_close(seen[1], seen[0] + shift)
+
+
+def test_lambda_shift_is_checked_and_recorded(series):
+    assert "lambda_shift" not in Objective().to_dict()  # files from before keep their form
+    assert Objective(lambda_shift=-1.5).to_dict()["lambda_shift"] == -1.5
+    with pytest.raises(ValueError, match="lambda_shift"):
+        Objective(lambda_shift=float("nan"))
+    with pytest.raises(ValueError, match="lambda_shift"):
+        Objective(lambda_shift=-100.0)
+    with pytest.raises(ValueError, match="lambda_shift reweights the v-loss"):
+        Objective("elbo", lambda_shift=-1.0)
+    kw = dict(frames=4, batch_size=4, steps=4, progress=False, device="cpu", net=TINY_NET)
+    data = series.isel(time=slice(0, 40))
+    shifted = data.diffusion.fit(lambda_shift=-3.0, **kw)
+    plain = data.diffusion.fit(**kw)
+    assert shifted.config["training"]["objective"]["lambda_shift"] == -3.0
+    assert "lambda_shift" not in plain.config["training"]["objective"]
+    # the same t and ε at more noise: a different first loss
+    assert shifted.history_dict["loss"][0] != plain.history_dict["loss"][0]

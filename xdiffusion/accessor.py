@@ -78,6 +78,7 @@ class _DiffusionAccessor:
         encoder: Mapping[str, Any] | None = None,
         high_noise: float = 0.0,
         snr_cap: float | None = None,
+        lambda_shift: float = 0.0,
     ) -> DiffusionModel:
         """Train a model on this object; see :func:`xdiffusion.fit` for every argument.
 
@@ -139,6 +140,7 @@ class _DiffusionAccessor:
             encoder=encoder,
             high_noise=high_noise,
             snr_cap=snr_cap,
+            lambda_shift=lambda_shift,
         )
 
     def sample(

@@ -706,6 +706,7 @@ def fit(
     encoder: Mapping[str, Any] | None = None,
     high_noise: float = 0.0,
     snr_cap: float | None = None,
+    lambda_shift: float = 0.0,
 ) -> DiffusionModel:
     """Train a spatio-temporal diffusion model on ``data`` (unconditional, or conditioned
     on a learned latent w with ``latent_dim``).
@@ -857,6 +858,11 @@ def fit(
         (:attr:`~xdiffusion.training.Objective.snr_cap`): less weight on the lowest noise
         levels. None (default): the method's loss (eq. 2.68). An ablation of
         docs/quality.md.
+    lambda_shift
+        Train at log-SNR λ(t) + ``lambda_shift`` (the shifted cosine schedule,
+        :attr:`~xdiffusion.training.Objective.lambda_shift`); negative values train more
+        at high noise, where a window's mean intensity and its large scales are decided.
+        0 (default): eq. 2.68. Sampling is unchanged. See docs/quality.md.
 
     Notes
     -----
@@ -891,7 +897,12 @@ def fit(
     if high_noise and not k:
         raise ValueError("high_noise= trains the latent at high noise: pass latent_dim= too")
     obj = Objective(
-        objective, beta=beta, free_bits=free_bits, high_noise=high_noise, snr_cap=snr_cap
+        objective,
+        beta=beta,
+        free_bits=free_bits,
+        high_noise=high_noise,
+        snr_cap=snr_cap,
+        lambda_shift=lambda_shift,
     )
     if encoder is not None and not isinstance(encoder, Mapping):
         raise TypeError(

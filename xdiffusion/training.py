@@ -278,6 +278,10 @@ class Objective:
         1 + γ (:func:`~xdiffusion.core.diffusion.v_loss`): less weight on the lowest noise
         levels, where the v-loss weighs the x-error most. None (default): the method's
         loss, eq. 2.68.
+    lambda_shift
+        ``"weighted"`` only: train at λ(t) + shift (:func:`~xdiffusion.core.diffusion.v_loss`),
+        the shifted cosine schedule; negative values put more of the training at high
+        noise, where a window's mean and large scales are decided. 0: eq. 2.68.
     """
 
     kind: str = "weighted"
@@ -286,6 +290,7 @@ class Objective:
     lambda_rec: float | None = None
     high_noise: float = 0.0
     snr_cap: float | None = None
+    lambda_shift: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in OBJECTIVES:
@@ -317,6 +322,21 @@ class Objective:
                 "snr_cap reweights the v-loss of objective='weighted'; the 'elbo' bound "
                 "has its own weighting (pass snr_cap=None)"
             )
+        object.__setattr__(
+            self,
+            "lambda_shift",
+            check_number(
+                self.lambda_shift,
+                "lambda_shift",
+                minimum=-LAMBDA_SHIFT_LIMIT,
+                maximum=LAMBDA_SHIFT_LIMIT,
+            ),
+        )
+        if self.lambda_shift and self.kind != "weighted":
+            raise ValueError(
+                "lambda_shift reweights the v-loss of objective='weighted'; the 'elbo' bound "
+                "has its own weighting (pass lambda_shift=0)"
+            )
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -325,8 +345,14 @@ class Objective:
             del out["high_noise"]
         if out["snr_cap"] is None:
             del out["snr_cap"]
+        if not out["lambda_shift"]:
+            del out["lambda_shift"]
         return out
 
+
+#: Largest |Objective.lambda_shift|: a shift of 20 moves every training draw of the default
+#: schedule (λ ∈ [−30, 30]) within 10 of an end of its range.
+LAMBDA_SHIFT_LIMIT = 20.0
 
 #: Lower end of the high-noise draws of :attr:`Objective.high_noise`: t ≥ 0.99 is
 #: λ ≤ −8.3 under the default cosine schedule, where the window mean of z_t is below its
@@ -453,6 +479,7 @@ def diffusion_objective(
             share=batch.share,
             stratified=stratified,
             snr_cap=objective.snr_cap,
+            lambda_shift=objective.lambda_shift,
         )
         if kl is not None:
             loss = loss + objective.beta * kl / count

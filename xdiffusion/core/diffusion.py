@@ -86,6 +86,7 @@ def v_loss(
     share: tuple[int, int] = (0, 1),
     stratified: bool = False,
     snr_cap: float | None = None,
+    lambda_shift: float = 0.0,
 ) -> Tensor:
     """Per-sample v-prediction loss ‖v − v̂(z_t, λ_t)‖² with t ~ U(0, 1) (eq. 2.65, 2.68).
 
@@ -119,6 +120,12 @@ def v_loss(
         multiplied by min(1, (1 + γ) / (1 + SNR)), i.e. the x-error weighs
         min(1 + SNR, 1 + γ) (Hang et al. 2023's Min-SNR at the low-noise end only, the
         v-loss unchanged where SNR ≤ γ). None: the method's loss.
+    lambda_shift
+        Train at λ(t) + ``lambda_shift`` (clamped to [λmin, λmax]) instead of λ(t) of eq.
+        2.60: the shifted cosine schedule of Hoogeboom et al. (2023, "simple diffusion",
+        §3.1), which moves the training density p_Λ towards more noise when negative. The
+        network is conditioned on λ, so sampling and likelihoods are unchanged; only the
+        weighting of the v-loss over λ changes. 0: the method's loss.
 
     Returns
     -------
@@ -135,6 +142,8 @@ def v_loss(
     shape = (b * world, *x.shape[1:])
     eps = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)[rows]
     lam = schedule.lam(t)
+    if lambda_shift:
+        lam = (lam + lambda_shift).clamp(schedule.lambda_min, schedule.lambda_max)
     if mask is not None:
         # Masked elements carry no information: give the network zeros there, never NaNs.
         x = torch.where(mask, x, torch.zeros_like(x))
