@@ -203,6 +203,15 @@ def lag_correlation(da: xr.DataArray, lag: int) -> float:
     return float(dg.lag_autocorrelation(np.sqrt(da.clip(min=0)), [lag])[0])
 
 
+def between_window_share(da: xr.DataArray) -> float:
+    """Share of the variance of sqrt(rain) that lies between the windows' means: how much
+    windows differ in wetness, the part of the pooled lag correlations that every lag shares
+    (generated windows with too little of it have every lag too low)."""
+    s = np.sqrt(np.clip(da.values, 0.0, None))
+    means = s.reshape(s.shape[0], -1).mean(1)
+    return float(means.var() / s.var())
+
+
 def metrics(gen: xr.DataArray, real: xr.DataArray) -> dict:
     """Every metric of the module docstring for ``gen`` against ``real`` (both windows on a
     ``realization`` dimension)."""
@@ -223,6 +232,10 @@ def metrics(gen: xr.DataArray, real: xr.DataArray) -> dict:
             str(k): {"generated": lag_correlation(gen, k), "real": lag_correlation(real, k)}
             for k in LAGS
         },
+    }
+    out["between_window_share"] = {
+        "generated": between_window_share(gen),
+        "real": between_window_share(real),
     }
     out["lag_autocorrelation_error"] = {
         k: abs(v["generated"] - v["real"]) for k, v in out["lag_autocorrelation"].items()
@@ -391,7 +404,9 @@ def main(argv: list[str] | None = None) -> dict:
         rate = None
         for minutes in budgets:
             seed_tag = f"-seed{args.seed}" if args.seed else ""  # seed 0 keeps its old name
-            cached = CACHE / f"quality-{args.setting}-{trained}-{minutes:g}min{seed_tag}"
+            # smoke runs keep their tiny models apart from the real runs' fits
+            quick_tag = "-quick" if args.quick else ""
+            cached = CACHE / f"quality-{args.setting}-{trained}-{minutes:g}min{seed_tag}{quick_tag}"
             reused = bool(args.reuse and cached.exists())
             if reused:
                 model = xd.load(cached)
