@@ -119,6 +119,8 @@ VARIANTS = {
     # the shifted cosine schedule: training λ(t) + shift, shift = −2 log 2 and −2 log 4
     "shift2": ({}, {"lambda_shift": -2 * math.log(2.0)}, 20, None),
     "shift4": ({}, {"lambda_shift": -2 * math.log(4.0)}, 20, None),
+    # the frame's and window's means of z in the FiLM conditioning (UNetConfig.global_mean)
+    "gmean": ({"global_mean": True}, {}, 20, None),
     "spacetime": (
         {"spatial_attention": ["none", "none", "spacetime"], "mid_spatial_attention": "spacetime"},
         {},

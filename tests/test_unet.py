@@ -16,6 +16,7 @@ from xdiffusion.nets.layers import (
     TemporalAttention,
     relative_index,
 )
+from xdiffusion.nets.unet import global_means
 
 
 def tiny(**overrides) -> UNetConfig:
@@ -204,6 +205,48 @@ def test_spacetime_attention_in_the_network():
     assert all(m.rel_bias.grad is not None for m in joint)
     with pytest.raises(ValueError, match="spacetime"):
         tiny(mid_spatial_attention="space-time")
+
+
+def test_global_means_closed_form():
+    """Frame and window means times √n: a constant c gives c √(HW) and c √(FHW); pure noise
+    gives unit spread on any grid."""
+    z = torch.full((2, 1, 3, 4, 5), 0.5)
+    z[1] = -1.0
+    feats = global_means(z)
+    assert feats.shape == (2, 3, 2) and feats.dtype == torch.float32
+    torch.testing.assert_close(feats[0, :, 0], torch.full((3,), 0.5 * 20**0.5))
+    torch.testing.assert_close(feats[1, :, 1], torch.full((3,), -(60**0.5)))
+    noise = global_means(torch.randn(4000, 1, 2, 7, 9, generator=torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(noise.std(0), torch.ones(2, 2), atol=0.05, rtol=0)
+
+
+def test_global_mean_conditioning_starts_neutral_and_learns():
+    """UNetConfig.global_mean: the untrained projection is zero, so the network computes
+    exactly what the same weights without it compute; once trained, the output depends on
+    the window's mean, which every GroupNorm otherwise removes; stored configurations
+    without the field read as False."""
+    plain, with_mean = perturbed(tiny()), perturbed(tiny(global_mean=True))
+    shared = {k: v for k, v in with_mean.state_dict().items() if not k.startswith("mean_proj")}
+    plain.load_state_dict(shared)
+    z = torch.randn(2, 1, 3, 8, 12)
+    lam = torch.tensor([-3.0, 1.0])
+    torch.testing.assert_close(with_mean(z, lam), plain(z, lam))
+    with torch.no_grad():
+        with_mean.mean_proj.weight.normal_(0, 0.5)
+    shifted = z + 0.3  # the same field, wetter: only the means differ after GroupNorm
+    assert not torch.allclose(
+        with_mean(shifted, lam) - with_mean(z, lam), plain(shifted, lam) - plain(z, lam)
+    )
+    with_mean.train()
+    with_mean(z, lam).square().mean().backward()
+    assert with_mean.mean_proj.weight.grad.abs().sum() > 0
+    cfg = tiny(global_mean=True)
+    assert UNetConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    stored = cfg.to_dict()
+    del stored["global_mean"]
+    assert UNetConfig.from_dict(stored).global_mean is False
+    with pytest.raises(ValueError, match="global_mean"):
+        tiny(global_mean="yes")
 
 
 def test_lambda_embedding_separates_the_lambda_range():

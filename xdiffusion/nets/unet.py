@@ -43,7 +43,31 @@ PAD_MODES = ("replicate", "reflect", "zeros")
 #: Values of fields added after model files were first written, assumed by
 #: :meth:`UNetConfig.from_dict` when a stored configuration lacks them: what those files'
 #: networks did (a new default applies to new configurations only).
-LEGACY_DEFAULTS: dict[str, Any] = {"conv_pad": "zeros", "temporal_conv": False}
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "conv_pad": "zeros",
+    "temporal_conv": False,
+    "global_mean": False,
+}
+
+
+#: Features per channel of :func:`global_means`: the frame's mean and the window's.
+GLOBAL_MEAN_FEATURES = 2
+
+
+def global_means(z: torch.Tensor) -> torch.Tensor:
+    """Per frame, the mean of z over the frame and over the whole window, per channel, each
+    times √n (n the elements averaged): (B, C, F, H, W) → (B, F, 2C), float32.
+
+    Under pure noise both have unit spread whatever the grid, and a shift of the data's
+    mean by δ moves them by α δ √n, which is what a window's intensity looks like at high
+    noise.
+    """
+    b, c, f, h, w = z.shape
+    zf = z.float()
+    frame = zf.mean(dim=(3, 4)) * math.sqrt(h * w)  # (B, C, F)
+    window = zf.mean(dim=(2, 3, 4), keepdim=True).squeeze(-1).squeeze(-1) * math.sqrt(f * h * w)
+    feats = torch.cat([frame, window.expand(b, c, f)], dim=1)  # (B, 2C, F)
+    return feats.transpose(1, 2)
 
 
 @dataclass
@@ -117,6 +141,14 @@ class UNetConfig:
         ``"reflect"`` (see :data:`~xdiffusion.nets.layers.CONV_PAD_MODES`). A stored
         configuration without it is read as ``"zeros"`` (:data:`LEGACY_DEFAULTS`). The
         weights have the same shapes either way.
+    global_mean : bool
+        Add the means of z over each frame and over the window (per channel, times √n so
+        that pure noise gives unit spread) to every frame's FiLM conditioning, through a
+        zero-initialised linear layer. The ResNet blocks' GroupNorm removes each frame's
+        mean and scale, so without it the network sees a window's overall intensity only
+        through what survives the normalisation, which at high noise is little
+        (docs/quality.md). A stored configuration without it is read as False
+        (:data:`LEGACY_DEFAULTS`).
     """
 
     channels: int = 1
@@ -141,6 +173,7 @@ class UNetConfig:
     max_relative_position: int = 16
     conv_pad: str = "zeros"
     temporal_conv: bool = False
+    global_mean: bool = False
 
     def __post_init__(self) -> None:
         self.mults = tuple(self.mults) if isinstance(self.mults, list | tuple) else self.mults
@@ -218,6 +251,7 @@ class UNetConfig:
             "UNetConfig.mid_temporal_attention", self.mid_temporal_attention
         )
         self.temporal_conv = flag("UNetConfig.temporal_conv", self.temporal_conv)
+        self.global_mean = flag("UNetConfig.global_mean", self.global_mean)
         if self.fourier_dim % 2:
             raise ValueError(f"UNetConfig.fourier_dim must be even, got {self.fourier_dim}")
         for c in self.level_channels:
@@ -394,6 +428,13 @@ class UNet3D(nn.Module):
         self.cond_proj = nn.Linear(cfg.cond_features, emb) if cfg.cond_features else None
         # its own projection, so a latent coexists with the time features in the FiLM input
         self.latent_proj = nn.Linear(cfg.latent_dim, emb) if cfg.latent_dim else None
+        self.mean_proj = None
+        if cfg.global_mean:
+            # zero: the untrained network ignores the means, and their scale (up to √n) never
+            # swamps the λ embedding early in training
+            self.mean_proj = nn.Linear(GLOBAL_MEAN_FEATURES * cfg.channels, emb)
+            nn.init.zeros_(self.mean_proj.weight)
+            nn.init.zeros_(self.mean_proj.bias)
         pad, tconv = cfg.conv_pad, cfg.temporal_conv
         self.stem = EdgeConv2d(cfg.channels, cfg.width, pad)
 
@@ -539,10 +580,12 @@ class UNet3D(nn.Module):
         cfg = self.config
 
         emb = self.embed(lam)  # (B, E)
-        if cond is None and latent is None:
+        if cond is None and latent is None and self.mean_proj is None:
             emb = emb.repeat_interleave(f, dim=0)
         else:
             emb = emb[:, None, :].expand(b, f, emb.shape[-1])
+            if self.mean_proj is not None:
+                emb = emb + self.mean_proj(global_means(z).to(emb.dtype))
             if cond is not None:
                 emb = emb + self.cond_proj(cond.to(emb.dtype))
             if latent is not None:
