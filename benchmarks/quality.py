@@ -121,6 +121,8 @@ VARIANTS = {
     "shift4": ({}, {"lambda_shift": -2 * math.log(4.0)}, 20, None),
     # the frame's and window's means of z in the FiLM conditioning (UNetConfig.global_mean)
     "gmean": ({"global_mean": True}, {}, 20, None),
+    # the v-loss averaged over spatial scales and the window mean (fit(multiscale=True))
+    "multiscale": ({}, {"multiscale": True}, 20, None),
     "spacetime": (
         {"spatial_attention": ["none", "none", "spacetime"], "mid_spatial_attention": "spacetime"},
         {},

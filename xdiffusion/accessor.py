@@ -79,6 +79,7 @@ class _DiffusionAccessor:
         high_noise: float = 0.0,
         snr_cap: float | None = None,
         lambda_shift: float = 0.0,
+        multiscale: bool = False,
     ) -> DiffusionModel:
         """Train a model on this object; see :func:`xdiffusion.fit` for every argument.
 
@@ -141,6 +142,7 @@ class _DiffusionAccessor:
             high_noise=high_noise,
             snr_cap=snr_cap,
             lambda_shift=lambda_shift,
+            multiscale=multiscale,
         )
 
     def sample(

@@ -707,6 +707,7 @@ def fit(
     high_noise: float = 0.0,
     snr_cap: float | None = None,
     lambda_shift: float = 0.0,
+    multiscale: bool = False,
 ) -> DiffusionModel:
     """Train a spatio-temporal diffusion model on ``data`` (unconditional, or conditioned
     on a learned latent w with ``latent_dim``).
@@ -863,6 +864,10 @@ def fit(
         :attr:`~xdiffusion.training.Objective.lambda_shift`); negative values train more
         at high noise, where a window's mean intensity and its large scales are decided.
         0 (default): eq. 2.68. Sampling is unchanged. See docs/quality.md.
+    multiscale
+        Average the v-loss over spatial scales and the window mean
+        (:attr:`~xdiffusion.training.Objective.multiscale`), so that large scales weigh
+        as much as fine detail. False (default): eq. 2.68. See docs/quality.md.
 
     Notes
     -----
@@ -903,6 +908,7 @@ def fit(
         high_noise=high_noise,
         snr_cap=snr_cap,
         lambda_shift=lambda_shift,
+        multiscale=multiscale,
     )
     if encoder is not None and not isinstance(encoder, Mapping):
         raise TypeError(

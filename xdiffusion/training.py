@@ -282,6 +282,9 @@ class Objective:
         ``"weighted"`` only: train at λ(t) + shift (:func:`~xdiffusion.core.diffusion.v_loss`),
         the shifted cosine schedule; negative values put more of the training at high
         noise, where a window's mean and large scales are decided. 0: eq. 2.68.
+    multiscale
+        ``"weighted"`` only: average the v-loss over spatial scales and the window mean
+        (:func:`~xdiffusion.core.diffusion.multiscale_mse`). False: eq. 2.68.
     """
 
     kind: str = "weighted"
@@ -291,6 +294,7 @@ class Objective:
     high_noise: float = 0.0
     snr_cap: float | None = None
     lambda_shift: float = 0.0
+    multiscale: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in OBJECTIVES:
@@ -337,6 +341,13 @@ class Objective:
                 "lambda_shift reweights the v-loss of objective='weighted'; the 'elbo' bound "
                 "has its own weighting (pass lambda_shift=0)"
             )
+        if not isinstance(self.multiscale, bool):
+            raise TypeError(f"multiscale must be True or False, got {self.multiscale!r}")
+        if self.multiscale and self.kind != "weighted":
+            raise ValueError(
+                "multiscale reweights the v-loss of objective='weighted'; the 'elbo' bound "
+                "has its own weighting (pass multiscale=False)"
+            )
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -347,6 +358,8 @@ class Objective:
             del out["snr_cap"]
         if not out["lambda_shift"]:
             del out["lambda_shift"]
+        if not out["multiscale"]:
+            del out["multiscale"]
         return out
 
 
@@ -480,6 +493,7 @@ def diffusion_objective(
             stratified=stratified,
             snr_cap=objective.snr_cap,
             lambda_shift=objective.lambda_shift,
+            multiscale=objective.multiscale,
         )
         if kl is not None:
             loss = loss + objective.beta * kl / count
