@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import TINY_NET
 
-from xdiffusion.core.diffusion import stratified_times, v_loss
+from xdiffusion.core.diffusion import multiscale_mse, stratified_times, v_loss
 from xdiffusion.core.schedule import CosineSchedule, alpha_sigma
 from xdiffusion.training import Objective, TrainConfig
 
@@ -240,3 +240,46 @@ def test_lambda_shift_is_checked_and_recorded(series):
     assert "lambda_shift" not in plain.config["training"]["objective"]
     # the same t and ε at more noise: a different first loss
     assert shifted.history_dict["loss"][0] != plain.history_dict["loss"][0]
+
+
+def test_multiscale_mse_closed_forms():
+    """Each scale's MSE counts once: a constant error counts fully at every scale, white
+    noise by 1/k² after k × k pooling (and ≈ 0 in the window mean); a mask that keeps
+    everything changes nothing, and masked elements are left out of every pooled cell."""
+    const = torch.full((1, 1, 2, 32, 32), 0.5)
+    torch.testing.assert_close(multiscale_mse(const), torch.tensor([0.25]))
+    noise = torch.randn(4, 1, 8, 32, 32, generator=torch.Generator().manual_seed(0))
+    # scales: 1, 2, 4, 8 (down to 4 × 4 cells) and the window mean
+    want = (1 + 1 / 4 + 1 / 16 + 1 / 64 + 0) / 5
+    torch.testing.assert_close(multiscale_mse(noise), torch.full((4,), want), rtol=0.03, atol=0)
+    ones = torch.ones_like(noise)
+    torch.testing.assert_close(multiscale_mse(noise, ones), multiscale_mse(noise))
+    # an error only where the mask is False does not count at any scale
+    hidden = torch.zeros_like(const)
+    hidden[..., :16, :] = 3.0
+    mask = torch.ones_like(const)
+    mask[..., :16, :] = 0.0
+    torch.testing.assert_close(multiscale_mse(hidden, mask), torch.tensor([0.0]))
+
+
+def test_multiscale_is_checked_and_recorded(series):
+    assert "multiscale" not in Objective().to_dict()  # files from before keep their form
+    assert Objective(multiscale=True).to_dict()["multiscale"] is True
+    with pytest.raises(TypeError, match="multiscale"):
+        Objective(multiscale="yes")
+    with pytest.raises(ValueError, match="multiscale reweights the v-loss"):
+        Objective("elbo", multiscale=True)
+    schedule = CosineSchedule()
+    x = torch.randn(3, 1, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def net(z, lam_b):
+        return 0.3 * z
+
+    kw = dict(generator=torch.Generator().manual_seed(1), t=torch.tensor([0.1, 0.5, 0.9]))
+    plain = v_loss(net, x, schedule, **kw)
+    kw["generator"] = torch.Generator().manual_seed(1)
+    multi = v_loss(net, x, schedule, multiscale=True, **kw)
+    assert (multi < plain).all()  # the pooled terms of a mostly fine-scale error are smaller
+    fit_kw = dict(frames=4, batch_size=4, steps=4, progress=False, device="cpu", net=TINY_NET)
+    model = series.isel(time=slice(0, 40)).diffusion.fit(multiscale=True, **fit_kw)
+    assert model.config["training"]["objective"]["multiscale"] is True
