@@ -5,9 +5,11 @@ A model is fitted on hourly synthetic precipitation (:func:`xdiffusion.datasets.
 synthetic_precipitation`, training seed 0) for a fixed CPU budget; ``--members``
 unconditional windows of ``frames`` steps are then compared with a reference of
 ``REFERENCE_FACTOR`` × as many real windows of a held-out seed, and every metric is set
-beside the same metric for as many real windows of a third seed against the same reference
-(the floor: what a set of that size differs by from the reference through sampling noise
-alone; heavy-tailed rain needs a few hundred windows for a usable floor):
+beside its floor: the mean of the same metric over ``--floor-sets`` (8) sets of as many
+independent real windows of other seeds against the same reference (what a set of that
+size differs by from the reference through sampling noise alone; one set is a single draw
+of a heavy-tailed quantity, and the single contiguous set used before is still reported as
+``single_contiguous_floor``):
 
 - ``temporal_psd_log_error``: mean |log10| ratio of the temporal power spectra
   (:func:`xdiffusion.diagnostics.temporal_psd`, per window);
@@ -42,7 +44,12 @@ them, as their files hold), ``spacetime``
 (the coarsest level's and the middle block's spatial attention attends over every pixel of
 every frame instead of each frame's, so a moving feature can be followed across frames:
 ``spatial_attention="spacetime"``), ``snr_cap5`` (the v-loss's weight on the x-error,
-1 + SNR, capped at 6: less weight on the lowest noise levels, ``snr_cap=5``).
+1 + SNR, capped at 6: less weight on the lowest noise levels, ``snr_cap=5``),
+``shift2`` / ``shift4`` (training at λ(t) − 2 log 2 or − 2 log 4, the shifted cosine
+schedule: ``lambda_shift=``), ``gmean`` (the frame's and window's means of z in the FiLM
+conditioning: ``net={"global_mean": True}``), ``multiscale`` (the v-loss averaged over
+spatial scales and the window mean: ``multiscale=True``). ``--rescore FILES`` divides the
+runs of earlier results files by the expected floor.
 ``--setting fast`` trains and
 evaluates on a generator with faster, varying advection and shorter persistence instead of
 the default one. Every run is also scored without decoding below the dry threshold to exact
