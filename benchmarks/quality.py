@@ -214,11 +214,11 @@ def lag_correlation(da: xr.DataArray, lag: int) -> float:
     return float(dg.lag_autocorrelation(np.sqrt(da.clip(min=0)), [lag])[0])
 
 
-def between_window_share(da: xr.DataArray) -> float:
+def between_window_share(da: xr.DataArray | np.ndarray) -> float:
     """Share of the variance of sqrt(rain) that lies between the windows' means: how much
     windows differ in wetness, the part of the pooled lag correlations that every lag shares
     (generated windows with too little of it have every lag too low)."""
-    s = np.sqrt(np.clip(da.values, 0.0, None))
+    s = np.sqrt(np.clip(np.asarray(da), 0.0, None))
     means = s.reshape(s.shape[0], -1).mean(1)
     return float(means.var() / s.var())
 

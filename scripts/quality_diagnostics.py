@@ -64,7 +64,7 @@ def window_stats(values: np.ndarray) -> dict:
     pooled = s - s.mean()
     within = s - s.mean(axis=(1, 2, 3), keepdims=True)
     return {
-        "between_window_share": float(s.reshape(len(s), -1).mean(1).var() / s.var()),
+        "between_window_share": quality.between_window_share(values),
         "frame_mean_lag1": _lag(frame_means - frame_means.mean(), 1),
         "pooled_lags": [_lag(pooled, k) for k in LAGS],
         "within_window_lags": [_lag(within, k) for k in LAGS],
