@@ -7,11 +7,13 @@ For a model saved by ``benchmarks/quality.py`` and held-out windows of the defau
 generator (independent windows of seed 303, as the benchmark's floor sets draw them),
 prints JSON:
 
-- ``samples`` / ``real``: of unconditional samples and of real windows, the share of the
+- ``samples`` / ``real`` / ``reference``: of unconditional samples, of the held-out real
+  windows and of the benchmark's reference windows, the share of the
   variance of sqrt(rain) that lies between the windows' means
-  (``between_window_share``), the lag-1 autocorrelation of the frame means, and the
-  lag-1..3 autocorrelations pooled (the benchmark's) and within windows (each window's
-  own mean removed first);
+  (``between_window_share``), quantiles of the windows' mean sqrt(rain) and wet fraction
+  (the very dry and very wet windows), the lag-1 autocorrelation of the frame means, and
+  the lag-1..3 autocorrelations pooled (the benchmark's), within windows (each window's
+  own mean removed first) and of the patterns (each frame's own mean removed: the motion);
 - ``mean_response``: at fixed log-SNRs λ, how the denoiser's x̂ follows the window mean:
   the slope of x̂'s window mean on the true one across windows and the ratio of their
   spreads. For Gaussian data the posterior mean's slope is SNR_m / (1 + SNR_m), with
@@ -50,6 +52,9 @@ SDEDIT_T0 = (0.4, 0.7, 0.8, 0.9, 1.0)
 #: Seed of the held-out windows (neither training, reference nor floor data).
 HELD_OUT_SEED = 303
 LAGS = (1, 2, 3)
+#: Quantiles of the windows' mean sqrt(rain) and wet fraction: the tails are the very dry
+#: and very wet windows (regimes) that a model with too little spread between windows lacks.
+WINDOW_QUANTILES = (0.05, 0.5, 0.95, 0.99)
 
 
 def _lag(x: np.ndarray, k: int) -> float:
@@ -58,16 +63,30 @@ def _lag(x: np.ndarray, k: int) -> float:
 
 
 def window_stats(values: np.ndarray) -> dict:
-    """Between-window share and pooled / within-window lag correlations of sqrt(rain)."""
+    """Between-window share, the tails of the windows' wetness, and pooled / within-window /
+    pattern lag correlations of sqrt(rain)."""
     s = np.sqrt(np.clip(values, 0.0, None))  # (R, F, H, W)
     frame_means = s.mean(axis=(2, 3))
+    window_means = frame_means.mean(1)
     pooled = s - s.mean()
     within = s - s.mean(axis=(1, 2, 3), keepdims=True)
+    # each frame's own mean removed: what is left moves with the rain
+    pattern = s - frame_means[:, :, None, None]
     return {
         "between_window_share": quality.between_window_share(values),
+        "window_mean_quantiles": dict(
+            zip(map(str, WINDOW_QUANTILES), np.quantile(window_means, WINDOW_QUANTILES).tolist())
+        ),
+        "window_wet_fraction_quantiles": dict(
+            zip(
+                map(str, WINDOW_QUANTILES),
+                np.quantile((values > 0).mean(axis=(1, 2, 3)), WINDOW_QUANTILES).tolist(),
+            )
+        ),
         "frame_mean_lag1": _lag(frame_means - frame_means.mean(), 1),
         "pooled_lags": [_lag(pooled, k) for k in LAGS],
         "within_window_lags": [_lag(within, k) for k in LAGS],
+        "pattern_lags": [_lag(pattern, k) for k in LAGS],
         "wet_fraction": float((values > 0).mean()),
     }
 
@@ -118,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
         "model": str(args.model),
         "steps": model.config["training"]["steps"],
         "real": window_stats(real.values),
+        # the benchmark's reference (5 x members windows of seed 101): surer tails
+        "reference": window_stats(quality._reference(args.members, frames, gen_kw).values),
         "samples": window_stats(samples.values),
         "mean_response": mean_response(den, y, torch.Generator().manual_seed(0)),
     }
