@@ -190,6 +190,11 @@ def _independent_windows(n: int, frames: int, seed: int, gen_kw: dict) -> xr.Dat
     )
 
 
+def _column_stat(rows: list[dict[str, float]], stat) -> dict[str, float]:
+    """``stat`` of each metric over the rows (sets or draws) of a floor."""
+    return {k: float(stat([r[k] for r in rows])) for k in rows[0]}
+
+
 def expected_floor(reference: xr.DataArray, n: int, frames: int, gen_kw: dict, sets: int) -> dict:
     """The real-vs-real floor: every scalar metric of ``sets`` independent real sets of ``n``
     independent windows against ``reference``, their mean (the floor) and spread.
@@ -202,12 +207,11 @@ def expected_floor(reference: xr.DataArray, n: int, frames: int, gen_kw: dict, s
         _scalar_metrics(metrics(_independent_windows(n, frames, FLOOR_SEED + k, gen_kw), reference))
         for k in range(sets)
     ]
-    keys = list(rows[0])
     return {
         "sets": sets,
         "windows": f"independent: one per {SEGMENT_HOURS}-h segment of a series",
-        "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys},
-        "sd": {k: float(np.std([r[k] for r in rows], ddof=1)) for k in keys},
+        "mean": _column_stat(rows, np.mean),
+        "sd": _column_stat(rows, lambda v: np.std(v, ddof=1)),
         "per_set": rows,
     }
 
@@ -227,11 +231,10 @@ def training_data_floor(
         _scalar_metrics(metrics(_windows(train, n, frames, TRAINING_FLOOR_SEED + k), reference))
         for k in range(draws)
     ]
-    keys = list(rows[0])
     return {
         "draws": draws,
         "windows": "non-overlapping windows of the training series",
-        "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys},
+        "mean": _column_stat(rows, np.mean),
         "per_draw": rows,
     }
 
@@ -322,23 +325,23 @@ def rescore(paths: list[str], sets: int) -> dict:
         "training_data_floors": {},
         "runs": {},
     }
+    references: dict[str, xr.DataArray] = {}  # one reference per setting, shared
     for p in paths:
         doc = json.loads(Path(p).read_text())
         st = doc["settings"]
         key = f"{doc['setting']['name']}-{st['size']}px-{st['frames']}f-{st['members']}"
-        if key not in out["floors"]:
-            gen_kw = dict(ny=st["size"], nx=st["size"], **SETTINGS[doc["setting"]["name"]])
-            reference = _reference(st["members"], st["frames"], gen_kw)
+        gen_kw = dict(ny=st["size"], nx=st["size"], **SETTINGS[doc["setting"]["name"]])
+        if key not in references:
+            references[key] = _reference(st["members"], st["frames"], gen_kw)
             out["floors"][key] = expected_floor(
-                reference, st["members"], st["frames"], gen_kw, sets
+                references[key], st["members"], st["frames"], gen_kw, sets
             )
         floor = out["floors"][key]["mean"]
         train_key = f"{key}-seed{st['seed']}-nt{st['nt']}"
         if train_key not in out["training_data_floors"]:
-            gen_kw = dict(ny=st["size"], nx=st["size"], **SETTINGS[doc["setting"]["name"]])
             out["training_data_floors"][train_key] = training_data_floor(
                 synthetic_precipitation(st["nt"], seed=st["seed"], **gen_kw),
-                _reference(st["members"], st["frames"], gen_kw),
+                references[key],
                 st["members"],
                 st["frames"],
                 TRAINING_FLOOR_DRAWS,
