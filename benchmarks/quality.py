@@ -53,7 +53,11 @@ every frame instead of each frame's, so a moving feature can be followed across 
 schedule: ``lambda_shift=``), ``gmean`` (the frame's and window's means of z in the FiLM
 conditioning: ``net={"global_mean": True}``), ``multiscale`` (the v-loss averaged over
 spatial scales and the window mean: ``multiscale=True``), ``wide48`` (the network 48
-channels wide instead of 32: 2.0 M parameters, about half the steps per CPU-minute).
+channels wide instead of 32: 2.0 M parameters, about half the steps per CPU-minute),
+``readout`` (each output frame's mean gets a direct path past the output GroupNorm:
+``net={"mean_readout": True}``), ``meanpath`` (``readout`` with ``gmean`` and
+``multiscale``: the window's mean in the conditioning, out of the network and weighted in
+the loss).
 ``--rescore FILES`` divides the runs of earlier results files by the expected floor.
 ``--setting fast`` trains and
 evaluates on a generator with faster, varying advection and shorter persistence instead of
@@ -141,6 +145,11 @@ VARIANTS = {
     "gmean": ({"global_mean": True}, {}, 20, None),
     # the v-loss averaged over spatial scales and the window mean (fit(multiscale=True))
     "multiscale": ({}, {"multiscale": True}, 20, None),
+    # a direct path for each output frame's mean past the output GroupNorm
+    # (UNetConfig.mean_readout), alone and with the means in the conditioning and the
+    # multiscale loss (the window's mean in, out, and weighted in the loss)
+    "readout": ({"mean_readout": True}, {}, 20, None),
+    "meanpath": ({"mean_readout": True, "global_mean": True}, {"multiscale": True}, 20, None),
     # a wider network (2.2 x the parameters, about 2 x the time per step): at equal CPU time
     # half the steps
     "wide48": ({"width": 48}, {}, 20, None),

@@ -249,6 +249,37 @@ def test_global_mean_conditioning_starts_neutral_and_learns():
         tiny(global_mean="yes")
 
 
+def test_mean_readout_starts_neutral_and_adds_a_uniform_offset_per_frame():
+    """UNetConfig.mean_readout: zero-initialised, so the network computes what the same
+    weights without it compute; with weights, it adds to every frame one value per channel
+    (uniform over the frame's cells, the padding excluded) that the output GroupNorm would
+    otherwise have removed; stored configurations without the field read as False."""
+    plain, readout = perturbed(tiny()), perturbed(tiny(mean_readout=True))
+    shared = {k: v for k, v in readout.state_dict().items() if not k.startswith("mean_out")}
+    plain.load_state_dict(shared)
+    z = torch.randn(2, 1, 3, 9, 13)  # not a multiple of the downsampling: padded inside
+    lam = torch.tensor([-3.0, 1.0])
+    torch.testing.assert_close(readout(z, lam), plain(z, lam))
+    with torch.no_grad():
+        readout.mean_out.weight.normal_(0, 0.5)
+        readout.mean_out.bias.fill_(0.25)
+    offset = readout(z, lam) - plain(z, lam)
+    assert offset.abs().amax() > 1e-3
+    # one value per sample and frame, the same at every cell
+    torch.testing.assert_close(offset, offset[..., :1, :1].expand_as(offset))
+    assert not torch.allclose(offset[:, :, 0], offset[:, :, 1])
+    readout.train()
+    readout(z, lam).square().mean().backward()
+    assert readout.mean_out.weight.grad.abs().sum() > 0
+    cfg = tiny(mean_readout=True)
+    assert UNetConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    stored = cfg.to_dict()
+    del stored["mean_readout"]
+    assert UNetConfig.from_dict(stored).mean_readout is False
+    with pytest.raises(ValueError, match="mean_readout"):
+        tiny(mean_readout="yes")
+
+
 def test_lambda_embedding_separates_the_lambda_range():
     emb = LambdaEmbedding(32, 16, 30.0)
     lam = torch.linspace(-30, 30, 121)

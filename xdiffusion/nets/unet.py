@@ -47,6 +47,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
     "conv_pad": "zeros",
     "temporal_conv": False,
     "global_mean": False,
+    "mean_readout": False,
 }
 
 
@@ -149,6 +150,13 @@ class UNetConfig:
         through what survives the normalisation, which at high noise is little
         (docs/quality.md). A stored configuration without it is read as False
         (:data:`LEGACY_DEFAULTS`).
+    mean_readout : bool
+        Add to every output frame a zero-initialised linear map of the spatial mean of the
+        last features *before* the output GroupNorm. That norm removes each frame's mean
+        per group, so without it a spatially uniform output — each frame's mean of v̂,
+        which at high noise sets how wet a window ends up — can only be made through
+        differences between channels; with it there is a direct path. A stored
+        configuration without it is read as False (:data:`LEGACY_DEFAULTS`).
     """
 
     channels: int = 1
@@ -174,6 +182,7 @@ class UNetConfig:
     conv_pad: str = "zeros"
     temporal_conv: bool = False
     global_mean: bool = False
+    mean_readout: bool = False
 
     def __post_init__(self) -> None:
         self.mults = tuple(self.mults) if isinstance(self.mults, list | tuple) else self.mults
@@ -252,6 +261,7 @@ class UNetConfig:
         )
         self.temporal_conv = flag("UNetConfig.temporal_conv", self.temporal_conv)
         self.global_mean = flag("UNetConfig.global_mean", self.global_mean)
+        self.mean_readout = flag("UNetConfig.mean_readout", self.mean_readout)
         if self.fourier_dim % 2:
             raise ValueError(f"UNetConfig.fourier_dim must be even, got {self.fourier_dim}")
         for c in self.level_channels:
@@ -489,6 +499,12 @@ class UNet3D(nn.Module):
         # Zero output layer: the untrained network predicts v̂ = 0.
         nn.init.zeros_(self.out_conv.weight)
         nn.init.zeros_(self.out_conv.bias)
+        self.mean_out = None
+        if cfg.mean_readout:
+            # zero, like out_conv: the untrained network still predicts v̂ = 0
+            self.mean_out = nn.Linear(cfg.width, cfg.out_channels or cfg.channels)
+            nn.init.zeros_(self.mean_out.weight)
+            nn.init.zeros_(self.mean_out.bias)
 
     @staticmethod
     def _run_attn(mods: nn.ModuleList, x: torch.Tensor, frames: int) -> torch.Tensor:
@@ -629,6 +645,11 @@ class UNet3D(nn.Module):
             if i < len(self.ups):
                 x = self.ups[i](x)
 
+        feats = x
         x = self.out_conv(F.silu(self.out_norm(x)))
         x = x[:, :, pads[2] : pads[2] + h, pads[0] : pads[0] + w]
+        if self.mean_out is not None:
+            # the mean over the frame's own cells, not the padding
+            means = feats[:, :, pads[2] : pads[2] + h, pads[0] : pads[0] + w].mean(dim=(2, 3))
+            x = x + self.mean_out(means)[:, :, None, None]
         return x.reshape(b, f, -1, h, w).transpose(1, 2)
