@@ -617,10 +617,13 @@ def test_short_fit_latents_describe_intensity_and_reconstruct_better_than_sample
         return np.log(data.intensity.values[::4])
 
     coef = np.linalg.lstsq(features(train), log_intensity(train), rcond=None)[0]
-    # scored on windows the fit never saw: 0.79 here; the mean-pooling encoder of older
-    # files gets 0.70 from the same fit (statistics pooling, docs/latent.md)
-    unseen = synthetic_regimes(48, 4, 16, 16, seed=7)
-    assert np.corrcoef(features(unseen) @ coef, log_intensity(unseen))[0, 1] > 0.75
+    # Scored on 192 windows the fit never saw (an untrained encoder's latent mean is
+    # constant: no correlation at all). A 300-step fit is one draw: over fit seeds and CPUs
+    # (AVX2 against AVX-512 kernels) it gave 0.64-0.78 here, and sets of 48 windows moved
+    # it by +-0.05 more, so the bound leaves that spread room; the encoders are compared
+    # in benchmarks/latent.py (docs/latent.md), not by one short fit.
+    unseen = synthetic_regimes(192, 4, 16, 16, seed=11)
+    assert np.corrcoef(features(unseen) @ coef, log_intensity(unseen))[0, 1] > 0.5
     held = synthetic_regimes(8, 4, 16, 16, seed=5)
     rec = held.diffusion.reconstruct(model, 3, progress=False, steps=10)
     unc = held.diffusion.sample(model, 3, progress=False, steps=10)
